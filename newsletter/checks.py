@@ -1,0 +1,180 @@
+"""Preflight checks of an issue: the problems an editor wants to hear of before sending."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from html.parser import HTMLParser
+from urllib.parse import urlsplit
+
+from newsletter.models import (
+    Block,
+    Citation,
+    Emphasis,
+    Image,
+    Inline,
+    Issue,
+    Link,
+    ListBlock,
+    Paragraph,
+    Quote,
+    Strong,
+)
+
+__all__ = [
+    "GMAIL_CLIP_BYTES",
+    "MAX_SUBJECT",
+    "MAX_TEXT_COLUMNS",
+    "Finding",
+    "check_rendered",
+    "check_issue",
+]
+
+#: Gmail hides everything past ~102 KB of HTML behind "[Message clipped]"
+GMAIL_CLIP_BYTES = 102 * 1024
+#: subjects longer than this are cut in most inbox lists
+MAX_SUBJECT = 78
+MAX_TEXT_COLUMNS = 78
+_SEVERITIES = ("error", "warning", "info")
+_URL_LINE_RE = re.compile(r"^\s*(\[\d+\]\s*)?<?[a-z][a-z0-9+.-]*:\S+>?$")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the check found: where, how bad, and what to do."""
+
+    source: str
+    line: int
+    severity: str  # error | warning | info
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.severity}: {self.message} [{self.code}]"
+
+    def as_dict(self) -> dict[str, object]:
+        """The finding as a JSON-ready mapping."""
+        return asdict(self)
+
+    @property
+    def counts(self) -> bool:
+        """Whether this finding makes ``check`` exit 1 (info doesn't)."""
+        return self.severity != "info"
+
+
+def check_issue(issue: Issue) -> list[Finding]:
+    """Findings about the parsed issue itself: subject, preheader, links, images."""
+    found: list[Finding] = []
+
+    def add(line: int, severity: str, code: str, message: str) -> None:
+        found.append(Finding(issue.source, line, severity, code, message))
+
+    if len(issue.subject) > MAX_SUBJECT:
+        add(issue.line_of("subject"), "warning", "subject-length",
+            f"subject is {len(issue.subject)} characters; inboxes cut it after about {MAX_SUBJECT}")
+    if not issue.preheader:
+        add(1, "warning", "no-preheader",
+            "no preheader: inboxes will show the first words of the body; add 'preheader: …'")
+    stem_date = issue.slug[:10]
+    if re.match(r"^\d{4}-\d{2}-\d{2}$", stem_date) and stem_date != issue.date.isoformat():
+        add(issue.line_of("date"), "info", "date-mismatch",
+            f"the file name says {stem_date} but date is {issue.date.isoformat()}")
+    for line, url, what in _urls(issue):
+        if not _absolute(url):
+            add(line, "error", "relative-link",
+                f"{what} '{url}' is not an absolute http(s) or mailto address; mail clients can't follow it")
+    return found
+
+
+def check_rendered(source: str, html: str, text: str) -> list[Finding]:
+    """Findings about the rendered HTML and text: size, images, long text lines."""
+    found: list[Finding] = []
+    size = len(html.encode("utf-8"))
+    if size >= GMAIL_CLIP_BYTES:
+        found.append(Finding(source, 1, "error", "gmail-clip",
+                             f"HTML is {size / 1024:.1f} KB; Gmail clips messages over 102 KB"))
+    elif size >= GMAIL_CLIP_BYTES * 0.85:
+        found.append(Finding(source, 1, "warning", "gmail-clip",
+                             f"HTML is {size / 1024:.1f} KB, close to Gmail's 102 KB clip"))
+    images = _ImageAudit()
+    images.feed(html)
+    for src in images.missing_alt:
+        found.append(Finding(source, 1, "error", "image-alt", f"image '{src}' in the HTML has no alt attribute"))
+    for src in images.missing_size:
+        found.append(Finding(source, 1, "info", "image-size",
+                             f"image '{src}' has no height; give its size as ![alt](url \"600x400\")"))
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_TEXT_COLUMNS and not _URL_LINE_RE.match(line):
+            found.append(Finding(source, 1, "warning", "text-width",
+                                 f"text line {number} is {len(line)} columns (over {MAX_TEXT_COLUMNS})"))
+    return found
+
+
+def _absolute(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        return bool(parts.netloc)
+    return parts.scheme == "mailto" and "@" in parts.path
+
+
+def _urls(issue: Issue) -> Iterator[tuple[int, str, str]]:
+    for section in issue.sections:
+        yield from _inline_urls(section.title, section.line)
+        for block in section.blocks:
+            yield from _block_urls(block)
+    yield from _inline_urls(issue.headline, 1)
+    yield from _inline_urls(issue.credit, issue.line_of("credit"))
+
+
+def _block_urls(block: Block) -> Iterator[tuple[int, str, str]]:
+    if isinstance(block, Paragraph):
+        yield from _inline_urls(block.content, block.line)
+        yield from _citation_urls(block.citation, block.line)
+    elif isinstance(block, Quote):
+        for child in block.blocks:
+            yield from _block_urls(child)
+    elif isinstance(block, ListBlock):
+        for item in block.items:
+            yield from _inline_urls(item.content, block.line)
+            yield from _citation_urls(item.citation, block.line)
+            for child in item.children:
+                yield from _block_urls(child)
+    else:
+        content: Sequence[Inline] = getattr(block, "content", ())
+        yield from _inline_urls(content, getattr(block, "line", 1))
+
+
+def _citation_urls(citation: Citation | None, line: int) -> Iterator[tuple[int, str, str]]:
+    if citation is not None and citation.url:
+        yield line, citation.url, "link"
+
+
+def _inline_urls(content: Sequence[Inline], line: int) -> Iterator[tuple[int, str, str]]:
+    for node in content:
+        if isinstance(node, Link):
+            yield line, node.url, "link"
+            yield from _inline_urls(node.children, line)
+        elif isinstance(node, Image):
+            yield line, node.url, "image"
+        elif isinstance(node, Emphasis | Strong):
+            yield from _inline_urls(node.children, line)
+
+
+class _ImageAudit(HTMLParser):
+    """Collects ``<img>`` tags without ``alt`` or without a size."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.missing_alt: list[str] = []
+        self.missing_size: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != "img":
+            return
+        values = dict(attrs)
+        src = values.get("src") or "?"
+        if values.get("alt") is None:
+            self.missing_alt.append(src)
+        if not values.get("width") or not values.get("height"):
+            self.missing_size.append(src)

@@ -1,0 +1,292 @@
+"""Per-recipient message bytes from a template encoded once per issue.
+
+``compile_message`` builds the whole RFC 5322 message once, headers folded and both
+parts quoted-printable encoded, with every per-recipient value left as a slot.
+``personalise`` then only joins bytes: it escapes and encodes the few recipient
+values and never touches the shared ~30 KB.
+
+The result is wire-ready: CRLF line endings, no line over 76 octets in the bodies,
+and no line that starts with ``.`` (a leading dot is encoded as ``=2E``), so SMTP
+DATA needs no dot-stuffing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.utils import format_datetime
+from html import escape
+
+from newsletter.config import SenderSettings
+from newsletter.errors import ComposeError
+from newsletter.models import Recipient, RenderedIssue
+from newsletter.render import RECIPIENT_FIELDS, placeholder_pattern
+
+__all__ = [
+    "MessageTemplate",
+    "compile_message",
+    "fill_html",
+    "fill_text",
+    "format_recipient",
+    "now_header_date",
+    "personalise",
+    "quoted_printable",
+]
+
+_MAX_QP_LINE = 76
+# Octets that stand as themselves in quoted-printable: printable ASCII but "=".
+_QP_SAFE = frozenset(range(33, 127)) - {ord("=")}
+_QP_HEX = [f"={byte:02X}" for byte in range(256)]
+_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_SIMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
+_MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
+_URL_RE = re.compile(r"^https?://[!#-;=?-~]+$")  # printable ASCII without space, '<' or '>'
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+
+# refold_source="all": without it, a short non-ASCII value is written raw, not RFC 2047-encoded.
+_HEADERS = policy.SMTP.clone(refold_source="all")
+# Slot names: "h:" a header value, "t:" a field in the text part, "x:" one in the HTML part.
+
+
+@dataclass(frozen=True)
+class MessageTemplate:
+    """A message encoded once per issue: literal byte runs and named per-recipient slots."""
+
+    #: literal bytes, then the slot that follows them ("" after the last literal)
+    parts: tuple[tuple[bytes, str], ...]
+    boundary: str
+    size: int
+
+
+def quoted_printable(text: str) -> str:
+    """RFC 2045 quoted-printable of ``text`` (UTF-8), CRLF line ends, lines ≤ 76 octets.
+
+    Hard line breaks are ``\\n`` in ``text``. A ``.`` that would start a line is encoded,
+    so the result never needs SMTP dot-stuffing.
+    """
+    out: list[str] = []
+    for line in text.split("\n"):
+        out.append(_qp_line(line.encode("utf-8")))
+    return "\r\n".join(out)
+
+
+def _qp_line(data: bytes) -> str:
+    pieces: list[str] = []
+    length = 0
+    last = len(data) - 1
+    for index, byte in enumerate(data):
+        if byte in _QP_SAFE and not (byte == 46 and length == 0):  # 46 is "."
+            token = chr(byte)
+        elif byte in (32, 9) and index != last:  # white space stays, but not at a line end
+            token = chr(byte)
+        else:
+            token = _QP_HEX[byte]
+        if length + len(token) > _MAX_QP_LINE - 1:
+            pieces.append("=\r\n")
+            length = 0
+            if token == ".":
+                token = "=2E"
+        pieces.append(token)
+        length += len(token)
+    return "".join(pieces)
+
+
+def _qp_slot(value: str) -> bytes:
+    """A value that stands between two soft line breaks: quoted-printable, then a soft break."""
+    if len(value) < _MAX_QP_LINE and value.isascii() and value.isprintable() and "=" not in value \
+            and not value.startswith(".") and not value.endswith(" "):
+        return (value + "=\r\n").encode("ascii")
+    return (_qp_line(value.encode("utf-8")) + "=\r\n").encode("ascii")
+
+
+def format_recipient(recipient: Recipient) -> str:
+    """The ``To:`` header line (with CRLF) for ``recipient``; raises ComposeError if unsafe."""
+    email = recipient.email
+    if not _ADDRESS_RE.match(email) or len(email) > 254:
+        raise ComposeError(f"invalid recipient address {email!r}")
+    # Control characters (CR, LF among them) can't reach a header: they become spaces.
+    name = " ".join(_CONTROL_RE.sub(" ", recipient.name).split())
+    if not name:
+        return f"To: {email}\r\n"
+    if _SIMPLE_NAME_RE.match(name) and len(name) + len(email) < 66:
+        return f"To: {name} <{email}>\r\n"
+    # Anything else (non-ASCII, specials, long) goes out as RFC 2047 encoded words,
+    # one per folded line: always valid, and cheaper than the email package's folder.
+    return f"To: {_encoded_words(name[:200])}\r\n <{email}>\r\n"
+
+
+def _encoded_words(text: str) -> str:
+    """``text`` as base64 encoded words of at most 45 octets (75 characters) each, joined by folds."""
+    words: list[str] = []
+    chunk = b""
+    for char in text:
+        data = char.encode("utf-8")
+        if len(chunk) + len(data) > 45:
+            words.append(chunk)
+            chunk = b""
+        chunk += data
+    words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(word).decode('ascii')}?=" for word in words)
+
+
+def compile_message(rendered: RenderedIssue, *, sender: SenderSettings, list_id: str = "default") -> MessageTemplate:
+    """Encode ``rendered`` once into a :class:`MessageTemplate` for :func:`personalise`."""
+    prefix = rendered.placeholder_prefix
+    boundary = f"=_nl_{prefix[4:]}"  # "=_" never occurs in quoted-printable text
+    from_header = _HEADERS.fold(
+        "From", str(Address(display_name=sender.from_name, addr_spec=sender.from_email))
+    )
+    headers = [
+        from_header,
+        _slot("h:to"),
+        _HEADERS.fold("Subject", rendered.subject),
+        "Date: " + _slot("h:date") + "\r\n",
+        "Message-ID: <" + _slot("h:message_id") + ">\r\n",
+    ]
+    if sender.reply_to:
+        headers.append(_HEADERS.fold("Reply-To", sender.reply_to))
+    list_name = sender.from_name or sender.from_email
+    headers += [
+        _HEADERS.fold("List-Id", f"{list_name} <{list_id}.{sender.domain}>"),
+        "List-Unsubscribe:\r\n <" + _slot("h:unsubscribe_url") + ">\r\n",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+        "MIME-Version: 1.0\r\n",
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',
+    ]
+    body = (
+        "\r\n"
+        "This is a multi-part message in MIME format.\r\n"
+        f"--{boundary}\r\n"
+        'Content-Type: text/plain; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n"
+        "\r\n"
+        + _encode_part(rendered.text, prefix, "t:")
+        + f"\r\n--{boundary}\r\n"
+        'Content-Type: text/html; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n"
+        "\r\n"
+        + _encode_part(rendered.html, prefix, "x:")
+        + f"\r\n--{boundary}--\r\n"
+    )
+    return MessageTemplate(_split_slots("".join(headers) + body), boundary, len(body))
+
+
+_SLOT_MARK = "\x00"  # marks slots inside the message being compiled; never in our text
+
+
+def _slot(name: str) -> str:
+    return f"{_SLOT_MARK}{name}{_SLOT_MARK}"
+
+
+def _encode_part(content: str, prefix: str, kind: str) -> str:
+    """Quoted-printable ``content`` with each placeholder turned into a slot on a line of its own."""
+    pieces = placeholder_pattern(prefix).split(content)
+    out: list[str] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:  # a field name captured by the pattern
+            if piece not in RECIPIENT_FIELDS:
+                raise ComposeError(f"unknown recipient field '{piece}' in the template")
+            out.append(_slot(kind + piece))
+        else:
+            encoded = quoted_printable(piece)
+            # A soft break before each slot puts the value at the start of a line.
+            out.append(encoded + "=\r\n" if index + 1 < len(pieces) else encoded)
+    return "".join(out)
+
+
+def _split_slots(message: str) -> tuple[tuple[bytes, str], ...]:
+    pieces = message.split(_SLOT_MARK)
+    parts: list[tuple[bytes, str]] = []
+    for index in range(0, len(pieces), 2):
+        slot = pieces[index + 1] if index + 1 < len(pieces) else ""
+        parts.append((pieces[index].encode("ascii"), slot))
+    return tuple(parts)
+
+
+def personalise(template: MessageTemplate, recipient: Recipient, *, message_id: str, date: str) -> bytes:
+    """The complete message for ``recipient``: shared bytes joined with their encoded values.
+
+    ``message_id`` is ``local@domain`` without angle brackets; ``date`` an RFC 5322 date
+    (see :func:`email.utils.format_datetime`), shared by a batch.
+    """
+    if not _MESSAGE_ID_RE.match(message_id):
+        raise ComposeError(f"invalid Message-ID {message_id!r}")
+    url = recipient.unsubscribe_url
+    if not _URL_RE.match(url):
+        raise ComposeError(f"invalid unsubscribe URL for {recipient.email!r}")
+    values = _SlotValues(recipient, message_id, date)
+    out: list[bytes] = []
+    append = out.append
+    for literal, slot in template.parts:
+        append(literal)
+        if slot:
+            append(values.get(slot))
+    return b"".join(out)
+
+
+class _SlotValues:
+    """The encoded value of each slot for one recipient, computed on first use."""
+
+    __slots__ = ("cache", "date", "message_id", "recipient")
+
+    def __init__(self, recipient: Recipient, message_id: str, date: str) -> None:
+        self.recipient = recipient
+        self.message_id = message_id
+        self.date = date
+        self.cache: dict[str, bytes] = {}
+
+    def get(self, slot: str) -> bytes:
+        value = self.cache.get(slot)
+        if value is None:
+            value = self.cache[slot] = self._compute(slot)
+        return value
+
+    def _compute(self, slot: str) -> bytes:
+        recipient = self.recipient
+        if slot == "h:to":
+            return format_recipient(recipient).encode("ascii")
+        if slot == "h:date":
+            return self.date.encode("ascii")
+        if slot == "h:message_id":
+            return self.message_id.encode("ascii")
+        if slot == "h:unsubscribe_url":
+            return recipient.unsubscribe_url.encode("ascii")
+        kind, field = slot[:2], slot[2:]
+        raw = _field_value(recipient, field)
+        return _qp_slot(escape(raw) if kind == "x:" else raw)
+
+
+def _field_value(recipient: Recipient, field: str) -> str:
+    if field == "name":
+        return " ".join(_CONTROL_RE.sub(" ", recipient.name).split())
+    if field == "email":
+        return recipient.email
+    if field == "unsubscribe_url":
+        return recipient.unsubscribe_url
+    raise ComposeError(f"unknown recipient field '{field}'")
+
+
+def _fill(content: str, prefix: str, recipient: Recipient, encode: Callable[[str], str]) -> str:
+    pattern = placeholder_pattern(prefix)
+    return pattern.sub(lambda match: encode(_field_value(recipient, match.group(1))), content)
+
+
+def fill_html(rendered: RenderedIssue, recipient: Recipient) -> str:
+    """The HTML as ``recipient`` sees it (for previews; sending uses :func:`personalise`)."""
+    return _fill(rendered.html, rendered.placeholder_prefix, recipient, escape)
+
+
+def fill_text(rendered: RenderedIssue, recipient: Recipient) -> str:
+    """The plain text as ``recipient`` sees it (for previews)."""
+    return _fill(rendered.text, rendered.placeholder_prefix, recipient, lambda value: value)
+
+
+def now_header_date() -> str:
+    """The current time as an RFC 5322 ``Date`` value, in UTC."""
+    return format_datetime(dt.datetime.now(dt.UTC))
+

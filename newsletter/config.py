@@ -1,0 +1,237 @@
+"""Settings: ``newsletter.toml`` for everything that isn't secret, the environment for secrets.
+
+``load_settings`` is the only reader of the environment in the package. Without a
+config file the embedded defaults apply: a local capture SMTP server on
+127.0.0.1:8025, ``newsletter.db`` and ``issues/`` in the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from newsletter.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_NAME",
+    "DatabaseSettings",
+    "Secret",
+    "SenderSettings",
+    "Settings",
+    "SmtpSettings",
+    "load_settings",
+]
+
+DEFAULT_CONFIG_NAME = "newsletter.toml"
+_SECURITY_MODES = ("starttls", "tls", "none")
+
+
+class Secret:
+    """A secret string that never shows itself in ``repr``, ``str`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself: call this only where it is used, never to print it."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """Who the issue comes from, and where its links point."""
+
+    from_name: str = "The Briefing"
+    from_email: str = "briefing@news.example.com"
+    reply_to: str = ""
+    postal_address: str = "1 Example Street, Springfield"
+    site_url: str = "https://news.example.com"
+
+    @property
+    def domain(self) -> str:
+        """The domain of the From address, used in Message-IDs."""
+        return self.from_email.rpartition("@")[2]
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """How to reach the SMTP relay."""
+
+    host: str = "127.0.0.1"
+    port: int = 8025
+    security: str = "none"
+    username: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+    timeout: float = 30.0
+    connections: int = 8
+    rate: float = 0.0
+    max_per_hour: int = 0
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Where the SQLite database lives."""
+
+    path: Path = Path("newsletter.db")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the tool is configured with."""
+
+    sender: SenderSettings = field(default_factory=SenderSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    issues_dir: Path = Path("issues")
+    templates_dir: Path | None = None
+    secret_key: Secret = field(default_factory=lambda: Secret(""))
+    dkim_key_file: Path | None = None
+    config_path: Path | None = None
+
+
+_KNOWN: dict[str, set[str]] = {
+    "sender": {"from", "reply_to", "postal_address", "site_url"},
+    "smtp": {"host", "port", "security", "username", "timeout", "connections", "rate", "max_per_hour"},
+    "database": {"path"},
+    "issues": {"dir"},
+    "templates": {"dir"},
+}
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``path`` (or ``$NEWSLETTER_CONFIG``, or ``./newsletter.toml``).
+
+    A missing default file means the embedded defaults; a missing file that was named
+    explicitly is an error. Relative paths in the file are relative to the file.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None or bool(env.get("NEWSLETTER_CONFIG"))
+    config_path = Path(path if path is not None else env.get("NEWSLETTER_CONFIG") or DEFAULT_CONFIG_NAME)
+    data: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_path}: can't read it: {exc}") from exc
+    elif explicit:
+        raise ConfigError(f"{config_path}: no such config file")
+    base = config_path.resolve().parent if config_path.exists() else Path.cwd()
+    _check_keys(data, config_path)
+
+    sender_data = data.get("sender", {})
+    defaults = SenderSettings()
+    from_name, from_email = defaults.from_name, defaults.from_email
+    if "from" in sender_data:
+        from_name, from_email = _parse_from(_str(sender_data, "from", config_path, "sender"), config_path)
+    sender = SenderSettings(
+        from_name=from_name,
+        from_email=from_email,
+        reply_to=_str(sender_data, "reply_to", config_path, "sender", defaults.reply_to),
+        postal_address=_str(sender_data, "postal_address", config_path, "sender", defaults.postal_address),
+        site_url=_site_url(_str(sender_data, "site_url", config_path, "sender", defaults.site_url), config_path),
+    )
+
+    smtp_data = data.get("smtp", {})
+    smtp_defaults = SmtpSettings()
+    security = _str(smtp_data, "security", config_path, "smtp", smtp_defaults.security)
+    if security not in _SECURITY_MODES:
+        raise ConfigError(f"{config_path}: [smtp] security must be one of {', '.join(_SECURITY_MODES)}")
+    smtp = SmtpSettings(
+        host=_str(smtp_data, "host", config_path, "smtp", smtp_defaults.host),
+        port=_int(smtp_data, "port", config_path, "smtp", smtp_defaults.port, 1, 65535),
+        security=security,
+        username=_str(smtp_data, "username", config_path, "smtp", ""),
+        password=Secret(env.get("NEWSLETTER_SMTP_PASSWORD", "")),
+        timeout=_num(smtp_data, "timeout", config_path, "smtp", smtp_defaults.timeout),
+        connections=_int(smtp_data, "connections", config_path, "smtp", smtp_defaults.connections, 1, 1024),
+        rate=_num(smtp_data, "rate", config_path, "smtp", 0.0),
+        max_per_hour=_int(smtp_data, "max_per_hour", config_path, "smtp", 0, 0, 10**9),
+    )
+    db_path = Path(_str(data.get("database", {}), "path", config_path, "database", "newsletter.db"))
+    issues_dir = Path(_str(data.get("issues", {}), "dir", config_path, "issues", "issues"))
+    templates = data.get("templates", {})
+    templates_dir = Path(_str(templates, "dir", config_path, "templates")) if "dir" in templates else None
+    dkim = env.get("NEWSLETTER_DKIM_KEY_FILE")
+    return Settings(
+        sender=sender,
+        smtp=smtp,
+        database=DatabaseSettings(base / db_path),
+        issues_dir=base / issues_dir,
+        templates_dir=base / templates_dir if templates_dir else None,
+        secret_key=Secret(env.get("NEWSLETTER_SECRET_KEY", "")),
+        dkim_key_file=Path(dkim) if dkim else None,
+        config_path=config_path if config_path.exists() else None,
+    )
+
+
+def _check_keys(data: dict[str, Any], path: Path) -> None:
+    for table, values in data.items():
+        if table not in _KNOWN:
+            raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join(sorted(_KNOWN))})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: '{table}' must be a table, [{table}]")
+        unknown = set(values) - _KNOWN[table]
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown key [{table}] {sorted(unknown)[0]} (known: {', '.join(sorted(_KNOWN[table]))})"
+            )
+
+
+def _str(data: Mapping[str, Any], key: str, path: Path, table: str, default: str = "") -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: [{table}] {key} must be a string")
+    if "\n" in value or "\r" in value:
+        raise ConfigError(f"{path}: [{table}] {key} must be one line")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str, path: Path, table: str, default: int, low: int, high: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{path}: [{table}] {key} must be a whole number from {low} to {high}")
+    return value
+
+
+def _num(data: Mapping[str, Any], key: str, path: Path, table: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{path}: [{table}] {key} must be a number, 0 or more")
+    return float(value)
+
+
+def _parse_from(value: str, path: Path) -> tuple[str, str]:
+    name, address = parseaddr(value, strict=True)
+    try:
+        Address(display_name=name, addr_spec=address)
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(f"{path}: [sender] from '{value}' is not an address") from exc
+    if "@" not in address:
+        raise ConfigError(f"{path}: [sender] from '{value}' is not an address (e.g. 'The Briefing <b@example.com>')")
+    return name, address
+
+
+def _site_url(value: str, path: Path) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{path}: [sender] site_url '{value}' must be an absolute http(s) URL")
+    return value.rstrip("/")

@@ -1,0 +1,62 @@
+"""The exception tree of newsletter: every error the library raises on purpose.
+
+::
+
+    NewsletterError                  root: catch this to catch everything below
+    ├── IssueError                   an issue file is wrong (carries file and line)
+    ├── ConfigError                  newsletter.toml or the environment is wrong
+    ├── RenderError                  the template or the MJML/CSS toolchain failed
+    └── ComposeError                 a message can't be built (bad address, header)
+
+Third-party exceptions are translated once, in the module that imports the
+library, with ``raise ... from exc``; nothing else leaks out of the package.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ComposeError",
+    "ConfigError",
+    "IssueError",
+    "NewsletterError",
+    "RenderError",
+]
+
+
+class NewsletterError(Exception):
+    """Base class of every error raised on purpose by newsletter."""
+
+
+class IssueError(NewsletterError):
+    """An issue file can't be used: says which file, which line, what and how to fix it.
+
+    ``str(error)`` is one line, ``issues/x.md:3: what is wrong; fix``, ready to print.
+    """
+
+    def __init__(self, source: str, line: int, message: str, hint: str = "") -> None:
+        self.source = source
+        self.line = line
+        self.message = _one_line(message)
+        self.hint = _one_line(hint)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        text = f"{self.source}:{self.line}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class ConfigError(NewsletterError):
+    """The configuration file or the environment is wrong."""
+
+
+class RenderError(NewsletterError):
+    """A template or the MJML/CSS toolchain failed to produce the email."""
+
+
+class ComposeError(NewsletterError):
+    """A message can't be built, e.g. an invalid recipient address."""
+
+
+def _one_line(text: str) -> str:
+    """Fold any whitespace run (newlines included) into one space."""
+    return " ".join(text.split())

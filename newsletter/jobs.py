@@ -1,0 +1,115 @@
+"""The library functions behind the CLI commands: each takes paths and settings, does the job.
+
+The CLI only parses arguments, calls these and prints; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from newsletter.checks import Finding, check_issue, check_rendered
+from newsletter.compose import compile_message, fill_html, fill_text, now_header_date, personalise
+from newsletter.config import Settings
+from newsletter.errors import IssueError
+from newsletter.issues import load_issue
+from newsletter.models import Recipient, RenderedIssue
+from newsletter.render import render_issue
+
+__all__ = ["CheckReport", "RenderedFiles", "check_files", "example_recipient", "render_to_files"]
+
+
+@dataclass(frozen=True)
+class RenderedFiles:
+    """What ``render_to_files`` wrote."""
+
+    html: Path
+    text: Path
+    eml: Path
+    html_bytes: int
+    eml_bytes: int
+
+
+@dataclass
+class CheckReport:
+    """Everything ``check_files`` found, and the files that couldn't be read at all."""
+
+    findings: list[Finding] = field(default_factory=list)
+    errors: list[IssueError] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """2 when a file is invalid, 1 when there are findings, 0 when clean."""
+        if self.errors:
+            return 2
+        return 1 if any(finding.counts for finding in self.findings) else 0
+
+
+def example_recipient(settings: Settings) -> Recipient:
+    """The made-up subscriber that previews are personalised for."""
+    return Recipient(
+        email="reader@example.com",
+        name="Example Reader",
+        unsubscribe_url=f"{settings.sender.site_url}/unsubscribe/example-token",
+    )
+
+
+def render_to_files(issue_path: str | Path, out_dir: str | Path, settings: Settings) -> RenderedFiles:
+    """Render an issue file into ``out_dir/<slug>.html``, ``.txt`` and ``.eml``.
+
+    Everything is rendered before anything is written, and each file is replaced
+    atomically, so a bad issue leaves ``out_dir`` as it was.
+    """
+    issue = load_issue(issue_path)
+    rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
+    recipient = example_recipient(settings)
+    message = personalise(
+        compile_message(rendered, sender=settings.sender, list_id=issue.list_name),
+        recipient,
+        message_id=f"{issue.slug}.preview@{settings.sender.domain}",
+        date=now_header_date(),
+    )
+    html = fill_html(rendered, recipient).encode("utf-8")
+    text = fill_text(rendered, recipient).encode("utf-8")
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = (folder / f"{issue.slug}.html", folder / f"{issue.slug}.txt", folder / f"{issue.slug}.eml")
+    for path, data in zip(paths, (html, text, message), strict=True):
+        _write_atomically(path, data)
+    return RenderedFiles(paths[0], paths[1], paths[2], len(html), len(message))
+
+
+def check_files(paths: Iterable[str | Path], settings: Settings) -> CheckReport:
+    """Check each issue file: parse it, render it, and collect the findings."""
+    report = CheckReport()
+    for path in paths:
+        try:
+            issue = load_issue(path)
+            rendered: RenderedIssue = render_issue(
+                issue, sender=settings.sender, templates_dir=settings.templates_dir
+            )
+        except IssueError as exc:
+            report.errors.append(exc)
+            continue
+        recipient = example_recipient(settings)
+        report.findings.extend(check_issue(issue))
+        report.findings.extend(
+            check_rendered(issue.source, fill_html(rendered, recipient), fill_text(rendered, recipient))
+        )
+    return report
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,230 @@
+"""The data that flows through the pipeline: frozen dataclasses, no I/O.
+
+``Issue`` (parsed file) -> ``RenderedIssue`` (html + text with placeholders)
+-> per-recipient bytes (see :mod:`newsletter.compose`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+__all__ = [
+    "Block",
+    "Citation",
+    "Code",
+    "CodeBlock",
+    "Emphasis",
+    "Heading",
+    "Image",
+    "Inline",
+    "Issue",
+    "LineBreak",
+    "Link",
+    "ListBlock",
+    "ListItem",
+    "Paragraph",
+    "Quote",
+    "Recipient",
+    "RenderedIssue",
+    "Section",
+    "Strong",
+    "Text",
+    "ThematicBreak",
+]
+
+
+# --- inline content ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Text:
+    """Plain text, unescaped: every renderer escapes it for its own output."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Emphasis:
+    """``*emphasis*``."""
+
+    children: tuple[Inline, ...]
+
+
+@dataclass(frozen=True)
+class Strong:
+    """``**strong emphasis**``."""
+
+    children: tuple[Inline, ...]
+
+
+@dataclass(frozen=True)
+class Code:
+    """```inline code```."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Link:
+    """``[text](url "title")``."""
+
+    url: str
+    children: tuple[Inline, ...]
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Image:
+    """``![alt](url "WIDTHxHEIGHT")``: the title, when it is a size, gives the pixel size."""
+
+    url: str
+    alt: str
+    width: int | None = None
+    height: int | None = None
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class LineBreak:
+    """A hard line break (two trailing spaces or a backslash)."""
+
+
+Inline = Union[Text, Emphasis, Strong, Code, Link, Image, LineBreak]
+
+
+@dataclass(frozen=True)
+class Citation:
+    """The source a paragraph or list item ends with: ``[Outlet / Author]``."""
+
+    text: str
+    url: str | None = None
+
+
+# --- blocks --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A paragraph; ``citation`` is its trailing bracketed source, if any."""
+
+    content: tuple[Inline, ...]
+    citation: Citation | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Heading:
+    """A heading below section level (``###`` and deeper), inside a section."""
+
+    level: int
+    content: tuple[Inline, ...]
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A blockquote."""
+
+    blocks: tuple[Block, ...]
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ListItem:
+    """One bullet: its first paragraph's content, citation, then any nested blocks."""
+
+    content: tuple[Inline, ...]
+    citation: Citation | None = None
+    children: tuple[Block, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListBlock:
+    """A bullet list, or a numbered one starting at ``start``."""
+
+    items: tuple[ListItem, ...]
+    ordered: bool = False
+    start: int = 1
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    """A fenced or indented code block, shown as preformatted text."""
+
+    text: str
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ThematicBreak:
+    """A ``---`` rule between blocks."""
+
+    line: int = 0
+
+
+Block = Union[Paragraph, Heading, Quote, ListBlock, CodeBlock, ThematicBreak]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A ``## `` heading and the blocks under it; the intro section has no title."""
+
+    title: tuple[Inline, ...]
+    blocks: tuple[Block, ...]
+    line: int = 0
+
+
+# --- the issue -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A parsed issue file: front matter and body, nothing rendered yet."""
+
+    source: str
+    slug: str
+    subject: str
+    date: dt.date
+    headline: tuple[Inline, ...]
+    sections: tuple[Section, ...]
+    preheader: str = ""
+    send_at: dt.datetime | None = None
+    list_name: str = "default"
+    template: str = "briefing"
+    credit: tuple[Inline, ...] = ()
+    #: line of each front-matter key in the file, for error messages of later stages
+    lines: Mapping[str, int] = field(default_factory=dict)
+
+    def line_of(self, key: str) -> int:
+        """The file line of front-matter ``key`` (1 when the key is absent)."""
+        return self.lines.get(key, 1)
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    """An issue rendered once: HTML and text that still hold per-recipient placeholders.
+
+    Placeholders are ``__nl<digest>_<field>__`` where ``digest`` is derived from the
+    issue file itself, so the issue's own text can never contain one.
+    """
+
+    slug: str
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    placeholder_prefix: str
+    view_url: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One subscriber as the composing stage needs them."""
+
+    email: str
+    name: str = ""
+    unsubscribe_url: str = ""

@@ -1,0 +1,189 @@
+"""The plain-text variant, written from the parsed :class:`Issue` (never scraped from HTML).
+
+Paragraphs are wrapped at :data:`WIDTH` columns, links become numbered references
+``[1]`` listed at the end, citations stay whole on one line where they fit.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
+
+from newsletter.config import SenderSettings
+from newsletter.models import (
+    Block,
+    Citation,
+    Code,
+    CodeBlock,
+    Emphasis,
+    Heading,
+    Image,
+    Inline,
+    Issue,
+    LineBreak,
+    Link,
+    ListBlock,
+    Paragraph,
+    Quote,
+    Strong,
+    Text,
+    ThematicBreak,
+)
+
+__all__ = ["WIDTH", "render_text"]
+
+#: the column every wrapped line stays within (the check allows up to 78)
+WIDTH = 72
+_NBSP = "\u00a0"
+_HARD_BREAK = "\u2028"  # stands for a hard line break while wrapping
+_SPACES = re.compile(r"[ \t\n\r\f\v]+")
+
+
+def render_text(
+    issue: Issue,
+    *,
+    sender: SenderSettings,
+    view_url: str,
+    recipient: Mapping[str, str],
+) -> str:
+    """The whole text part, ending in a footer with the recipient's unsubscribe address."""
+    writer = _TextWriter()
+    name = sender.from_name or sender.from_email
+    date = issue.date
+    writer.lines.append(f"{name.upper()} | {date:%A}, {date:%B} {date.day}, {date.year}")
+    writer.blank()
+    headline = writer.flow(issue.headline)
+    writer.heading(headline, "=")
+    for section in issue.sections:
+        if section.title:
+            writer.heading(writer.flow(section.title), "-")
+        for block in section.blocks:
+            writer.block(block, indent="")
+    if issue.credit:
+        writer.paragraph(writer.flow(issue.credit), "", "")
+    if writer.references:
+        writer.lines.append("Links:")
+        for number, url in enumerate(writer.references, 1):
+            writer.lines.append(f"[{number}] {url}")
+        writer.blank()
+    writer.lines.append("-- ")
+    writer.lines.append("View this issue in your browser:")
+    writer.lines.append(view_url)
+    writer.blank()
+    writer.lines.append(f"You receive {name} at this address:")
+    writer.lines.append(recipient["email"])
+    writer.lines.append("Unsubscribe with one click:")
+    writer.lines.append(recipient["unsubscribe_url"])
+    writer.blank()
+    for line in textwrap.wrap(f"{name}, {sender.postal_address}", WIDTH):
+        writer.lines.append(line)
+    return "\n".join(writer.lines).rstrip("\n") + "\n"
+
+
+class _TextWriter:
+    """Accumulates wrapped lines and the numbered link references."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.references: list[str] = []
+
+    def blank(self) -> None:
+        if self.lines and self.lines[-1] != "":
+            self.lines.append("")
+
+    def reference(self, url: str) -> int:
+        if url not in self.references:
+            self.references.append(url)
+        return self.references.index(url) + 1
+
+    def flow(self, content: Sequence[Inline]) -> str:
+        """Inline content as one line of text, links numbered."""
+        parts: list[str] = []
+        for node in content:
+            if isinstance(node, Text):
+                parts.append(node.text)
+            elif isinstance(node, Code):
+                parts.append(node.text)
+            elif isinstance(node, Emphasis):
+                parts.append(f"_{self.flow(node.children)}_")
+            elif isinstance(node, Strong):
+                parts.append(f"*{self.flow(node.children)}*")
+            elif isinstance(node, Link):
+                label = self.flow(node.children)
+                if node.url.startswith("mailto:") and label == node.url[7:]:
+                    parts.append(label)
+                elif label == node.url:
+                    parts.append(f"<{label}>")
+                else:
+                    parts.append(f"{label} [{self.reference(node.url)}]")
+            elif isinstance(node, Image):
+                parts.append(f"[Image: {node.alt}]")
+            elif isinstance(node, LineBreak):
+                parts.append(_HARD_BREAK)
+        return "".join(parts)
+
+    def citation(self, citation: Citation | None) -> str:
+        if citation is None:
+            return ""
+        label = f"[{citation.text}]"
+        if len(label) <= WIDTH - 8:
+            label = label.replace(" ", _NBSP)  # keep a source on one line
+        if citation.url:
+            label += f"{_NBSP}[{self.reference(citation.url)}]"
+        return " " + label
+
+    def heading(self, text: str, underline: str) -> None:
+        self.blank()
+        wrapped = _wrap(text, "", "")
+        self.lines.extend(wrapped)
+        self.lines.append(underline * max(len(line) for line in wrapped))
+        self.blank()
+
+    def paragraph(self, text: str, first: str, rest: str) -> None:
+        self.lines.extend(_wrap(text, first, rest))
+        self.blank()
+
+    def block(self, block: Block, indent: str) -> None:
+        if isinstance(block, Paragraph):
+            self.paragraph(self.flow(block.content) + self.citation(block.citation), indent, indent)
+        elif isinstance(block, Heading):
+            self.lines.extend(_wrap(self.flow(block.content).upper(), indent, indent))
+            self.blank()
+        elif isinstance(block, Quote):
+            for child in block.blocks:
+                self.block(child, indent + "> ")
+        elif isinstance(block, ListBlock):
+            for number, item in enumerate(block.items, block.start):
+                marker = f"{number}. " if block.ordered else "* "
+                hang = indent + " " * len(marker)
+                text = self.flow(item.content) + self.citation(item.citation)
+                self.lines.extend(_wrap(text, indent + marker, hang))
+                if item.children:
+                    self.blank()
+                    for child in item.children:
+                        self.block(child, hang)
+                self.blank()
+        elif isinstance(block, CodeBlock):
+            for line in block.text.split("\n"):
+                self.lines.append((indent + "    " + line).rstrip())
+            self.blank()
+        elif isinstance(block, ThematicBreak):
+            self.lines.append(indent + "* * *")
+            self.blank()
+
+
+def _wrap(text: str, first: str, rest: str) -> list[str]:
+    """Wrap at WIDTH, honouring hard breaks; never split a word or a URL."""
+    lines: list[str] = []
+    for number, piece in enumerate(text.split(_HARD_BREAK)):
+        wrapped = textwrap.wrap(
+            _SPACES.sub(" ", piece).strip(),  # only ASCII space: NBSP keeps a source whole
+            WIDTH,
+            initial_indent=first if number == 0 else rest,
+            subsequent_indent=rest,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        lines.extend(wrapped or [(first if number == 0 else rest).rstrip()])
+    return [line.replace(_NBSP, " ").rstrip() for line in lines]

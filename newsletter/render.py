@@ -1,0 +1,217 @@
+"""Render an :class:`Issue` once into HTML and plain text that keep per-recipient placeholders.
+
+Jinja2 (autoescape, StrictUndefined) -> mjml-python -> premailer. This is the only
+module that imports those three; their errors become ours here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import mjml
+import premailer
+from markupsafe import Markup
+
+from newsletter.config import SenderSettings
+from newsletter.errors import IssueError, RenderError
+from newsletter.markup import block_html, block_kind, inline_html
+from newsletter.models import Issue, RenderedIssue
+from newsletter.plaintext import render_text
+
+__all__ = [
+    "RECIPIENT_FIELDS",
+    "available_templates",
+    "default_templates_dir",
+    "placeholder",
+    "placeholder_pattern",
+    "render_issue",
+    "view_url",
+]
+
+#: the per-recipient values a template may use, as ``recipient.<field>``
+RECIPIENT_FIELDS = ("email", "name", "unsubscribe_url")
+
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July",
+           "August", "September", "October", "November", "December")
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_DOCTYPE = "<!doctype html>\n"
+
+
+def default_templates_dir() -> Path:
+    """Where the built-in templates are: inside the installed package, else the checkout's ``templates/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "briefing.mjml").is_file():
+            return candidate
+    raise RenderError(f"the built-in templates are missing (looked in {here / 'templates'} and {here.parent / 'templates'})")
+
+
+def available_templates(templates_dir: Path | None = None) -> list[str]:
+    """The template names found in ``templates_dir`` (``briefing`` for ``briefing.mjml``)."""
+    folder = templates_dir or default_templates_dir()
+    return sorted(path.stem for path in folder.glob("*.mjml"))
+
+
+def placeholder(prefix: str, field: str) -> str:
+    """The placeholder for ``field`` in an issue rendered with ``prefix``."""
+    return f"{prefix}_{field}__"
+
+
+def placeholder_pattern(prefix: str) -> re.Pattern[str]:
+    """A pattern matching every placeholder of ``prefix``; group 1 is the field."""
+    return re.compile(re.escape(prefix) + r"_([a-z]+(?:_[a-z]+)*)__")
+
+
+def view_url(issue: Issue, sender: SenderSettings) -> str:
+    """The web address of the issue ("view in browser"); it holds nothing per recipient."""
+    return f"{sender.site_url}/issues/{issue.slug}/"
+
+
+def render_issue(
+    issue: Issue,
+    *,
+    sender: SenderSettings,
+    templates_dir: Path | None = None,
+) -> RenderedIssue:
+    """Render ``issue`` once: HTML (inlined CSS) and text, with recipient placeholders."""
+    folder = templates_dir or default_templates_dir()
+    # The prefix is derived from the parsed issue, so the issue can't contain it.
+    digest = hashlib.sha256(repr((issue, sender)).encode("utf-8")).hexdigest()[:16]
+    prefix = f"__nl{digest}"
+    recipient = {field: placeholder(prefix, field) for field in RECIPIENT_FIELDS}
+    url = view_url(issue, sender)
+    mjml_source = _render_template(issue, folder, _context(issue, sender, url, recipient))
+    html = _inline_css(_compile_mjml(mjml_source, issue.template))
+    text = render_text(issue, sender=sender, view_url=url, recipient=recipient)
+    return RenderedIssue(
+        slug=issue.slug,
+        subject=issue.subject,
+        preheader=issue.preheader,
+        html=html,
+        text=text,
+        placeholder_prefix=prefix,
+        view_url=url,
+    )
+
+
+@dataclass(frozen=True)
+class _RenderedBlock:
+    kind: str
+    html: Markup
+
+
+@dataclass(frozen=True)
+class _RenderedSection:
+    title_html: Markup
+    blocks: list[_RenderedBlock]
+
+
+def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str, str]) -> dict[str, Any]:
+    # Fragments are built (and escaped) by newsletter.markup, hence Markup here.
+    sections = [
+        _RenderedSection(
+            Markup(inline_html(section.title)),
+            [_RenderedBlock(block_kind(block), Markup(block_html(block))) for block in section.blocks],
+        )
+        for section in issue.sections
+    ]
+    date = issue.date
+    return {
+        "lang": "en",
+        "issue": {
+            "subject": issue.subject,
+            "preheader": issue.preheader,
+            "slug": issue.slug,
+            "date": date,
+            "date_text": f"{_DAYS[date.weekday()]}, {_MONTHS[date.month - 1]} {date.day}, {date.year}",
+            "headline_html": Markup(inline_html(issue.headline)),
+            "sections": sections,
+            "credit_html": Markup(inline_html(issue.credit)),
+        },
+        "sender": {
+            "name": sender.from_name or sender.from_email,
+            "email": sender.from_email,
+            "postal_address": sender.postal_address,
+            "site_url": sender.site_url,
+        },
+        "view_url": url,
+        "recipient": recipient,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(folder: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        # select_autoescape() does not know .mjml: name it.
+        autoescape=jinja2.select_autoescape(enabled_extensions=("mjml", "html", "xml"), default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _render_template(issue: Issue, folder: Path, context: dict[str, Any]) -> str:
+    name = f"{issue.template}.mjml"
+    try:
+        template = _environment(folder).get_template(name)
+        return template.render(context)
+    except jinja2.TemplateNotFound as exc:
+        known = ", ".join(available_templates(folder)) or "none"
+        raise IssueError(
+            issue.source, issue.line_of("template"), f"unknown template '{issue.template}'",
+            f"available: {known}",
+        ) from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"{folder / name}:{exc.lineno}: template error: {exc.message}") from exc
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"{folder / name}: template error: {exc}") from exc
+
+
+def _compile_mjml(source: str, template: str) -> str:
+    try:
+        # fonts={} keeps MJML from linking Google Fonts: we use the system font stack.
+        return mjml.mjml2html(source, disable_comments=True, fonts={})
+    except Exception as exc:  # mjml-python raises plain exceptions from Rust
+        raise RenderError(f"template '{template}': MJML error: {_first_line(str(exc))}") from exc
+
+
+def _inline_css(html: str) -> str:
+    try:
+        inliner = premailer.Premailer(
+            html,
+            strip_important=False,  # media-query overrides need their !important
+            disable_validation=True,
+            allow_network=False,
+            allow_loading_external_files=False,
+            disable_basic_attributes=["width", "height", "align", "bgcolor", "valign"],
+            align_floating_images=False,
+            remove_classes=False,  # dark-mode and mobile rules select on them
+            cssutils_logging_level=logging.CRITICAL,
+        )
+        inlined = inliner.transform()
+    except Exception as exc:  # premailer/cssutils/lxml raise many unrelated types
+        raise RenderError(f"CSS inlining failed: {_first_line(str(exc))}") from exc
+    return _with_doctype(inlined)
+
+
+def _with_doctype(html: str) -> str:
+    """premailer drops MJML's ``<!doctype html>``; standards mode needs it back."""
+    stripped = html.lstrip()
+    if stripped[:9].lower() == "<!doctype":
+        stripped = stripped.split(">", 1)[1].lstrip()
+    return _DOCTYPE + stripped
+
+
+def _first_line(text: str) -> str:
+    lines: Iterable[str] = (line.strip() for line in text.splitlines())
+    return next((line for line in lines if line), "unknown error")
