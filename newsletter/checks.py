@@ -23,12 +23,12 @@ from newsletter.models import (
 )
 
 __all__ = [
+    "Finding",
     "GMAIL_CLIP_BYTES",
     "MAX_SUBJECT",
     "MAX_TEXT_COLUMNS",
-    "Finding",
-    "check_rendered",
     "check_issue",
+    "check_rendered",
 ]
 
 #: Gmail hides everything past ~102 KB of HTML behind "[Message clipped]"

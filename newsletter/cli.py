@@ -17,7 +17,9 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import IssueError, NewsletterError
 from newsletter.jobs import check_files, render_to_files
 
-__all__ = ["main"]
+__all__ = [
+    "main",
+]
 
 EXIT_FINDINGS = 1
 EXIT_BAD_INPUT = 2

@@ -42,7 +42,9 @@ _MAX_QP_LINE = 76
 # Octets that stand as themselves in quoted-printable: printable ASCII but "=".
 _QP_SAFE = frozenset(range(33, 127)) - {ord("=")}
 _QP_HEX = [f"={byte:02X}" for byte in range(256)]
-_ADDRESS_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# A dot-atom local part at an ASCII (or IDNA-encoded) domain: no quoting, no spaces, no SMTPUTF8.
+_ADDRESS_RE = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _SIMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
 _MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
 _URL_RE = re.compile(r"^https?://[!#-;=?-~]+$")  # printable ASCII without space, '<' or '>'
@@ -122,7 +124,7 @@ def format_recipient(recipient: Recipient) -> str:
 
 def _encoded_words(text: str) -> str:
     """``text`` as base64 encoded words of at most 45 octets (75 characters) each, joined by folds."""
-    words: list[str] = []
+    words: list[bytes] = []
     chunk = b""
     for char in text:
         data = char.encode("utf-8")

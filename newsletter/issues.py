@@ -39,7 +39,13 @@ from newsletter.models import (
     ThematicBreak,
 )
 
-__all__ = ["FRONT_MATTER_KEYS", "inline_text", "load_issue", "parse_issue", "slug_from_path"]
+__all__ = [
+    "FRONT_MATTER_KEYS",
+    "inline_text",
+    "load_issue",
+    "parse_issue",
+    "slug_from_path",
+]
 
 #: every key the front matter may hold, with whether it is required
 FRONT_MATTER_KEYS: dict[str, bool] = {

@@ -19,7 +19,13 @@ from newsletter.issues import load_issue
 from newsletter.models import Recipient, RenderedIssue
 from newsletter.render import render_issue
 
-__all__ = ["CheckReport", "RenderedFiles", "check_files", "example_recipient", "render_to_files"]
+__all__ = [
+    "CheckReport",
+    "RenderedFiles",
+    "check_files",
+    "example_recipient",
+    "render_to_files",
+]
 
 
 @dataclass(frozen=True)

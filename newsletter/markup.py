@@ -30,7 +30,13 @@ from newsletter.models import (
     ThematicBreak,
 )
 
-__all__ = ["MAX_IMAGE_WIDTH", "block_html", "block_kind", "citation_html", "inline_html"]
+__all__ = [
+    "MAX_IMAGE_WIDTH",
+    "block_html",
+    "block_kind",
+    "citation_html",
+    "inline_html",
+]
 
 #: the widest an image may be drawn: the 600 px body less its side padding
 MAX_IMAGE_WIDTH = 552

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TypeAlias
 
 __all__ = [
     "Block",
@@ -92,7 +92,7 @@ class LineBreak:
     """A hard line break (two trailing spaces or a backslash)."""
 
 
-Inline = Union[Text, Emphasis, Strong, Code, Link, Image, LineBreak]
+Inline: TypeAlias = Text | Emphasis | Strong | Code | Link | Image | LineBreak
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class ThematicBreak:
     line: int = 0
 
 
-Block = Union[Paragraph, Heading, Quote, ListBlock, CodeBlock, ThematicBreak]
+Block: TypeAlias = Paragraph | Heading | Quote | ListBlock | CodeBlock | ThematicBreak
 
 
 @dataclass(frozen=True)

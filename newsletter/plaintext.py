@@ -31,7 +31,10 @@ from newsletter.models import (
     ThematicBreak,
 )
 
-__all__ = ["WIDTH", "render_text"]
+__all__ = [
+    "WIDTH",
+    "render_text",
+]
 
 #: the column every wrapped line stays within (the check allows up to 78)
 WIDTH = 72
@@ -126,9 +129,7 @@ class _TextWriter:
     def citation(self, citation: Citation | None) -> str:
         if citation is None:
             return ""
-        label = f"[{citation.text}]"
-        if len(label) <= WIDTH - 8:
-            label = label.replace(" ", _NBSP)  # keep a source on one line
+        label = f"[{citation.text}]".replace(" ", _NBSP)  # keep a source on one line where it fits
         if citation.url:
             label += f"{_NBSP}[{self.reference(citation.url)}]"
         return " " + label
@@ -174,7 +175,18 @@ class _TextWriter:
 
 
 def _wrap(text: str, first: str, rest: str) -> list[str]:
-    """Wrap at WIDTH, honouring hard breaks; never split a word or a URL."""
+    """Wrap at WIDTH, honouring hard breaks; never split a word or a URL.
+
+    A citation is joined by NBSPs so it stays on one line; one too long for a line
+    is wrapped like any text.
+    """
+    lines = _wrap_joined(text, first, rest)
+    if any(len(line) > WIDTH and _NBSP in line for line in lines):
+        lines = _wrap_joined(text.replace(_NBSP, " "), first, rest)
+    return [line.replace(_NBSP, " ").rstrip() for line in lines]
+
+
+def _wrap_joined(text: str, first: str, rest: str) -> list[str]:
     lines: list[str] = []
     for number, piece in enumerate(text.split(_HARD_BREAK)):
         wrapped = textwrap.wrap(
@@ -186,4 +198,4 @@ def _wrap(text: str, first: str, rest: str) -> list[str]:
             break_on_hyphens=False,
         )
         lines.extend(wrapped or [(first if number == 0 else rest).rstrip()])
-    return [line.replace(_NBSP, " ").rstrip() for line in lines]
+    return lines

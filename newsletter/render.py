@@ -51,7 +51,7 @@ def default_templates_dir() -> Path:
     for candidate in (here / "templates", here.parent / "templates"):
         if (candidate / "briefing.mjml").is_file():
             return candidate
-    raise RenderError(f"the built-in templates are missing (looked in {here / 'templates'} and {here.parent / 'templates'})")
+    raise RenderError(f"the built-in templates are missing (looked in {here / 'templates'} and {here.parent})")
 
 
 def available_templates(templates_dir: Path | None = None) -> list[str]:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set up everything the project needs on a fresh Debian/Ubuntu machine with Python 3.11:
+# a virtual environment in .venv with the project and its dev tools, and (with
+# --browser) Debian's Chromium for the browser tests. Safe to run again: it only
+# installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) want_browser=1 ;;
+    *) echo "usage: scripts/bootstrap.sh [--browser]" >&2; exit 2 ;;
+  esac
+done
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+apt_updated=0
+apt_install() {
+  if [ $apt_updated = 0 ]; then $SUDO apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  # Debian splits venv/ensurepip into python3-venv; install it when venv can't bootstrap pip.
+  if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    echo "installing python3-venv (apt)" >&2
+    apt_install python3-venv
+    "$PYTHON" -m venv .venv
+  fi
+fi
+if ! .venv/bin/python -c "import newsletter, pytest, playwright" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "installing newsletter and its dev tools into .venv (pip)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch .venv/.installed
+fi
+
+if [ $want_browser = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium (apt) for the browser tests" >&2
+  apt_install chromium fonts-dejavu-core
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, then run the linters and the whole test suite (what CI runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh --browser
+.venv/bin/ruff check newsletter tests benchmarks scripts
+.venv/bin/mypy --strict newsletter
+.venv/bin/pytest "$@"

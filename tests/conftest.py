@@ -1,0 +1,58 @@
+"""Shared fixtures: the seed issue, settings, and the --update-golden flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import SenderSettings, Settings
+from newsletter.issues import load_issue
+from newsletter.models import Issue, RenderedIssue
+from newsletter.render import render_issue
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_ISSUE = ROOT / "issues" / "2017-07-07-trump-putin.md"
+SEED_BRIEFING = Path(__file__).resolve().parent / "fixtures" / "seed-briefing.txt"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden", action="store_true", default=False,
+        help="rewrite tests/golden/* from the current output instead of comparing",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(scope="session")
+def sender() -> SenderSettings:
+    return SenderSettings()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def seed_issue() -> Issue:
+    return load_issue(SEED_ISSUE)
+
+
+@pytest.fixture(scope="session")
+def seed_rendered(seed_issue: Issue, sender: SenderSettings) -> RenderedIssue:
+    return render_issue(seed_issue, sender=sender)
+
+
+def write_issue(folder: Path, body: str, *, front: str | None = None, name: str = "2024-01-02-test.md") -> Path:
+    """Write an issue file with a valid front matter (unless ``front`` is given)."""
+    if front is None:
+        front = "subject: Test issue\ndate: 2024-01-02\npreheader: A test\n"
+    path = folder / name
+    path.write_text(f"---\n{front}---\n{body}", encoding="utf-8")
+    return path

@@ -1,0 +1,128 @@
+"""The CLI through click's runner: render, check, exit codes, help, and nothing written on error."""
+
+from __future__ import annotations
+
+import email
+import json
+from email import policy
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from newsletter.checks import GMAIL_CLIP_BYTES
+from newsletter.cli import main
+
+from .conftest import SEED_ISSUE, write_issue
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_render_writes_html_text_and_eml(tmp_path: Path) -> None:
+    code, out, _ = run("render", str(SEED_ISSUE), "-o", str(tmp_path))
+    assert code == 0, out
+    slug = "2017-07-07-trump-putin"
+    html = (tmp_path / f"{slug}.html").read_text(encoding="utf-8")
+    text = (tmp_path / f"{slug}.txt").read_text(encoding="utf-8")
+    eml = (tmp_path / f"{slug}.eml").read_bytes()
+    assert html.startswith("<!doctype html>")
+    assert len(html.encode()) < GMAIL_CLIP_BYTES
+    assert "Face to face" in text
+    msg = email.message_from_bytes(eml, policy=policy.default)
+    assert msg["To"] == "Example Reader <reader@example.com>"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]  # type: ignore[attr-defined]
+    assert "fonts.googleapis" not in html and "@import" not in html
+
+
+def test_render_json(tmp_path: Path) -> None:
+    code, out, _ = run("render", str(SEED_ISSUE), "-o", str(tmp_path), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert Path(data["eml"]).exists() and data["html_bytes"] > 1000
+
+
+@pytest.mark.parametrize(
+    ("front", "body", "expected"),
+    [
+        ("subject: x\ndate: 2024-13-01\n", "Hi\n", ":3: date '2024-13-01' does not exist"),
+        ("subject: x\ndate: 2024-01-01\ntemplate: nope\n", "Hi\n", ":4: unknown template 'nope' (available: briefing)"),
+        ("subject: x\ndate: 2024-01-01\ncolour: red\n", "Hi\n", ":4: unknown key 'colour'"),
+        ("subject: x\n", "Hi\n", ":1: missing required key 'date'"),
+    ],
+)
+def test_bad_issue_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, front: str, body: str, expected: str) -> None:
+    issue = write_issue(tmp_path, body, front=front)
+    out_dir = tmp_path / "out"
+    code, out, err = run("render", str(issue), "-o", str(out_dir))
+    assert code == 2
+    assert err.strip() == err.strip().splitlines()[0], "one line"
+    assert err.startswith(f"{issue}{expected}")
+    assert out == ""
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_bad_render_keeps_earlier_output(tmp_path: Path) -> None:
+    good = write_issue(tmp_path, "Good\n")
+    assert run("render", str(good), "-o", str(tmp_path / "out"))[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    good.write_text("---\nsubject: x\ndate: 2024-02-31\n---\nBad\n", encoding="utf-8")
+    assert run("render", str(good), "-o", str(tmp_path / "out"))[0] == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    code, _, err = run("render", str(tmp_path / "nope.md"))
+    assert code == 2 and "can't read the file" in err
+
+
+def test_check_seed_is_clean() -> None:
+    code, out, _ = run("check", str(SEED_ISSUE))
+    assert code == 0, out
+
+
+def test_check_findings_exit_1_and_json(tmp_path: Path) -> None:
+    issue = write_issue(
+        tmp_path,
+        "[relative](/about) and ![pic](images/a.png)\n\n```\n" + "x" * 100 + "\n```\n",
+        front="subject: " + "S" * 90 + "\ndate: 2024-01-02\n",
+    )
+    code, out, _ = run("check", "--json", str(issue))
+    assert code == 1
+    codes = {row["code"] for row in json.loads(out)}
+    assert {"subject-length", "no-preheader", "relative-link", "text-width"} <= codes
+    rows = {row["code"]: row for row in json.loads(out)}
+    assert rows["relative-link"]["line"] == 5
+
+
+def test_check_invalid_file_exit_2(tmp_path: Path) -> None:
+    issue = write_issue(tmp_path, "Hi\n", front="subject: x\n")
+    code, _, err = run("check", str(issue))
+    assert code == 2 and "missing required key 'date'" in err
+
+
+def test_check_gmail_clip(tmp_path: Path) -> None:
+    paragraphs = "\n\n".join(f"Paragraph {n} " + "words " * 60 for n in range(400))
+    issue = write_issue(tmp_path, paragraphs + "\n")
+    code, out, _ = run("check", "--json", str(issue))
+    assert code == 1
+    assert "gmail-clip" in {row["code"] for row in json.loads(out)}
+
+
+def _commands(group: click.Group) -> list[click.Command]:
+    found: list[click.Command] = []
+    for command in group.commands.values():
+        found.append(command)
+        if isinstance(command, click.Group):
+            found.extend(_commands(command))
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(main), ids=lambda c: c.name or "?")
+def test_every_command_has_help_with_an_example(command: click.Command) -> None:
+    assert command.help and "Example" in command.help, f"{command.name} needs a docstring with an example"
+    code, out, _ = run(*([command.name] if command.name else []), "--help")
+    assert code == 0 and "Usage:" in out
