@@ -100,9 +100,14 @@ def _qp_line(data: bytes) -> str:
 
 def _qp_slot(value: str) -> bytes:
     """A value that stands between two soft line breaks: quoted-printable, then a soft break."""
-    if len(value) < _MAX_QP_LINE and value.isascii() and value.isprintable() and "=" not in value \
-            and not value.startswith(".") and not value.endswith(" "):
-        return (value + "=\r\n").encode("ascii")
+    if value.isascii() and value.isprintable() and "=" not in value:
+        # Plain ASCII (a URL, most addresses and names) only needs cutting into lines.
+        width = _MAX_QP_LINE - 1
+        if len(value) <= width and not value.startswith("."):
+            return (value + "=\r\n").encode("ascii")
+        chunks = [value[start : start + width] for start in range(0, len(value), width)]
+        if not any(chunk.startswith(".") for chunk in chunks):
+            return ("=\r\n".join(chunks) + "=\r\n").encode("ascii")
     return (_qp_line(value.encode("utf-8")) + "=\r\n").encode("ascii")
 
 
