@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -399,9 +399,6 @@ class _Stream:
         token = self.tokens[self.index]
         self.index += 1
         return token
-
-    def __iter__(self) -> Iterator[Token]:
-        return iter(self.tokens[self.index :])
 
 
 def _merge_text(nodes: list[Inline]) -> tuple[Inline, ...]:
