@@ -14,8 +14,10 @@ from typing import NoReturn
 import click
 
 from newsletter.config import Settings, load_settings
-from newsletter.errors import IssueError, NewsletterError
-from newsletter.jobs import check_files, render_to_files
+from newsletter.errors import IssueError, NewsletterError, SubscriberError
+from newsletter.jobs import check_files, import_subscribers, render_to_files
+from newsletter.store import Store
+from newsletter.subscribers import export_csv, export_json, subscriber_row
 
 __all__ = [
     "main",
@@ -128,6 +130,185 @@ def check(ctx: click.Context, issues: tuple[str, ...], as_json: bool) -> None:
         if not report.errors:
             click.echo(f"{len(issues)} file(s) checked, {counted} finding(s)", err=True)
     sys.exit(report.exit_code)
+
+
+@main.group()
+def subscribers() -> None:
+    """Manage subscribers and lists in the database.
+
+    \b
+    Examples:
+      newsletter subscribers import readers.csv --list default
+      newsletter subscribers add ann@example.org --name "Ann Reader"
+      newsletter subscribers export --format json > subscribers.json
+    """
+
+
+@subscribers.command("import")
+@click.argument("csv_file", type=click.Path(dir_okay=False))
+@click.option("--list", "list_name", default="default", show_default=True, help="The list to put them on.")
+@click.option("--all-or-nothing", is_flag=True, help="Import nothing when any row is bad.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts and errors as JSON.")
+@click.pass_context
+def import_command(ctx: click.Context, csv_file: str, list_name: str, all_or_nothing: bool, as_json: bool) -> None:
+    """Import CSV_FILE (columns email, name, any others become merge fields).
+
+    Good rows are added or updated in one transaction; each bad row is reported with
+    its line, and the exit status is then 1 (2 with --all-or-nothing, nothing imported).
+    Addresses merge case-insensitively, and nobody who unsubscribed or bounced is
+    re-activated.
+
+    \b
+    Example:
+      newsletter subscribers import readers.csv --list morning
+    """
+    settings = _settings(ctx)
+    try:
+        report = import_subscribers(csv_file, list_name, settings, all_or_nothing=all_or_nothing)
+    except NewsletterError as exc:
+        _fail(exc)
+    counts = report.counts
+    if as_json:
+        click.echo(json.dumps({
+            "added": counts.added if counts else 0, "updated": counts.updated if counts else 0,
+            "kept_unsubscribed_or_bounced": counts.kept_out if counts else 0,
+            "errors": [str(error) for error in report.errors],
+        }, indent=2))
+    else:
+        for error in report.errors:
+            click.echo(str(error), err=True)
+        if counts is None:
+            click.echo(f"nothing imported: {len(report.errors)} bad row(s)", err=True)
+        else:
+            click.echo(f"{counts.added} added, {counts.updated} updated "
+                       f"({counts.kept_out} stay unsubscribed or bounced), {len(report.errors)} refused "
+                       f"-> list '{list_name}'")
+    if report.errors:
+        sys.exit(EXIT_BAD_INPUT if counts is None else EXIT_FINDINGS)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="Display name.")
+@click.option("--list", "list_name", default="default", show_default=True)
+@click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A merge field (repeatable).")
+@click.pass_context
+def add_command(ctx: click.Context, email: str, name: str, list_name: str, fields: tuple[str, ...]) -> None:
+    """Add (or update) one subscriber on a list.
+
+    \b
+    Example:
+      newsletter subscribers add ann@example.org --name "Ann Reader" --field city=Leeds
+    """
+    settings = _settings(ctx)
+    try:
+        pairs = dict(_split_field(item) for item in fields)
+        row = subscriber_row(email, name, pairs)
+        with Store.open(settings.database.path) as store:
+            counts = store.upsert_subscribers([row], list_name=list_name)
+    except NewsletterError as exc:
+        _fail(exc)
+    state = "added" if counts.added else "updated"
+    note = " (stays unsubscribed or bounced)" if counts.kept_out else ""
+    click.echo(f"{state} {row.email} on list '{list_name}'{note}")
+
+
+def _split_field(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SubscriberError(f"--field {item!r} must be KEY=VALUE")
+    return key, value
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.option("--list", "list_name", default=None, help="Only from this list (default: from everything).")
+@click.pass_context
+def remove_command(ctx: click.Context, email: str, list_name: str | None) -> None:
+    """Unsubscribe EMAIL (kept in the database, so no import brings them back).
+
+    \b
+    Example:
+      newsletter subscribers remove ann@example.org --list morning
+    """
+    settings = _settings(ctx)
+    try:
+        with Store.open(settings.database.path) as store:
+            found = store.unsubscribe(email, list_name=list_name)
+    except NewsletterError as exc:
+        _fail(exc)
+    if not found:
+        click.echo(f"error: {email} is not a subscriber" + (f" of '{list_name}'" if list_name else ""), err=True)
+        sys.exit(EXIT_FINDINGS)
+    click.echo(f"unsubscribed {email}" + (f" from '{list_name}'" if list_name else " from everything"))
+
+
+@subscribers.command("list")
+@click.option("--list", "list_name", default=None, help="Only active members of this list.")
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.pass_context
+def list_command(ctx: click.Context, list_name: str | None, status: str | None, as_json: bool) -> None:
+    """List subscribers.
+
+    \b
+    Example:
+      newsletter subscribers list --list default --status active
+    """
+    settings = _settings(ctx)
+    try:
+        with Store.open(settings.database.path) as store:
+            people = store.subscribers(list_name=list_name, status=status)
+    except NewsletterError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(export_json(people))
+        return
+    for person in people:
+        click.echo(f"{person.email}\t{person.name}\t{person.status}\t{','.join(person.lists)}")
+
+
+@subscribers.command("count")
+@click.option("--list", "list_name", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def count_command(ctx: click.Context, list_name: str | None, as_json: bool) -> None:
+    """Count subscribers per status.
+
+    \b
+    Example:
+      newsletter subscribers count --list default --json
+    """
+    settings = _settings(ctx)
+    try:
+        with Store.open(settings.database.path) as store:
+            counts = store.count(list_name=list_name)
+    except NewsletterError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(", ".join(f"{number} {state}" for state, number in counts.items()))
+
+
+@subscribers.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--list", "list_name", default=None)
+@click.pass_context
+def export_command(ctx: click.Context, fmt: str, list_name: str | None) -> None:
+    """Export subscribers as CSV or JSON to standard output.
+
+    \b
+    Example:
+      newsletter subscribers export --format csv > backup.csv
+    """
+    settings = _settings(ctx)
+    try:
+        with Store.open(settings.database.path) as store:
+            people = store.subscribers(list_name=list_name)
+    except NewsletterError as exc:
+        _fail(exc)
+    click.echo(export_csv(people) if fmt == "csv" else export_json(people), nl=fmt == "json")
 
 
 if __name__ == "__main__":  # pragma: no cover

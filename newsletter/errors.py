@@ -6,7 +6,9 @@
     ├── IssueError                   an issue file is wrong (carries file and line)
     ├── ConfigError                  newsletter.toml or the environment is wrong
     ├── RenderError                  the template or the MJML/CSS toolchain failed
-    └── ComposeError                 a message can't be built (bad address, header)
+    ├── ComposeError                 a message can't be built (bad address, header)
+    ├── StoreError                   the database can't be opened, read or written
+    └── SubscriberError              a subscriber row or address is invalid (carries file and line)
 
 Third-party exceptions are translated once, in the module that imports the
 library, with ``raise ... from exc``; nothing else leaks out of the package.
@@ -20,6 +22,8 @@ __all__ = [
     "IssueError",
     "NewsletterError",
     "RenderError",
+    "StoreError",
+    "SubscriberError",
 ]
 
 
@@ -55,6 +59,14 @@ class RenderError(NewsletterError):
 
 class ComposeError(NewsletterError):
     """A message can't be built, e.g. an invalid recipient address."""
+
+
+class StoreError(NewsletterError):
+    """The database can't be opened, read or written (locked, full disk, damaged file)."""
+
+
+class SubscriberError(NewsletterError):
+    """A subscriber can't be accepted: names the file and line when it came from one."""
 
 
 def _one_line(text: str) -> str:

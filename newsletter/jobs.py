@@ -14,16 +14,20 @@ from pathlib import Path
 from newsletter.checks import Finding, check_issue, check_rendered
 from newsletter.compose import compile_message, fill_html, fill_text, now_header_date, personalise
 from newsletter.config import Settings
-from newsletter.errors import IssueError
+from newsletter.errors import IssueError, SubscriberError
 from newsletter.issues import load_issue
 from newsletter.models import Recipient, RenderedIssue
 from newsletter.render import render_issue
+from newsletter.store import Store, UpsertCounts
+from newsletter.subscribers import parse_csv
 
 __all__ = [
     "CheckReport",
+    "ImportReport",
     "RenderedFiles",
     "check_files",
     "example_recipient",
+    "import_subscribers",
     "render_to_files",
 ]
 
@@ -119,3 +123,30 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What ``import_subscribers`` did, and the rows it refused."""
+
+    counts: UpsertCounts | None
+    errors: list[SubscriberError]
+
+
+def import_subscribers(csv_path: str | Path, list_name: str, settings: Settings, *, all_or_nothing: bool = False
+                       ) -> ImportReport:
+    """Import a CSV into ``list_name``: good rows in one transaction, bad rows reported by line.
+
+    With ``all_or_nothing`` a single bad row means nothing is imported.
+    """
+    source = str(csv_path)
+    try:
+        text = Path(csv_path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SubscriberError(f"{source}: can't read it: {exc}") from exc
+    result = parse_csv(text, source=source)
+    if result.errors and all_or_nothing:
+        return ImportReport(None, result.errors)
+    with Store.open(settings.database.path) as store:
+        counts = store.upsert_subscribers(result.rows, list_name=list_name)
+    return ImportReport(counts, result.errors)

@@ -112,17 +112,17 @@ def test_check_gmail_clip(tmp_path: Path) -> None:
     assert "gmail-clip" in {row["code"] for row in json.loads(out)}
 
 
-def _commands(group: click.Group) -> list[click.Command]:
-    found: list[click.Command] = []
-    for command in group.commands.values():
-        found.append(command)
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found: list[tuple[tuple[str, ...], click.Command]] = []
+    for name, command in group.commands.items():
+        found.append(((*path, name), command))
         if isinstance(command, click.Group):
-            found.extend(_commands(command))
+            found.extend(_commands(command, (*path, name)))
     return found
 
 
-@pytest.mark.parametrize("command", _commands(main), ids=lambda c: c.name or "?")
-def test_every_command_has_help_with_an_example(command: click.Command) -> None:
-    assert command.help and "Example" in command.help, f"{command.name} needs a docstring with an example"
-    code, out, _ = run(*([command.name] if command.name else []), "--help")
+@pytest.mark.parametrize(("path", "command"), _commands(main), ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_every_command_has_help_with_an_example(path: tuple[str, ...], command: click.Command) -> None:
+    assert command.help and "Example" in command.help, f"{' '.join(path)} needs a docstring with an example"
+    code, out, _ = run(*path, "--help")
     assert code == 0 and "Usage:" in out

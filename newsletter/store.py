@@ -1,0 +1,329 @@
+"""The SQLite store: schema and migrations, subscribers, lists and memberships.
+
+One file, WAL mode, versioned migrations (``PRAGMA user_version``). Every write that
+belongs together happens in one transaction, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from newsletter.errors import StoreError
+
+__all__ = [
+    "MIGRATIONS",
+    "Store",
+    "Subscriber",
+    "SubscriberRow",
+    "UpsertCounts",
+]
+
+#: each entry moves the schema one version up; never edit one that has shipped
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE subscribers (
+        id          INTEGER PRIMARY KEY,
+        email       TEXT NOT NULL,
+        email_key   TEXT NOT NULL UNIQUE,          -- lower-cased: duplicates merge
+        name        TEXT NOT NULL DEFAULT '',
+        fields      TEXT NOT NULL DEFAULT '{}',    -- extra merge fields, JSON object
+        status      TEXT NOT NULL DEFAULT 'active'
+                    CHECK (status IN ('active', 'unsubscribed', 'bounced')),
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE TABLE lists (
+        id    INTEGER PRIMARY KEY,
+        name  TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE memberships (
+        list_id        INTEGER NOT NULL REFERENCES lists(id),
+        subscriber_id  INTEGER NOT NULL REFERENCES subscribers(id),
+        status         TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'unsubscribed')),
+        created_at     TEXT NOT NULL,
+        updated_at     TEXT NOT NULL,
+        PRIMARY KEY (list_id, subscriber_id)
+    );
+    CREATE TABLE issues (
+        id            INTEGER PRIMARY KEY,
+        slug          TEXT NOT NULL UNIQUE,
+        list_name     TEXT NOT NULL,
+        subject       TEXT NOT NULL,
+        content_hash  TEXT NOT NULL,
+        created_at    TEXT NOT NULL,
+        completed_at  TEXT
+    );
+    CREATE TABLE deliveries (
+        issue_id         INTEGER NOT NULL REFERENCES issues(id),
+        subscriber_id    INTEGER NOT NULL REFERENCES subscribers(id),
+        status           TEXT NOT NULL DEFAULT 'pending'
+                         CHECK (status IN ('pending', 'sending', 'sent', 'deferred', 'failed', 'uncertain')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  REAL NOT NULL DEFAULT 0,     -- unix time
+        last_code        INTEGER,
+        last_text        TEXT,
+        message_id       TEXT NOT NULL,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        sent_at          TEXT,
+        PRIMARY KEY (issue_id, subscriber_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_due ON deliveries (issue_id, status, next_attempt_at);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """A subscriber as stored."""
+
+    id: int
+    email: str
+    name: str
+    fields: Mapping[str, str]
+    status: str
+    lists: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SubscriberRow:
+    """One validated subscriber to upsert (from a CSV row or the command line)."""
+
+    email: str
+    name: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    """What an import did."""
+
+    added: int
+    updated: int
+    kept_out: int  # unsubscribed or bounced before: left as they were
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class Store:
+    """The database: open with :meth:`open`, close with :meth:`close` (or use ``with``)."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self.connection = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path, *, timeout: float = 10.0) -> Store:
+        """Open (creating if needed) and migrate the database at ``path``."""
+        location = Path(path)
+        try:
+            if location.parent and not location.parent.exists():
+                location.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
+            connection = sqlite3.connect(str(location), timeout=timeout, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            store = cls(connection, location)
+            store.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{location}: {_describe(exc)}") from exc
+        except OSError as exc:
+            raise StoreError(f"{location}: {exc.strerror or exc}") from exc
+        return store
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        """The migration the database is at."""
+        return int(self.connection.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        """Apply the migrations the database hasn't had yet, each in its own transaction."""
+        version = self.schema_version
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.path}: schema version {version} is newer than this newsletter knows")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction() as cursor:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        cursor.execute(statement)
+                cursor.execute(f"PRAGMA user_version = {number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error; SQLite errors become StoreError."""
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            yield cursor
+            cursor.execute("COMMIT")
+        except BaseException as exc:
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"{self.path}: {_describe(exc)}") from exc
+            raise
+        finally:
+            cursor.close()
+
+    # --- lists and subscribers -----------------------------------------------------
+
+    def _list_id(self, cursor: sqlite3.Cursor, name: str) -> int:
+        cursor.execute("INSERT OR IGNORE INTO lists (name) VALUES (?)", (name,))
+        row = cursor.execute("SELECT id FROM lists WHERE name = ?", (name,)).fetchone()
+        return int(row[0])
+
+    def upsert_subscribers(self, rows: Sequence[SubscriberRow], *, list_name: str) -> UpsertCounts:
+        """Add or update ``rows`` and put them on ``list_name``, all in one transaction.
+
+        Addresses merge case-insensitively. Someone who unsubscribed (from the list or
+        everywhere) or bounced keeps that status: an import never re-activates them.
+        """
+        added = updated = kept_out = 0
+        now = _now()
+        with self.transaction() as cursor:
+            list_id = self._list_id(cursor, list_name)
+            for row in rows:
+                key = row.email.lower()
+                existing = cursor.execute(
+                    "SELECT id, status, fields FROM subscribers WHERE email_key = ?", (key,)
+                ).fetchone()
+                if existing is None:
+                    cursor.execute(
+                        "INSERT INTO subscribers (email, email_key, name, fields, created_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (row.email, key, row.name, json.dumps(dict(row.fields), sort_keys=True), now, now),
+                    )
+                    subscriber_id = int(cursor.lastrowid or 0)
+                    added += 1
+                else:
+                    subscriber_id = int(existing["id"])
+                    merged = {**json.loads(existing["fields"]), **row.fields}
+                    cursor.execute(
+                        "UPDATE subscribers SET name = CASE WHEN ? <> '' THEN ? ELSE name END,"
+                        " fields = ?, updated_at = ? WHERE id = ?",
+                        (row.name, row.name, json.dumps(merged, sort_keys=True), now, subscriber_id),
+                    )
+                    updated += 1
+                    membership = cursor.execute(
+                        "SELECT status FROM memberships WHERE list_id = ? AND subscriber_id = ?",
+                        (list_id, subscriber_id),
+                    ).fetchone()
+                    left_list = membership is not None and membership["status"] != "active"
+                    if existing["status"] != "active" or left_list:
+                        kept_out += 1
+                # OR IGNORE: an existing membership keeps its status, unsubscribed included.
+                cursor.execute(
+                    "INSERT OR IGNORE INTO memberships (list_id, subscriber_id, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (list_id, subscriber_id, now, now),
+                )
+        return UpsertCounts(added, updated, kept_out)
+
+    def unsubscribe(self, email: str, *, list_name: str | None = None) -> bool:
+        """Unsubscribe ``email`` from ``list_name``, or from everything; False if unknown."""
+        now = _now()
+        with self.transaction() as cursor:
+            row = cursor.execute("SELECT id FROM subscribers WHERE email_key = ?", (email.lower(),)).fetchone()
+            if row is None:
+                return False
+            if list_name is None:
+                cursor.execute(
+                    "UPDATE subscribers SET status = 'unsubscribed', updated_at = ?"
+                    " WHERE id = ? AND status = 'active'", (now, row["id"]),
+                )
+                return True
+            result = cursor.execute(
+                "UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
+                " WHERE subscriber_id = ? AND list_id = (SELECT id FROM lists WHERE name = ?)",
+                (now, row["id"], list_name),
+            )
+            return result.rowcount > 0
+
+    def mark_bounced(self, subscriber_id: int) -> None:
+        """Never mail this subscriber again (a permanent unknown-user failure)."""
+        with self.transaction() as cursor:
+            cursor.execute(
+                "UPDATE subscribers SET status = 'bounced', updated_at = ? WHERE id = ?", (_now(), subscriber_id)
+            )
+
+    def subscribers(self, *, list_name: str | None = None, status: str | None = None) -> list[Subscriber]:
+        """Subscribers, optionally only those on ``list_name`` (and its membership status) or of ``status``."""
+        query = (
+            "SELECT s.id, s.email, s.name, s.fields, s.status,"
+            " (SELECT group_concat(l.name, ',') FROM memberships m JOIN lists l ON l.id = m.list_id"
+            "  WHERE m.subscriber_id = s.id AND m.status = 'active') AS lists"
+            " FROM subscribers s"
+        )
+        where: list[str] = []
+        params: list[str] = []
+        if list_name is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM memberships m JOIN lists l ON l.id = m.list_id"
+                " WHERE m.subscriber_id = s.id AND l.name = ? AND m.status = 'active')"
+            )
+            params.append(list_name)
+        if status is not None:
+            where.append("s.status = ?")
+            params.append(status)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY s.id"
+        try:
+            rows = self.connection.execute(query, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {_describe(exc)}") from exc
+        return [
+            Subscriber(
+                int(row["id"]), row["email"], row["name"], json.loads(row["fields"]), row["status"],
+                tuple(sorted((row["lists"] or "").split(","))) if row["lists"] else (),
+            )
+            for row in rows
+        ]
+
+    def count(self, *, list_name: str | None = None) -> dict[str, int]:
+        """How many subscribers there are per status (on ``list_name`` if given)."""
+        counts = {"active": 0, "unsubscribed": 0, "bounced": 0}
+        if list_name is None:
+            rows = self.connection.execute("SELECT status, count(*) FROM subscribers GROUP BY status").fetchall()
+        else:
+            rows = self.connection.execute(
+                "SELECT CASE WHEN s.status = 'active' AND m.status = 'unsubscribed' THEN 'unsubscribed'"
+                " ELSE s.status END AS state, count(*)"
+                " FROM memberships m JOIN lists l ON l.id = m.list_id JOIN subscribers s ON s.id = m.subscriber_id"
+                " WHERE l.name = ? GROUP BY state",
+                (list_name,),
+            ).fetchall()
+        for state, number in rows:
+            counts[str(state)] = int(number)
+        return counts
+
+
+def _describe(exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "file is not a database" in text or isinstance(exc, sqlite3.DatabaseError) and "malformed" in text:
+        return f"the database file is damaged or not a database ({text})"
+    if "locked" in text:
+        return f"the database is locked by another process ({text}); try again when it is done"
+    if "disk" in text and "full" in text:
+        return f"the disk is full ({text}); nothing was written"
+    return text
