@@ -26,6 +26,7 @@ from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError
 from newsletter.models import Recipient, RenderedIssue
 from newsletter.render import RECIPIENT_FIELDS, placeholder_pattern
+from newsletter.sanitize import one_line
 
 __all__ = [
     "MessageTemplate",
@@ -48,7 +49,6 @@ _ADDRESS_RE = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9.-]
 _SIMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
 _MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
 _URL_RE = re.compile(r"^https?://[!#-;=?-~]+$")  # printable ASCII without space, '<' or '>'
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 
 # refold_source="all": without it, a short non-ASCII value is written raw, not RFC 2047-encoded.
 _HEADERS = policy.SMTP.clone(refold_source="all")
@@ -117,7 +117,7 @@ def format_recipient(recipient: Recipient) -> str:
     if not _ADDRESS_RE.match(email) or len(email) > 254:
         raise ComposeError(f"invalid recipient address {email!r}")
     # Control characters (CR, LF among them) can't reach a header: they become spaces.
-    name = " ".join(_CONTROL_RE.sub(" ", recipient.name).split())
+    name = one_line(recipient.name)
     if not name:
         return f"To: {email}\r\n"
     if _SIMPLE_NAME_RE.match(name) and len(name) + len(email) < 66:
@@ -270,7 +270,7 @@ class _SlotValues:
 
 def _field_value(recipient: Recipient, field: str) -> str:
     if field == "name":
-        return " ".join(_CONTROL_RE.sub(" ", recipient.name).split())
+        return one_line(recipient.name)
     if field == "email":
         return recipient.email
     if field == "unsubscribe_url":

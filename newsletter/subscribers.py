@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import SubscriberError
+from newsletter.sanitize import one_line
 from newsletter.store import Subscriber, SubscriberRow
 
 __all__ = [
     "ImportResult",
-    "clean_text",
     "export_csv",
     "export_json",
     "normalise_address",
@@ -31,7 +31,6 @@ __all__ = [
 
 MAX_NAME = 200
 MAX_FIELD = 1000
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _FIELD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
@@ -53,11 +52,6 @@ def normalise_address(address: str) -> str:
     return str(result.ascii_email or result.normalized)
 
 
-def clean_text(value: str, limit: int) -> str:
-    """``value`` on one line: control characters (CR, LF, …) become spaces, runs fold."""
-    return " ".join(_CONTROL_RE.sub(" ", value).split())[:limit]
-
-
 def subscriber_row(email: str, name: str = "", fields: dict[str, str] | None = None) -> SubscriberRow:
     """A validated subscriber; raises SubscriberError for a bad address or field name."""
     clean_fields: dict[str, str] = {}
@@ -65,8 +59,8 @@ def subscriber_row(email: str, name: str = "", fields: dict[str, str] | None = N
         field_name = key.strip().lower()
         if not _FIELD_NAME_RE.match(field_name):
             raise SubscriberError(f"merge field name {key!r} must be letters, digits and '_'")
-        clean_fields[field_name] = clean_text(value, MAX_FIELD)
-    return SubscriberRow(normalise_address(email), clean_text(name, MAX_NAME), clean_fields)
+        clean_fields[field_name] = one_line(value, MAX_FIELD)
+    return SubscriberRow(normalise_address(email), one_line(name, MAX_NAME), clean_fields)
 
 
 def parse_csv(text: str, *, source: str) -> ImportResult:
