@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 import webbrowser
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -36,6 +38,17 @@ def _fail(error: NewsletterError) -> NoReturn:
 def _settings(ctx: click.Context) -> Settings:
     try:
         return load_settings(ctx.obj.get("config"))
+    except NewsletterError as exc:
+        _fail(exc)
+
+
+@contextmanager
+def _store(ctx: click.Context) -> Iterator[Store]:
+    """The configured database, open; a StoreError (locked, damaged, full) exits 2 with one line."""
+    settings = _settings(ctx)
+    try:
+        with Store.open(settings.database.path) as store:
+            yield store
     except NewsletterError as exc:
         _fail(exc)
 
@@ -200,14 +213,12 @@ def add_command(ctx: click.Context, email: str, name: str, list_name: str, field
     Example:
       newsletter subscribers add ann@example.org --name "Ann Reader" --field city=Leeds
     """
-    settings = _settings(ctx)
     try:
-        pairs = dict(_split_field(item) for item in fields)
-        row = subscriber_row(email, name, pairs)
-        with Store.open(settings.database.path) as store:
-            counts = store.upsert_subscribers([row], list_name=list_name)
+        row = subscriber_row(email, name, dict(_split_field(item) for item in fields))
     except NewsletterError as exc:
         _fail(exc)
+    with _store(ctx) as store:
+        counts = store.upsert_subscribers([row], list_name=list_name)
     state = "added" if counts.added else "updated"
     note = " (stays unsubscribed or bounced)" if counts.kept_out else ""
     click.echo(f"{state} {row.email} on list '{list_name}'{note}")
@@ -231,12 +242,8 @@ def remove_command(ctx: click.Context, email: str, list_name: str | None) -> Non
     Example:
       newsletter subscribers remove ann@example.org --list morning
     """
-    settings = _settings(ctx)
-    try:
-        with Store.open(settings.database.path) as store:
-            found = store.unsubscribe(email, list_name=list_name)
-    except NewsletterError as exc:
-        _fail(exc)
+    with _store(ctx) as store:
+        found = store.unsubscribe(email, list_name=list_name)
     if not found:
         click.echo(f"error: {email} is not a subscriber" + (f" of '{list_name}'" if list_name else ""), err=True)
         sys.exit(EXIT_FINDINGS)
@@ -255,12 +262,8 @@ def list_command(ctx: click.Context, list_name: str | None, status: str | None, 
     Example:
       newsletter subscribers list --list default --status active
     """
-    settings = _settings(ctx)
-    try:
-        with Store.open(settings.database.path) as store:
-            people = store.subscribers(list_name=list_name, status=status)
-    except NewsletterError as exc:
-        _fail(exc)
+    with _store(ctx) as store:
+        people = store.subscribers(list_name=list_name, status=status)
     if as_json:
         click.echo(export_json(people))
         return
@@ -279,12 +282,8 @@ def count_command(ctx: click.Context, list_name: str | None, as_json: bool) -> N
     Example:
       newsletter subscribers count --list default --json
     """
-    settings = _settings(ctx)
-    try:
-        with Store.open(settings.database.path) as store:
-            counts = store.count(list_name=list_name)
-    except NewsletterError as exc:
-        _fail(exc)
+    with _store(ctx) as store:
+        counts = store.count(list_name=list_name)
     if as_json:
         click.echo(json.dumps(counts))
     else:
@@ -302,12 +301,8 @@ def export_command(ctx: click.Context, fmt: str, list_name: str | None) -> None:
     Example:
       newsletter subscribers export --format csv > backup.csv
     """
-    settings = _settings(ctx)
-    try:
-        with Store.open(settings.database.path) as store:
-            people = store.subscribers(list_name=list_name)
-    except NewsletterError as exc:
-        _fail(exc)
+    with _store(ctx) as store:
+        people = store.subscribers(list_name=list_name)
     click.echo(export_csv(people) if fmt == "csv" else export_json(people), nl=fmt == "json")
 
 
