@@ -49,6 +49,7 @@ _ADDRESS_RE = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9.-]
 _SIMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
 _MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
 _URL_RE = re.compile(r"^https?://[!#-;=?-~]+$")  # printable ASCII without space, '<' or '>'
+_MAILTO_RE = re.compile(r"^mailto:[!#-;=?-~]+$")
 
 # refold_source="all": without it, a short non-ASCII value is written raw, not RFC 2047-encoded.
 _HEADERS = policy.SMTP.clone(refold_source="all")
@@ -160,7 +161,8 @@ def compile_message(rendered: RenderedIssue, *, sender: SenderSettings, list_id:
     list_name = sender.from_name or sender.from_email
     headers += [
         _HEADERS.fold("List-Id", f"{list_name} <{list_id}.{sender.domain}>"),
-        "List-Unsubscribe:\r\n <" + _slot("h:unsubscribe_url") + ">\r\n",
+        # Built here, not by the email package, which would RFC 2047-encode a long one and break it.
+        "List-Unsubscribe:\r\n <" + _slot("h:unsubscribe_url") + ">" + _slot("h:unsubscribe_mailto") + "\r\n",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
         "MIME-Version: 1.0\r\n",
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',
@@ -226,6 +228,8 @@ def personalise(template: MessageTemplate, recipient: Recipient, *, message_id: 
     url = recipient.unsubscribe_url
     if not _URL_RE.match(url):
         raise ComposeError(f"invalid unsubscribe URL for {recipient.email!r}")
+    if recipient.unsubscribe_mailto and not _MAILTO_RE.match(recipient.unsubscribe_mailto):
+        raise ComposeError(f"invalid unsubscribe mailto for {recipient.email!r}")
     values = _SlotValues(recipient, message_id, date)
     out: list[bytes] = []
     append = out.append
@@ -263,6 +267,9 @@ class _SlotValues:
             return self.message_id.encode("ascii")
         if slot == "h:unsubscribe_url":
             return recipient.unsubscribe_url.encode("ascii")
+        if slot == "h:unsubscribe_mailto":
+            mailto = recipient.unsubscribe_mailto
+            return f",\r\n <{mailto}>".encode("ascii") if mailto else b""
         kind, field = slot[:2], slot[2:]
         raw = _field_value(recipient, field)
         return _qp_slot(escape(raw) if kind == "x:" else raw)

@@ -7,7 +7,9 @@ config file the embedded defaults apply: a local capture SMTP server on
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,15 +24,19 @@ from newsletter.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "DatabaseSettings",
+    "DispatchSettings",
+    "DkimSettings",
     "Secret",
     "SenderSettings",
     "Settings",
     "SmtpSettings",
+    "is_loopback",
     "load_settings",
 ]
 
 DEFAULT_CONFIG_NAME = "newsletter.toml"
 _SECURITY_MODES = ("starttls", "tls", "none")
+_ADDR_SPEC_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 
 class Secret:
@@ -63,6 +69,8 @@ class SenderSettings:
     reply_to: str = ""
     postal_address: str = "1 Example Street, Springfield"
     site_url: str = "https://news.example.com"
+    #: the address of the ``mailto:`` in List-Unsubscribe; default: reply_to, else from
+    unsubscribe_mailto: str = ""
 
     @property
     def domain(self) -> str:
@@ -86,6 +94,28 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class DispatchSettings:
+    """How a dispatch run retries temporary failures."""
+
+    #: seconds before the first retry of a deferred delivery; doubles each time, with jitter
+    retry_initial: float = 60.0
+    #: the longest wait between two retries, in seconds
+    retry_max: float = 3600.0
+    #: hours after the first attempt when a deferred delivery is given up as failed
+    give_up_after_hours: float = 24.0
+    #: how long a run stays to retry deliveries that come due soon, in seconds; later ones wait for the next run
+    wait_for_retries: float = 600.0
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    """DKIM signing: on when ``NEWSLETTER_DKIM_KEY_FILE`` names a key and a selector is set."""
+
+    selector: str = ""
+    domain: str = ""  # default: the From address's domain
+
+
+@dataclass(frozen=True)
 class DatabaseSettings:
     """Where the SQLite database lives."""
 
@@ -99,6 +129,8 @@ class Settings:
     sender: SenderSettings = field(default_factory=SenderSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     issues_dir: Path = Path("issues")
     templates_dir: Path | None = None
     secret_key: Secret = field(default_factory=lambda: Secret(""))
@@ -107,9 +139,11 @@ class Settings:
 
 
 _KNOWN: dict[str, set[str]] = {
-    "sender": {"from", "reply_to", "postal_address", "site_url"},
+    "sender": {"from", "reply_to", "postal_address", "site_url", "unsubscribe_mailto"},
     "smtp": {"host", "port", "security", "username", "timeout", "connections", "rate", "max_per_hour"},
     "database": {"path"},
+    "dispatch": {"retry_initial", "retry_max", "give_up_after_hours", "wait_for_retries"},
+    "dkim": {"selector", "domain"},
     "issues": {"dir"},
     "templates": {"dir"},
 }
@@ -141,14 +175,19 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     defaults = SenderSettings()
     from_name, from_email = defaults.from_name, defaults.from_email
     if "from" in sender_data:
-        from_name, from_email = _parse_from(_str(sender_data, "from", config_path, "sender"), config_path)
+        from_name, from_email = _parse_from(_str(sender_data, "from", config_path, "sender"), config_path, "from")
     sender = SenderSettings(
         from_name=from_name,
         from_email=from_email,
         reply_to=_str(sender_data, "reply_to", config_path, "sender", defaults.reply_to),
         postal_address=_str(sender_data, "postal_address", config_path, "sender", defaults.postal_address),
         site_url=_site_url(_str(sender_data, "site_url", config_path, "sender", defaults.site_url), config_path),
+        unsubscribe_mailto=_plain_address(
+            _str(sender_data, "unsubscribe_mailto", config_path, "sender"), config_path, "unsubscribe_mailto"
+        ),
     )
+    if sender.reply_to:
+        _parse_from(sender.reply_to, config_path, "reply_to")
 
     smtp_data = data.get("smtp", {})
     smtp_defaults = SmtpSettings()
@@ -166,6 +205,28 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         rate=_num(smtp_data, "rate", config_path, "smtp", 0.0),
         max_per_hour=_int(smtp_data, "max_per_hour", config_path, "smtp", 0, 0, 10**9),
     )
+    if smtp.password and smtp.security == "none" and not is_loopback(smtp.host):
+        raise ConfigError(
+            f"{config_path}: [smtp] security = \"none\" would send the password in clear to {smtp.host};"
+            " use starttls or tls (a password goes unencrypted only to 127.0.0.1)"
+        )
+    dispatch_data = data.get("dispatch", {})
+    dispatch_defaults = DispatchSettings()
+    dispatch = DispatchSettings(
+        retry_initial=_num(dispatch_data, "retry_initial", config_path, "dispatch", dispatch_defaults.retry_initial),
+        retry_max=_num(dispatch_data, "retry_max", config_path, "dispatch", dispatch_defaults.retry_max),
+        give_up_after_hours=_num(
+            dispatch_data, "give_up_after_hours", config_path, "dispatch", dispatch_defaults.give_up_after_hours
+        ),
+        wait_for_retries=_num(
+            dispatch_data, "wait_for_retries", config_path, "dispatch", dispatch_defaults.wait_for_retries
+        ),
+    )
+    dkim_data = data.get("dkim", {})
+    dkim_settings = DkimSettings(
+        selector=_str(dkim_data, "selector", config_path, "dkim"),
+        domain=_str(dkim_data, "domain", config_path, "dkim") or sender.domain,
+    )
     db_path = Path(_str(data.get("database", {}), "path", config_path, "database", "newsletter.db"))
     issues_dir = Path(_str(data.get("issues", {}), "dir", config_path, "issues", "issues"))
     templates = data.get("templates", {})
@@ -175,6 +236,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         sender=sender,
         smtp=smtp,
         database=DatabaseSettings(base / db_path),
+        dispatch=dispatch,
+        dkim=dkim_settings,
         issues_dir=base / issues_dir,
         templates_dir=base / templates_dir if templates_dir else None,
         secret_key=Secret(env.get("NEWSLETTER_SECRET_KEY", "")),
@@ -219,15 +282,32 @@ def _num(data: Mapping[str, Any], key: str, path: Path, table: str, default: flo
     return float(value)
 
 
-def _parse_from(value: str, path: Path) -> tuple[str, str]:
+def _parse_from(value: str, path: Path, key: str) -> tuple[str, str]:
     name, address = parseaddr(value, strict=True)
     try:
         Address(display_name=name, addr_spec=address)
     except (ValueError, IndexError) as exc:
-        raise ConfigError(f"{path}: [sender] from '{value}' is not an address") from exc
-    if "@" not in address:
-        raise ConfigError(f"{path}: [sender] from '{value}' is not an address (e.g. 'The Briefing <b@example.com>')")
+        raise ConfigError(f"{path}: [sender] {key} '{value}' is not an address") from exc
+    if not _ADDR_SPEC_RE.match(address):
+        raise ConfigError(f"{path}: [sender] {key} '{value}' is not an address (e.g. 'The Briefing <b@example.com>')")
     return name, address
+
+
+def _plain_address(value: str, path: Path, key: str) -> str:
+    """An ``addr-spec`` (no display name): empty stays empty."""
+    if value and not _ADDR_SPEC_RE.match(value):
+        raise ConfigError(f"{path}: [sender] {key} '{value}' must be a plain address like editors@example.com")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _site_url(value: str, path: Path) -> str:

@@ -8,7 +8,8 @@
     ├── RenderError                  the template or the MJML/CSS toolchain failed
     ├── ComposeError                 a message can't be built (bad address, header)
     ├── StoreError                   the database can't be opened, read or written
-    └── SubscriberError              a subscriber row or address is invalid (carries file and line)
+    ├── SubscriberError              a subscriber row or address is invalid (carries file and line)
+    └── DeliveryError                the SMTP relay can't be used (unreachable, login or sender refused)
 
 Third-party exceptions are translated once, in the module that imports the
 library, with ``raise ... from exc``; nothing else leaks out of the package.
@@ -19,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "ComposeError",
     "ConfigError",
+    "DeliveryError",
     "IssueError",
     "NewsletterError",
     "RenderError",
@@ -67,6 +69,18 @@ class StoreError(NewsletterError):
 
 class SubscriberError(NewsletterError):
     """A subscriber can't be accepted: names the file and line when it came from one."""
+
+
+class DeliveryError(NewsletterError):
+    """The relay can't take mail: unreachable, or it refused our login or sender address.
+
+    ``fatal`` is True when waiting won't help (a refused login or sender): a run stops
+    instead of retrying. Per-recipient refusals are results, not exceptions.
+    """
+
+    def __init__(self, message: str, *, fatal: bool = False) -> None:
+        super().__init__(_one_line(message))
+        self.fatal = fatal
 
 
 def _one_line(text: str) -> str:

@@ -228,3 +228,7 @@ class Recipient:
     email: str
     name: str = ""
     unsubscribe_url: str = ""
+    #: ``mailto:…?subject=…`` for List-Unsubscribe, next to the one-click URL; may be empty
+    unsubscribe_mailto: str = ""
+    #: extra merge fields (from the subscriber CSV's other columns)
+    fields: Mapping[str, str] = field(default_factory=dict)

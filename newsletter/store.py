@@ -76,6 +76,46 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX deliveries_due ON deliveries (issue_id, status, next_attempt_at);
     """,
+    # 2: the ledger learns who holds a row (runs), when it was first tried, and 'skipped'.
+    """
+    CREATE TABLE runs (
+        id            INTEGER PRIMARY KEY,
+        pid           INTEGER NOT NULL,
+        host          TEXT NOT NULL,
+        slot          INTEGER NOT NULL,             -- the byte its process keeps locked in <db>.runs
+        started_at    TEXT NOT NULL,
+        heartbeat_at  REAL NOT NULL,
+        finished_at   TEXT
+    );
+    CREATE TABLE deliveries_v2 (
+        issue_id          INTEGER NOT NULL REFERENCES issues(id),
+        subscriber_id     INTEGER NOT NULL REFERENCES subscribers(id),
+        status            TEXT NOT NULL DEFAULT 'pending'
+                          CHECK (status IN ('pending', 'sending', 'sent', 'deferred', 'failed', 'uncertain',
+                                            'skipped')),
+        attempts          INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at   REAL NOT NULL DEFAULT 0,    -- unix time
+        first_attempt_at  REAL,                       -- unix time; deferred rows give up after a maximum age
+        last_code         INTEGER,
+        last_text         TEXT,
+        message_id        TEXT NOT NULL,
+        run_id            INTEGER REFERENCES runs(id), -- the run that claimed or is sending it
+        claim_until       REAL NOT NULL DEFAULT 0,     -- other runs leave a claimed row alone until then
+        created_at        TEXT NOT NULL,
+        updated_at        TEXT NOT NULL,
+        sent_at           TEXT,
+        PRIMARY KEY (issue_id, subscriber_id)
+    ) WITHOUT ROWID;
+    INSERT INTO deliveries_v2 (issue_id, subscriber_id, status, attempts, next_attempt_at, last_code, last_text,
+                               message_id, created_at, updated_at, sent_at)
+        SELECT issue_id, subscriber_id, status, attempts, next_attempt_at, last_code, last_text,
+               message_id, created_at, updated_at, sent_at FROM deliveries;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_v2 RENAME TO deliveries;
+    CREATE INDEX deliveries_due ON deliveries (issue_id, status, next_attempt_at);
+    CREATE INDEX deliveries_sent_at ON deliveries (sent_at) WHERE sent_at IS NOT NULL;
+    ALTER TABLE issues ADD COLUMN list_id INTEGER REFERENCES lists(id);
+    """,
 )
 
 
@@ -163,9 +203,8 @@ class Store:
             raise StoreError(f"{self.path}: schema version {version} is newer than this newsletter knows")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with self.transaction() as cursor:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        cursor.execute(statement)
+                for statement in _statements(script):
+                    cursor.execute(statement)
                 cursor.execute(f"PRAGMA user_version = {number}")
 
     @contextmanager
@@ -316,6 +355,21 @@ class Store:
         for state, number in rows:
             counts[str(state)] = int(number)
         return counts
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of ``script`` (``executescript`` would commit our transaction)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        # complete_statement knows about quotes and comments, unlike a split on ";".
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
 
 
 def _describe(exc: sqlite3.DatabaseError) -> str:

@@ -1,0 +1,613 @@
+"""Dispatch: send each due issue to its list through a pool of SMTP connections.
+
+For one issue: render once, encode once (:func:`~newsletter.compose.compile_message`),
+open the issue in the ledger (creating one row per active list member the first time),
+then run ``connections`` workers. Each worker takes a claimed row, has the ledger mark it
+``sending`` (the same transaction records its previous result), waits for the rate
+limiter, builds the message bytes and sends them. A feeder claims rows in batches and,
+when none are due, waits for retries that come due soon.
+
+Results map to the ledger as: 250 → sent; 4xx, timeout, dropped connection → deferred
+with exponential backoff and jitter (failed once older than the maximum age); 5xx →
+failed, and the subscriber is marked bounced when the server says the mailbox doesn't
+exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import random
+import signal
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from typing import Protocol
+
+from newsletter.compose import MessageTemplate, compile_message, personalise
+from newsletter.config import DispatchSettings, Settings
+from newsletter.errors import ComposeError, DeliveryError, IssueError, NewsletterError
+from newsletter.issues import load_issue
+from newsletter.ledger import Delivery, IssueRecord, Ledger, Result
+from newsletter.models import Issue, Recipient
+from newsletter.render import render_issue
+from newsletter.store import Store
+from newsletter.tokens import TokenSigner, split_keys
+from newsletter.transport import SendResult, SmtpConnection
+
+__all__ = [
+    "DispatchOptions",
+    "DispatchReport",
+    "EXIT_INCOMPLETE",
+    "IssueSummary",
+    "Progress",
+    "RateLimiter",
+    "dispatch",
+    "dispatch_async",
+    "due_issues",
+    "retry_delay",
+]
+
+#: ``scripts/dispatch`` exit status when something is still deferred, failed or uncertain
+EXIT_INCOMPLETE = 3
+_CLAIM_LEASE = 600.0  # seconds other runs leave a claimed row alone
+_CONNECT_FAILURES_TO_STOP = 3  # per connection, in a row, with nothing sent in between
+
+
+@dataclass(frozen=True)
+class DispatchOptions:
+    """What to dispatch and how."""
+
+    #: an issue file (or slug) to dispatch alone; None means every due issue in the issues folder
+    issue: str | None = None
+    #: count what would be sent, write nothing, connect to nothing
+    dry_run: bool = False
+    #: the time to consider "now" when deciding what is due (default: the clock)
+    now: dt.datetime | None = None
+    #: send again to rows left ``uncertain`` by a crashed run (they may get it twice)
+    resend_uncertain: bool = False
+    #: accept an issue file that changed since its first recipients got it
+    allow_changed: bool = False
+
+
+@dataclass
+class IssueSummary:
+    """What one issue's dispatch did in this run, and where its ledger stands."""
+
+    slug: str
+    source: str
+    sent: int = 0
+    #: rows left deferred at the end of the run (they are retried by later runs)
+    deferred: int = 0
+    #: temporary failures met in this run (retried, so some may have been sent since)
+    retries: int = 0
+    failed: int = 0
+    skipped: int = 0
+    uncertain: int = 0
+    #: rows still waiting (a later retry, the hourly cap, or another run holds them)
+    waiting: int = 0
+    audience: int = 0
+    elapsed: float = 0.0
+    complete: bool = False
+    dry_run: bool = False
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Messages sent per second in this run."""
+        return self.sent / self.elapsed if self.elapsed > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        """The summary as plain JSON-ready data."""
+        return {
+            "slug": self.slug, "source": self.source, "sent": self.sent, "deferred": self.deferred,
+            "retries": self.retries, "failed": self.failed, "skipped": self.skipped, "uncertain": self.uncertain,
+            "waiting": self.waiting, "audience": self.audience, "elapsed": round(self.elapsed, 3),
+            "rate": round(self.rate, 1), "complete": self.complete, "dry_run": self.dry_run, "error": self.error,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class DispatchReport:
+    """Everything a dispatch run did."""
+
+    issues: list[IssueSummary] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all due sent, 3 some deferred/failed/uncertain/waiting, 1 an error."""
+        if self.errors or any(summary.error for summary in self.issues):
+            return 1
+        if any(s.deferred or s.failed or s.uncertain or s.waiting for s in self.issues if not s.dry_run):
+            return EXIT_INCOMPLETE
+        return 0
+
+
+class Progress(Protocol):
+    """Where a run reports progress (a progress bar, log lines, or nothing)."""
+
+    def start(self, slug: str, total: int) -> None:
+        """An issue starts: ``total`` rows are due or waiting."""
+
+    def update(self, summary: IssueSummary) -> None:
+        """Counts changed (called after each ledger commit)."""
+
+    def finish(self, summary: IssueSummary) -> None:
+        """The issue is done for this run."""
+
+
+class _Silent:
+    def start(self, slug: str, total: int) -> None:
+        pass
+
+    def update(self, summary: IssueSummary) -> None:
+        pass
+
+    def finish(self, summary: IssueSummary) -> None:
+        pass
+
+
+def retry_delay(attempts: int, settings: DispatchSettings, *, rng: random.Random | None = None) -> float:
+    """Seconds until the next try after ``attempts`` tries: doubling from ``retry_initial``, capped, ±20 % jitter."""
+    base = min(settings.retry_max, settings.retry_initial * 2 ** max(0, attempts - 1))
+    # Jitter spreads the retries of a greylisting burst instead of sending them back together.
+    return float(base * (rng or random).uniform(0.8, 1.2))
+
+
+class RateLimiter:
+    """At most ``rate`` sends a second across all connections (0 = no limit), evenly spaced."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._clock = clock
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        """Return when the next send may start."""
+        if not self.interval:
+            return
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+def due_issues(settings: Settings, now: dt.datetime, *, only: str | None = None
+               ) -> tuple[list[tuple[Path, Issue]], list[IssueError]]:
+    """The issue files whose ``send_at`` has passed (or ``only``, which is due when it has none).
+
+    Returns (due issues, files that couldn't be parsed); a bad file doesn't stop the others.
+    """
+    if only is not None:
+        path = Path(only)
+        if not path.exists() and not only.endswith(".md"):
+            path = settings.issues_dir / f"{only}.md"
+        issue = load_issue(path)
+        if issue.send_at is not None and issue.send_at > now:
+            return [], []
+        return [(path, issue)], []
+    due: list[tuple[Path, Issue]] = []
+    errors: list[IssueError] = []
+    for path in sorted(settings.issues_dir.glob("*.md")):
+        try:
+            issue = load_issue(path)
+        except IssueError as exc:
+            errors.append(exc)
+            continue
+        if issue.send_at is not None and issue.send_at <= now:
+            due.append((path, issue))
+    due.sort(key=lambda item: (item[1].send_at or now, item[1].slug))
+    return due, errors
+
+
+def dispatch(settings: Settings, options: DispatchOptions | None = None, *, progress: Progress | None = None,
+             sign: Callable[[bytes], bytes] | None = None) -> DispatchReport:
+    """Dispatch every due issue (see :func:`dispatch_async`), from synchronous code."""
+    return asyncio.run(dispatch_async(settings, options or DispatchOptions(), progress=progress, sign=sign))
+
+
+async def dispatch_async(settings: Settings, options: DispatchOptions, *, progress: Progress | None = None,
+                         sign: Callable[[bytes], bytes] | None = None) -> DispatchReport:
+    """Dispatch every due issue, one after another; ``sign`` adds a DKIM signature to each message."""
+    report = DispatchReport()
+    now = options.now or dt.datetime.now(dt.UTC)
+    try:
+        due, bad = due_issues(settings, now, only=options.issue)
+    except IssueError as exc:
+        report.errors.append(str(exc))
+        return report
+    report.errors.extend(str(error) for error in bad)
+    if not due:
+        return report
+    signer = None if options.dry_run else TokenSigner(_keys(settings))
+    with Store.open(settings.database.path) as store:
+        ledger = Ledger(store)
+        stop = _StopSignal()
+        stop.install()
+        try:
+            for path, issue in due:
+                if stop.requested:
+                    break
+                summary = IssueSummary(issue.slug, str(path), dry_run=options.dry_run)
+                report.issues.append(summary)
+                try:
+                    if options.dry_run:
+                        _dry_run(ledger, settings, issue, summary)
+                    else:
+                        assert signer is not None
+                        run = _IssueRun(ledger, settings, options, path, issue, summary, signer, sign,
+                                        progress or _Silent(), stop)
+                        await run.execute()
+                except NewsletterError as exc:
+                    summary.error = str(exc)
+                    if isinstance(exc, DeliveryError) and not exc.fatal:
+                        summary.error = ""
+                        summary.notes.append(str(exc))
+        finally:
+            stop.uninstall()
+    return report
+
+
+def _keys(settings: Settings) -> list[bytes]:
+    return split_keys(settings.secret_key.reveal())
+
+
+def _content_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _dry_run(ledger: Ledger, settings: Settings, issue: Issue, summary: IssueSummary) -> None:
+    # Render anyway: a dry run must fail the way the real run would.
+    render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
+    record = ledger.find_issue(issue.slug)
+    if record is None:
+        summary.audience = ledger.audience(issue.list_name)
+        summary.waiting = summary.audience
+        summary.notes.append(f"would create {summary.audience} deliveries for list '{issue.list_name}'")
+        return
+    counts = ledger.counts(record.id)
+    summary.audience = sum(counts.values())
+    summary.waiting = counts["pending"] + counts["deferred"]
+    summary.complete = record.completed_at is not None
+    summary.notes.append(
+        f"already started: {counts['sent']} sent, {summary.waiting} to send, {counts['uncertain']} uncertain"
+    )
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM ask the run to stop after the messages in flight (a second one is not caught)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.event = asyncio.Event()
+        self._installed: list[signal.Signals] = []
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                loop.add_signal_handler(signum, self.request)
+                self._installed.append(signum)
+
+    def request(self) -> None:
+        self.requested = True
+        self.event.set()
+        self.uninstall()  # a second signal takes the default way out
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+        self._installed.clear()
+
+
+class _Committer:
+    """Group commit: every worker's (previous result, next mark) pair goes into one shared transaction."""
+
+    def __init__(self, ledger: Ledger, run_id: int, list_id: int, on_commit: Callable[[], None]) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self.list_id = list_id
+        self.on_commit = on_commit
+        self._waiting: list[tuple[Result | None, Delivery | None, asyncio.Future[bool]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    async def submit(self, result: Result | None, mark: Delivery | None) -> bool:
+        """Record ``result`` and mark ``mark`` sending; True when this run may send ``mark``."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((result, mark, future))
+        self._wake.set()
+        return await future
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._waiting = self._waiting, []
+            if not batch:
+                continue
+            results = [result for result, _, _ in batch if result is not None]
+            marks = [mark for _, mark, _ in batch if mark is not None]
+            try:
+                granted = iter(self.ledger.record(self.run_id, self.list_id, results, marks, now=time.time()))
+            except NewsletterError as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, mark, future in batch:
+                if not future.done():
+                    future.set_result(next(granted) if mark is not None else False)
+            self.on_commit()
+            await asyncio.sleep(0)  # let the workers queue up the next round
+
+
+class _IssueRun:
+    """One issue's dispatch in this run."""
+
+    def __init__(self, ledger: Ledger, settings: Settings, options: DispatchOptions, path: Path, issue: Issue,
+                 summary: IssueSummary, tokens: TokenSigner, sign: Callable[[bytes], bytes] | None,
+                 progress: Progress, stop: _StopSignal) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.options = options
+        self.path = path
+        self.issue = issue
+        self.summary = summary
+        self.tokens = tokens
+        self.sign = sign
+        self.progress = progress
+        self.stop = stop
+        self.queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self.outstanding = 0
+        self.progressed = asyncio.Event()
+        self.fatal: DeliveryError | None = None
+        self.connect_failures = 0
+        self.hourly_left: int | None = None
+        self.halted = False
+        self.list_id = 0
+        self._date_second = -1
+        self._date = ""
+
+    async def execute(self) -> None:
+        settings, issue, summary = self.settings, self.issue, self.summary
+        started = time.monotonic()
+        rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
+        template = compile_message(rendered, sender=settings.sender, list_id=issue.list_name)
+        content_hash = _content_hash(self.path)
+        record = self.ledger.open_issue(slug=issue.slug, list_name=issue.list_name, subject=issue.subject,
+                                        content_hash=content_hash, domain=settings.sender.domain)
+        if record.completed_at is not None:
+            summary.complete = True
+            summary.audience = sum(self.ledger.counts(record.id).values())
+            summary.notes.append(f"already complete ({record.completed_at})")
+            return
+        if record.content_hash != content_hash:
+            if not self.options.allow_changed:
+                raise IssueError(str(self.path), 1, "the file changed after sending began",
+                                 "the rest would get a different issue; pass --allow-changed to send it anyway")
+            self.ledger.update_content_hash(record.id, content_hash)
+        run_id, lock = self.ledger.start_run()
+        try:
+            await self._run(record, run_id, template)
+        finally:
+            self.ledger.finish_run(run_id, lock)
+            summary.elapsed = time.monotonic() - started
+            counts = self.ledger.counts(record.id)
+            summary.audience = sum(counts.values())
+            summary.deferred = counts["deferred"]
+            summary.waiting = counts["pending"] + counts["sending"]
+            summary.uncertain = counts["uncertain"]
+            summary.complete = self.ledger.complete_if_done(record.id)
+            self.progress.finish(summary)
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _run(self, record: IssueRecord, run_id: int, template: MessageTemplate) -> None:
+        ledger, settings, summary = self.ledger, self.settings, self.summary
+        self.list_id = record.list_id
+        uncertain = ledger.recover(record.id)
+        if uncertain:
+            summary.notes.append(f"{uncertain} left uncertain by a run that died")
+        if self.options.resend_uncertain:
+            released = ledger.release_uncertain(record.id)
+            if released:
+                summary.notes.append(f"{released} uncertain deliveries will be sent again")
+        max_age = settings.dispatch.give_up_after_hours * 3600
+        summary.failed += ledger.give_up_expired(record.id, before=time.time() - max_age)
+        if settings.smtp.max_per_hour:
+            self.hourly_left = max(0, settings.smtp.max_per_hour - ledger.sent_since(time.time() - 3600))
+        counts = ledger.counts(record.id)
+        self.progress.start(self.issue.slug, counts["pending"] + counts["deferred"])
+        committer = _Committer(ledger, run_id, record.list_id, lambda: self.progress.update(summary))
+        committer.start()
+        limiter = RateLimiter(settings.smtp.rate)
+        workers = [
+            asyncio.create_task(self._worker(SmtpConnection(settings.smtp), committer, limiter, template))
+            for _ in range(settings.smtp.connections)
+        ]
+        try:
+            await self._feed(record, run_id)
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await committer.stop()
+
+    async def _feed(self, record: IssueRecord, run_id: int) -> None:
+        connections = self.settings.smtp.connections
+        batch = max(32, connections * 16)
+        wait_limit = self.settings.dispatch.wait_for_retries
+        try:
+            while not self._stopping():
+                if self.hourly_left is not None and self.hourly_left <= 0:
+                    self.summary.notes.append("stopped at max_per_hour; the rest go in a later run")
+                    break
+                now = time.time()
+                claimed = self.ledger.claim(record.id, run_id, now=now, limit=batch, lease=_CLAIM_LEASE)
+                if claimed:
+                    for delivery in claimed:
+                        self.outstanding += 1
+                        self.queue.put_nowait(delivery)
+                    # Claim the next batch only once this one is nearly through.
+                    while self.outstanding > connections and not self._stopping():
+                        await self._wait_progress(None)
+                    continue
+                if self.outstanding:
+                    await self._wait_progress(None)  # results in flight may bring retries
+                    continue
+                due = self.ledger.next_due(record.id)
+                if due is None or due <= now:
+                    break  # nothing left, or what is left is held by another live run
+                if due - now > wait_limit:
+                    break
+                await self._wait_progress(due - now)
+        finally:
+            for _ in range(connections):
+                self.queue.put_nowait(None)
+
+    async def _wait_progress(self, timeout: float | None) -> None:
+        self.progressed.clear()
+        waits = [asyncio.ensure_future(self.progressed.wait()), asyncio.ensure_future(self.stop.event.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+
+    def _stopping(self) -> bool:
+        return self.stop.requested or self.halted
+
+    async def _worker(self, connection: SmtpConnection, committer: _Committer, limiter: RateLimiter,
+                      template: MessageTemplate) -> None:
+        # A result rides along with the next mark (one transaction for both) while there is
+        # more to send; when the queue runs dry it is written at once, so the feeder sees it.
+        previous: Result | None = None
+        try:
+            while True:
+                if previous is not None and self.queue.empty():
+                    await committer.submit(previous, None)
+                    previous = None
+                    self._done_one()
+                delivery = await self.queue.get()
+                if delivery is None:
+                    break
+                if self._stopping():
+                    self._done_one()  # claimed but never marked: the run's end frees the claim
+                    continue
+                granted = await committer.submit(previous, delivery)
+                if previous is not None:
+                    previous = None
+                    self._done_one()
+                if not granted:
+                    self._done_one()
+                    continue
+                if self.hourly_left is not None:
+                    if self.hourly_left <= 0:
+                        previous = Result(delivery.issue_id, delivery.subscriber_id, "release")
+                        continue
+                    self.hourly_left -= 1
+                await limiter.wait()
+                previous = await self._send_one(connection, delivery, template)
+        finally:
+            if previous is not None:
+                with suppress(NewsletterError):
+                    await committer.submit(previous, None)
+                self._done_one()
+            await connection.close()
+
+    def _done_one(self) -> None:
+        """A claimed delivery is finished with: its result (if any) is in the ledger."""
+        self.outstanding -= 1
+        self.progressed.set()
+
+    async def _send_one(self, connection: SmtpConnection, delivery: Delivery, template: MessageTemplate) -> Result:
+        key = (delivery.issue_id, delivery.subscriber_id)
+        summary = self.summary
+        try:
+            message = self._message(delivery, template)
+        except ComposeError as exc:
+            summary.failed += 1
+            return Result(*key, "failed", None, str(exc))
+        try:
+            outcome = await connection.send(self.settings.sender.from_email, delivery.email, message)
+        except DeliveryError as exc:
+            if exc.fatal:
+                self.fatal = exc
+                self.halted = True
+                return Result(*key, "release")
+            # No connection: this row waits like any deferral; several in a row stop the run.
+            self.connect_failures += 1
+            if self.connect_failures >= _CONNECT_FAILURES_TO_STOP * self.settings.smtp.connections:
+                if not self.halted:
+                    self.summary.notes.append(f"stopped: {exc}")
+                self.halted = True
+            outcome = SendResult("deferred", None, str(exc))
+        else:
+            if outcome.outcome == "sent":
+                self.connect_failures = 0
+        return self._result(delivery, outcome)
+
+    def _result(self, delivery: Delivery, outcome: SendResult) -> Result:
+        key = (delivery.issue_id, delivery.subscriber_id)
+        summary = self.summary
+        text = outcome.text
+        if outcome.outcome == "sent":
+            summary.sent += 1
+            return Result(*key, "sent", outcome.code, "")
+        if outcome.outcome == "failed":
+            summary.failed += 1
+            return Result(*key, "failed", outcome.code, text, bounced=outcome.bounced)
+        dispatch = self.settings.dispatch
+        now = time.time()
+        first = delivery.first_attempt_at or now
+        if now - first >= dispatch.give_up_after_hours * 3600:
+            summary.failed += 1
+            return Result(*key, "failed", outcome.code, f"gave up after {dispatch.give_up_after_hours:g} h: {text}")
+        summary.retries += 1
+        delay = retry_delay(delivery.attempts + 1, dispatch)
+        return Result(*key, "deferred", outcome.code, text, next_attempt_at=now + delay)
+
+    def _message(self, delivery: Delivery, template: MessageTemplate) -> bytes:
+        sender = self.settings.sender
+        token = self.tokens.make(delivery.subscriber_id, self.list_id)
+        mailbox = sender.unsubscribe_mailto or _address_of(sender.reply_to) or sender.from_email
+        recipient = Recipient(
+            email=delivery.email,
+            name=delivery.name,
+            unsubscribe_url=f"{sender.site_url}/unsubscribe/{token}",
+            unsubscribe_mailto=f"mailto:{mailbox}?subject=unsubscribe%20{token}",
+            fields=delivery.fields,
+        )
+        message = personalise(template, recipient, message_id=delivery.message_id, date=self._header_date())
+        return self.sign(message) if self.sign is not None else message
+
+    def _header_date(self) -> str:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))
+        return self._date
+
+
+def _address_of(value: str) -> str:
+    return parseaddr(value)[1] if value else ""

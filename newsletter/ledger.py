@@ -1,0 +1,444 @@
+"""The delivery ledger: one row per (issue, subscriber), and the runs that work on it.
+
+A row moves ``pending → sending → sent | deferred | failed``; ``deferred`` goes back to
+``sending`` when it comes due. The move to ``sending`` is the only way to send, and it is
+a conditional UPDATE inside a transaction, so however many runs work at once a row is
+sent by one of them at a time. A run marks a row ``sending`` in the same transaction that
+records the result of its previous one, so a crash leaves at most one row per connection
+``sending``; the next run turns those into ``uncertain`` and leaves them alone unless told
+otherwise, so nobody gets an issue twice.
+
+Whether a run is alive is told by a lock it holds on ``<database>.locks/run-<id>.lock``
+(``flock``): the kernel drops it when the process dies, however it dies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from newsletter.errors import StoreError
+from newsletter.store import Store
+
+__all__ = [
+    "Delivery",
+    "IssueRecord",
+    "Ledger",
+    "Result",
+    "RunLock",
+    "STATES",
+]
+
+#: every state a delivery can be in, in the order reports show them
+STATES = ("pending", "sending", "sent", "deferred", "failed", "uncertain", "skipped")
+
+_CLAIMABLE = "('pending', 'deferred')"
+
+
+@dataclass(frozen=True)
+class IssueRecord:
+    """An issue as the ledger knows it."""
+
+    id: int
+    slug: str
+    list_id: int
+    list_name: str
+    content_hash: str
+    #: True when this call created the issue and its delivery rows
+    created: bool
+    completed_at: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One row claimed for sending, with what composing its message needs."""
+
+    issue_id: int
+    subscriber_id: int
+    email: str
+    name: str
+    fields: Mapping[str, str]
+    message_id: str
+    attempts: int
+    first_attempt_at: float | None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What to write for a delivery that was marked ``sending``.
+
+    ``status`` ``release`` puts the row back as it was (pending, attempt not counted):
+    for a send that never started because the run stopped.
+    """
+
+    issue_id: int
+    subscriber_id: int
+    status: Literal["sent", "deferred", "failed", "release"]
+    code: int | None = None
+    text: str = ""
+    next_attempt_at: float = 0.0
+    bounced: bool = False
+
+
+class RunLock:
+    """The lock that says a run is alive: held from :meth:`acquire` until :meth:`release` or death."""
+
+    def __init__(self, folder: Path, run_id: int) -> None:
+        self.path = folder / f"run-{run_id}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Create and lock the file (it is new: run ids are never reused)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Unlock and remove the file."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+    @staticmethod
+    def is_alive(folder: Path, run_id: int) -> bool:
+        """Whether the run ``run_id`` still holds its lock (False when its file is gone)."""
+        try:
+            fd = os.open(folder / f"run-{run_id}.lock", os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # flock locks belong to this open file: closing it frees ours only
+        return False
+
+
+def _stamp(now: float | None = None) -> str:
+    moment = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
+    return moment.isoformat(timespec="seconds")
+
+
+class Ledger:
+    """The narrow interface the dispatcher needs, over an open :class:`Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.locks_dir = Path(f"{store.path}.locks")
+
+    # --- issues ---------------------------------------------------------------------
+
+    def open_issue(self, *, slug: str, list_name: str, subject: str, content_hash: str, domain: str
+                   ) -> IssueRecord:
+        """The issue ``slug``; on first sight, record it and one pending row per active list member.
+
+        Creating the issue and its rows is one transaction: the audience is fixed then,
+        and a crash in between leaves neither.
+        """
+        now = _stamp()
+        with self.store.transaction() as cursor:
+            row = cursor.execute(
+                "SELECT i.id, i.list_id, i.list_name, i.content_hash, i.completed_at FROM issues i WHERE slug = ?",
+                (slug,),
+            ).fetchone()
+            if row is not None:
+                return IssueRecord(int(row["id"]), slug, int(row["list_id"] or 0), row["list_name"],
+                                   row["content_hash"], False, row["completed_at"])
+            cursor.execute("INSERT OR IGNORE INTO lists (name) VALUES (?)", (list_name,))
+            list_id = int(cursor.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()[0])
+            cursor.execute(
+                "INSERT INTO issues (slug, list_name, list_id, subject, content_hash, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (slug, list_name, list_id, subject, content_hash, now),
+            )
+            issue_id = int(cursor.lastrowid or 0)
+            # The Message-ID is fixed here, so a resend (after --resend-uncertain) carries the
+            # same one and a receiving system can tell it is the same message.
+            cursor.execute(
+                "INSERT INTO deliveries (issue_id, subscriber_id, message_id, created_at, updated_at)"
+                " SELECT ?, s.id, ? || '.' || s.id || '@' || ?, ?, ?"
+                " FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id"
+                " WHERE m.list_id = ? AND m.status = 'active' AND s.status = 'active'",
+                (issue_id, slug, domain, now, now, list_id),
+            )
+        return IssueRecord(issue_id, slug, list_id, list_name, content_hash, True, None)
+
+    def find_issue(self, slug: str) -> IssueRecord | None:
+        """The issue ``slug`` if the ledger has it."""
+        row = self._query_one(
+            "SELECT id, list_id, list_name, content_hash, completed_at FROM issues WHERE slug = ?", (slug,)
+        )
+        if row is None:
+            return None
+        return IssueRecord(int(row["id"]), slug, int(row["list_id"] or 0), row["list_name"], row["content_hash"],
+                           False, row["completed_at"])
+
+    def issues(self) -> list[tuple[str, str | None]]:
+        """Every issue the ledger has, as (slug, completed_at), oldest first."""
+        rows = self._query("SELECT slug, completed_at FROM issues ORDER BY id", ())
+        return [(row["slug"], row["completed_at"]) for row in rows]
+
+    def update_content_hash(self, issue_id: int, content_hash: str) -> None:
+        """Accept a changed issue file for the deliveries still to come."""
+        with self.store.transaction() as cursor:
+            cursor.execute("UPDATE issues SET content_hash = ? WHERE id = ?", (content_hash, issue_id))
+
+    def audience(self, list_name: str) -> int:
+        """How many active subscribers ``list_name`` has now (what a first dispatch would create)."""
+        row = self._query_one(
+            "SELECT count(*) FROM memberships m JOIN lists l ON l.id = m.list_id"
+            " JOIN subscribers s ON s.id = m.subscriber_id"
+            " WHERE l.name = ? AND m.status = 'active' AND s.status = 'active'",
+            (list_name,),
+        )
+        return int(row[0]) if row else 0
+
+    def complete_if_done(self, issue_id: int) -> bool:
+        """Mark the issue complete when no row can still be sent; True if it is complete."""
+        with self.store.transaction() as cursor:
+            open_rows = cursor.execute(
+                "SELECT count(*) FROM deliveries WHERE issue_id = ? AND status IN ('pending', 'deferred', 'sending')",
+                (issue_id,),
+            ).fetchone()[0]
+            if open_rows:
+                return False
+            cursor.execute(
+                "UPDATE issues SET completed_at = ? WHERE id = ? AND completed_at IS NULL", (_stamp(), issue_id)
+            )
+        return True
+
+    # --- runs -------------------------------------------------------------------------
+
+    def start_run(self) -> tuple[int, RunLock]:
+        """Register this process as a run and take its lock."""
+        now = dt.datetime.now(dt.UTC)
+        with self.store.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO runs (pid, host, slot, started_at, heartbeat_at) VALUES (?, ?, 0, ?, ?)",
+                (os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds"), now.timestamp()),
+            )
+            run_id = int(cursor.lastrowid or 0)
+            lock = RunLock(self.locks_dir, run_id)
+            try:
+                lock.acquire()
+            except OSError as exc:
+                raise StoreError(f"{lock.path}: can't take the run lock: {exc.strerror or exc}") from exc
+        return run_id, lock
+
+    def finish_run(self, run_id: int, lock: RunLock) -> None:
+        """Record the run's end, drop its claims and release its lock."""
+        with self.store.transaction() as cursor:
+            cursor.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (_stamp(), run_id))
+            cursor.execute(
+                f"UPDATE deliveries SET run_id = NULL, claim_until = 0 WHERE run_id = ? AND status IN {_CLAIMABLE}",
+                (run_id,),
+            )
+        lock.release()
+
+    def recover(self, issue_id: int) -> int:
+        """Close the books of dead runs: their ``sending`` rows become ``uncertain``, their claims free.
+
+        Returns how many rows became uncertain.
+        """
+        now = _stamp()
+        # Inside the write transaction, so no run can mark a row between the check and the update.
+        with self.store.transaction() as cursor:
+            runs = cursor.execute("SELECT id FROM runs WHERE finished_at IS NULL").fetchall()
+            dead = [int(row["id"]) for row in runs if not RunLock.is_alive(self.locks_dir, int(row["id"]))]
+            for run_id in dead:
+                cursor.execute("UPDATE runs SET finished_at = ? WHERE id = ? AND finished_at IS NULL",
+                               (f"{now} (died)", run_id))
+                cursor.execute(
+                    f"UPDATE deliveries SET run_id = NULL, claim_until = 0 WHERE run_id = ? AND status IN {_CLAIMABLE}",
+                    (run_id,),
+                )
+            live = [int(row["id"]) for row in runs if int(row["id"]) not in dead]
+            marks = ",".join("?" * len(live))
+            result = cursor.execute(
+                "UPDATE deliveries SET status = 'uncertain', updated_at = ?,"
+                " last_text = 'the run sending it stopped before the server answered; not resent'"
+                " WHERE issue_id = ? AND status = 'sending'"
+                + (f" AND (run_id IS NULL OR run_id NOT IN ({marks}))" if live else ""),
+                (now, issue_id, *live),
+            )
+            changed = result.rowcount  # read before COMMIT, which resets it
+        return changed
+
+    def release_uncertain(self, issue_id: int) -> int:
+        """Put ``uncertain`` rows back to ``pending`` (``--resend-uncertain``); returns how many."""
+        with self.store.transaction() as cursor:
+            result = cursor.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = 0, updated_at = ?"
+                " WHERE issue_id = ? AND status = 'uncertain'",
+                (_stamp(), issue_id),
+            )
+            changed = result.rowcount
+        return changed
+
+    def give_up_expired(self, issue_id: int, *, before: float) -> int:
+        """Fail deferred rows first tried before ``before`` (unix time); returns how many."""
+        with self.store.transaction() as cursor:
+            result = cursor.execute(
+                "UPDATE deliveries SET status = 'failed', updated_at = ?,"
+                " last_text = 'gave up: still deferred after the maximum age; last: ' || coalesce(last_text, '')"
+                " WHERE issue_id = ? AND status = 'deferred' AND first_attempt_at < ?",
+                (_stamp(), issue_id, before),
+            )
+            changed = result.rowcount
+        return changed
+
+    # --- sending ------------------------------------------------------------------------
+
+    def claim(self, issue_id: int, run_id: int, *, now: float, limit: int, lease: float) -> list[Delivery]:
+        """Reserve up to ``limit`` due rows for ``run_id`` (a soft claim other runs respect until ``lease`` ends)."""
+        until = now + lease
+        with self.store.transaction() as cursor:
+            rows = cursor.execute(
+                "SELECT d.subscriber_id, s.email, s.name, s.fields, d.message_id, d.attempts, d.first_attempt_at"
+                " FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
+                f" WHERE d.issue_id = ? AND d.status IN {_CLAIMABLE} AND d.next_attempt_at <= ?"
+                " AND (d.run_id IS NULL OR d.run_id = ? OR d.claim_until < ?)"
+                " ORDER BY d.next_attempt_at, d.subscriber_id LIMIT ?",
+                (issue_id, now, run_id, now, limit),
+            ).fetchall()
+            cursor.executemany(
+                "UPDATE deliveries SET run_id = ?, claim_until = ? WHERE issue_id = ? AND subscriber_id = ?",
+                [(run_id, until, issue_id, row["subscriber_id"]) for row in rows],
+            )
+        return [
+            Delivery(issue_id, int(row["subscriber_id"]), row["email"], row["name"], json.loads(row["fields"]),
+                     row["message_id"], int(row["attempts"]), row["first_attempt_at"])
+            for row in rows
+        ]
+
+    def record(self, run_id: int, list_id: int, results: Iterable[Result], marks: Sequence[Delivery], *,
+               now: float) -> list[bool]:
+        """One transaction: write ``results``, then mark each of ``marks`` ``sending``.
+
+        A mark succeeds only if the row is still due, not held by another live run, and
+        its subscriber is still active on the list (unsubscribes are re-checked here, at
+        send time); a row whose subscriber left becomes ``skipped``. Returns, for each
+        mark, whether this run may now send it.
+        """
+        stamp = _stamp(now)
+        granted: list[bool] = []
+        with self.store.transaction() as cursor:
+            for result in results:
+                self._write_result(cursor, run_id, result, stamp)
+            for delivery in marks:
+                key = (delivery.issue_id, delivery.subscriber_id)
+                changed = cursor.execute(
+                    "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, run_id = ?,"
+                    " first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ?"
+                    f" WHERE issue_id = ? AND subscriber_id = ? AND status IN {_CLAIMABLE} AND next_attempt_at <= ?"
+                    " AND (run_id IS NULL OR run_id = ? OR claim_until < ?)"
+                    " AND EXISTS (SELECT 1 FROM subscribers s WHERE s.id = deliveries.subscriber_id"
+                    "             AND s.status = 'active')"
+                    " AND EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = deliveries.subscriber_id"
+                    "             AND m.list_id = ? AND m.status = 'active')",
+                    (run_id, now, stamp, *key, now, run_id, now, list_id),
+                ).rowcount
+                if not changed:
+                    cursor.execute(
+                        "UPDATE deliveries SET status = 'skipped', updated_at = ?,"
+                        " last_text = 'unsubscribed or bounced before it was sent'"
+                        f" WHERE issue_id = ? AND subscriber_id = ? AND status IN {_CLAIMABLE}"
+                        " AND NOT (EXISTS (SELECT 1 FROM subscribers s WHERE s.id = deliveries.subscriber_id"
+                        "                  AND s.status = 'active')"
+                        "      AND EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = deliveries.subscriber_id"
+                        "                  AND m.list_id = ? AND m.status = 'active'))",
+                        (stamp, *key, list_id),
+                    )
+                granted.append(bool(changed))
+        return granted
+
+    @staticmethod
+    def _write_result(cursor: sqlite3.Cursor, run_id: int, result: Result, stamp: str) -> None:
+        key = (result.issue_id, result.subscriber_id)
+        guard = "WHERE issue_id = ? AND subscriber_id = ? AND status = 'sending' AND run_id = ?"
+        if result.status == "sent":
+            cursor.execute(
+                "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = ?,"
+                f" updated_at = ? {guard}",
+                (stamp, result.code, result.text, stamp, *key, run_id),
+            )
+        elif result.status == "deferred":
+            cursor.execute(
+                "UPDATE deliveries SET status = 'deferred', next_attempt_at = ?, last_code = ?, last_text = ?,"
+                f" updated_at = ? {guard}",
+                (result.next_attempt_at, result.code, result.text, stamp, *key, run_id),
+            )
+        elif result.status == "failed":
+            cursor.execute(
+                f"UPDATE deliveries SET status = 'failed', last_code = ?, last_text = ?, updated_at = ? {guard}",
+                (result.code, result.text, stamp, *key, run_id),
+            )
+            if result.bounced:
+                cursor.execute(
+                    "UPDATE subscribers SET status = 'bounced', updated_at = ? WHERE id = ? AND status = 'active'",
+                    (stamp, result.subscriber_id),
+                )
+        else:  # release: never started, so neither an attempt nor a deferral
+            cursor.execute(
+                "UPDATE deliveries SET status = CASE WHEN attempts > 1 THEN 'deferred' ELSE 'pending' END,"
+                f" attempts = attempts - 1, updated_at = ? {guard}",
+                (stamp, *key, run_id),
+            )
+
+    # --- reading --------------------------------------------------------------------------
+
+    def next_due(self, issue_id: int) -> float | None:
+        """When the earliest pending or deferred row comes due (unix time), or None when there is none."""
+        row = self._query_one(
+            f"SELECT min(next_attempt_at) FROM deliveries WHERE issue_id = ? AND status IN {_CLAIMABLE}", (issue_id,)
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    def counts(self, issue_id: int) -> dict[str, int]:
+        """How many rows are in each state."""
+        counts = dict.fromkeys(STATES, 0)
+        for row in self._query("SELECT status, count(*) FROM deliveries WHERE issue_id = ? GROUP BY status",
+                               (issue_id,)):
+            counts[str(row[0])] = int(row[1])
+        return counts
+
+    def latest_errors(self, issue_id: int, limit: int = 10) -> list[dict[str, object]]:
+        """The most recent deferred, failed, uncertain or skipped rows, newest first."""
+        rows = self._query(
+            "SELECT s.email, d.status, d.attempts, d.last_code, d.last_text, d.updated_at"
+            " FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
+            " WHERE d.issue_id = ? AND d.status IN ('deferred', 'failed', 'uncertain', 'skipped')"
+            " ORDER BY d.updated_at DESC, d.subscriber_id LIMIT ?",
+            (issue_id, limit),
+        )
+        return [
+            {"email": row["email"], "status": row["status"], "attempts": row["attempts"], "code": row["last_code"],
+             "text": row["last_text"] or "", "at": row["updated_at"]}
+            for row in rows
+        ]
+
+    def sent_since(self, moment: float) -> int:
+        """How many messages (all issues) were sent at or after ``moment`` (unix time)."""
+        row = self._query_one("SELECT count(*) FROM deliveries WHERE sent_at >= ?", (_stamp(moment),))
+        return int(row[0]) if row else 0
+
+    def _query(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
+        try:
+            return self.store.connection.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.store.path}: {exc}") from exc
+
+    def _query_one(self, sql: str, params: Sequence[object]) -> sqlite3.Row | None:
+        rows = self._query(sql, params)
+        return rows[0] if rows else None

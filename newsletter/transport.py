@@ -1,0 +1,192 @@
+"""SMTP delivery over aiosmtplib: one connection, one message at a time, replies as typed results.
+
+This is the only module that imports aiosmtplib. Each reply becomes a
+:class:`SendResult` of one of three kinds, which is all the dispatcher needs to know:
+
+- ``sent``: the server answered 250 to the end of DATA;
+- ``deferred``: a 4xx reply, a timeout or a dropped connection: try again later;
+- ``failed``: a 5xx reply: don't try again (``bounced`` when it says the mailbox doesn't exist).
+
+Failures that no other recipient would escape (the relay refuses our login or our
+sender address) raise :class:`~newsletter.errors.DeliveryError` instead, so that a run
+stops rather than failing every subscriber one by one.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Literal
+
+import aiosmtplib
+
+from newsletter.config import SmtpSettings, is_loopback
+from newsletter.errors import DeliveryError
+from newsletter.sanitize import one_line
+
+__all__ = [
+    "Outcome",
+    "SendResult",
+    "SmtpConnection",
+    "classify_refusal",
+]
+
+Outcome = Literal["sent", "deferred", "failed"]
+
+# RFC 3463 enhanced status codes that say the address itself is bad: 5.1.1 bad mailbox,
+# 5.1.0 other address status, 5.1.2 bad domain, 5.1.3 bad syntax, 5.1.6 moved, 5.1.10 null MX.
+_BAD_ADDRESS_STATUS = re.compile(r"^5\.1\.(?:0|1|2|3|6|10)\b")
+_ENHANCED_STATUS = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+# For servers that give no enhanced code: the wording used by Postfix, Exim, Exchange, Gmail.
+_UNKNOWN_USER_WORDS = re.compile(
+    r"unknown user|user unknown|no such user|unknown recipient|recipient unknown|no such (?:mailbox|recipient)"
+    r"|mailbox (?:not found|unavailable|does not exist)|does not exist|address rejected|invalid recipient"
+    r"|user not found|account (?:has been )?disabled",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What became of one message."""
+
+    outcome: Outcome
+    code: int | None = None
+    text: str = ""
+    #: a permanent failure that says the mailbox doesn't exist: never mail this address again
+    bounced: bool = False
+    #: the connection can't be reused (dropped, timed out, or the server said 421)
+    reconnect: bool = False
+
+    def describe(self) -> str:
+        """``"550 5.1.1 no such user"``, or the text alone when there was no reply code."""
+        return f"{self.code} {self.text}".strip() if self.code else self.text
+
+
+def classify_refusal(code: int, text: str) -> SendResult:
+    """The result of an SMTP reply ``code`` (4xx or 5xx) with ``text``."""
+    clean = one_line(text)[:500]
+    if 400 <= code < 500:
+        return SendResult("deferred", code, clean, reconnect=code == 421)
+    if code >= 500:
+        status = _ENHANCED_STATUS.match(clean)
+        if status is not None:
+            bounced = bool(_BAD_ADDRESS_STATUS.match(status.group(1)))
+        else:
+            bounced = code in (550, 551, 553) and bool(_UNKNOWN_USER_WORDS.search(clean))
+        return SendResult("failed", code, clean, bounced=bounced)
+    # Anything else where a refusal was expected is a broken server: treat it as temporary.
+    return SendResult("deferred", code, clean or "unexpected reply", reconnect=True)
+
+
+class SmtpConnection:
+    """One SMTP connection to the relay in ``settings``, opened on first use and reopened after a drop."""
+
+    def __init__(self, settings: SmtpSettings, *, local_hostname: str | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        if settings.password and settings.security == "none" and not is_loopback(settings.host):
+            raise DeliveryError(f"refusing to send the SMTP password unencrypted to {settings.host}")
+        self.settings = settings
+        self._local_hostname = local_hostname
+        self._tls_context = tls_context
+        self._client: aiosmtplib.SMTP | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open now."""
+        return self._client is not None and self._client.is_connected
+
+    async def connect(self) -> None:
+        """Open the connection (TLS or STARTTLS as configured, then login); raises DeliveryError."""
+        settings = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.port,
+            timeout=settings.timeout,
+            use_tls=settings.security == "tls",
+            start_tls=settings.security == "starttls",
+            validate_certs=True,
+            tls_context=self._tls_context,
+            local_hostname=self._local_hostname,
+        )
+        where = f"{settings.host}:{settings.port}"
+        try:
+            await client.connect()
+            if settings.username:
+                await client.login(settings.username, settings.password.reveal())
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            raise DeliveryError(f"{where} refused the login for {settings.username!r}: {exc.code} "
+                                f"{one_line(exc.message)}", fatal=True) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            raise DeliveryError(f"{where} refused the connection: {exc.code} {one_line(exc.message)}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise DeliveryError(f"can't connect to {where}: {_reason(exc)}") from exc
+        self._client = client
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
+        """Send ``message`` (wire-ready bytes) from ``sender`` to ``recipient``.
+
+        Connects first when needed. Returns a :class:`SendResult`; raises DeliveryError
+        only for what would fail every recipient (no connection at all, sender refused).
+        """
+        if not self.connected:
+            await self.connect()
+        client = self._client
+        assert client is not None
+        try:
+            await client.sendmail(sender, [recipient], message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0]
+            return self._after(classify_refusal(refusal.code, refusal.message))
+        except aiosmtplib.SMTPSenderRefused as exc:
+            result = classify_refusal(exc.code, exc.message)
+            if result.outcome == "failed":
+                raise DeliveryError(
+                    f"the server refused the sender {sender}: {result.describe()}", fatal=True
+                ) from exc
+            return self._after(result)
+        except aiosmtplib.SMTPResponseException as exc:  # DATA refused, or any other reply
+            return self._after(classify_refusal(exc.code, exc.message))
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # Dropped, timed out, or unreadable: the message may or may not have arrived in
+            # part; SMTP only delivers on the final 250, so trying again is the right thing.
+            return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
+        return SendResult("sent", 250)
+
+    def _after(self, result: SendResult) -> SendResult:
+        if result.reconnect:
+            self.abort()
+        return result
+
+    def abort(self) -> None:
+        """Drop the connection without QUIT (after an error)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def close(self) -> None:
+        """QUIT politely, or just drop the connection when that fails."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            client.close()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "the server closed the connection"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return one_line(str(exc)) or type(exc).__name__

@@ -1,0 +1,365 @@
+"""DKIM: real messages signed with a real key verify, any signed change breaks them, keys never leak."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+import stat
+import subprocess
+from collections.abc import Callable
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+import dkim  # type: ignore[import-untyped]
+import dkim.util  # type: ignore[import-untyped]
+import pytest
+
+from newsletter.compose import compile_message, personalise
+from newsletter.config import SenderSettings
+from newsletter.dkim import DkimSigner, generate_key, load_signer
+from newsletter.errors import ComposeError, ConfigError
+from newsletter.models import Recipient, RenderedIssue
+
+SELECTOR = "nl2024"
+DOMAIN = "news.example.com"
+DATE = "Fri, 07 Jul 2017 10:00:00 +0000"
+URL = "https://news.example.com/unsubscribe/" + "A" * 43
+RECIPIENT = Recipient("ann@example.org", "Ann Reader", URL)
+STRICT = policy.default.clone(raise_on_defect=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    path: Path
+    record: str
+
+
+@pytest.fixture(scope="session")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Key:
+    path = tmp_path_factory.mktemp("dkim") / "dkim.pem"
+    return Key(path, generate_key(path))
+
+
+@pytest.fixture(scope="session")
+def signer(key: Key) -> DkimSigner:
+    return load_signer(key.path, selector=SELECTOR, domain=DOMAIN)
+
+
+@pytest.fixture(scope="session")
+def unsigned(seed_rendered: RenderedIssue, sender: SenderSettings) -> bytes:
+    with_reply_to = dataclasses.replace(sender, reply_to="editors@news.example.com")
+    template = compile_message(seed_rendered, sender=with_reply_to)
+    return personalise(template, RECIPIENT, message_id="m1.x@news.example.com", date=DATE)
+
+
+@pytest.fixture(scope="session")
+def signed(signer: DkimSigner, unsigned: bytes) -> bytes:
+    return signer.sign(unsigned)
+
+
+def dns(record: str, name: str = f"{SELECTOR}._domainkey.{DOMAIN}") -> Callable[..., bytes | None]:
+    """A resolver that knows one TXT record (dkimpy asks for the name with a final dot)."""
+
+    def lookup(qname: bytes, timeout: int = 5) -> bytes | None:
+        return record.encode("ascii") if qname == f"{name}.".encode("ascii") else None
+
+    return lookup
+
+
+def verifies(data: bytes, record: str, name: str = f"{SELECTOR}._domainkey.{DOMAIN}") -> bool:
+    return bool(dkim.verify(data, dnsfunc=dns(record, name)))
+
+
+def signature_tags(data: bytes) -> dict[bytes, bytes]:
+    header = data.split(b"\r\n\r\n", 1)[0]
+    match = re.match(rb"DKIM-Signature:((?:[^\r]*\r\n[ \t])*[^\r]*)\r\n", header)
+    assert match, "the message must start with a DKIM-Signature header"
+    tags: dict[bytes, bytes] = dkim.util.parse_tag_value(re.sub(rb"\r\n[ \t]", b" ", match.group(1)))
+    return tags
+
+
+def header_names(data: bytes) -> list[bytes]:
+    return [line.split(b":", 1)[0].lower() for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n") if line[:1] not in b" \t"]
+
+
+def openssl(*args: str, data: bytes = b"") -> bytes:
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True).stdout
+
+
+# --- signing and verifying
+
+
+def test_signed_message_verifies(signed: bytes, unsigned: bytes, key: Key) -> None:
+    assert signed.startswith(b"DKIM-Signature: ")
+    assert signed.endswith(unsigned), "the message itself is left as it was"
+    assert verifies(signed, key.record)
+    assert not verifies(unsigned, key.record)
+
+
+def test_signature_tags(signed: bytes, unsigned: bytes) -> None:
+    tags = signature_tags(signed)
+    assert tags[b"a"] == b"rsa-sha256"
+    assert tags[b"c"] == b"relaxed/relaxed"
+    assert tags[b"d"] == DOMAIN.encode()
+    assert tags[b"s"] == SELECTOR.encode()
+    signed_names = [name.strip() for name in tags[b"h"].split(b":")]
+    expected = [
+        b"from", b"to", b"subject", b"date", b"message-id", b"reply-to", b"list-id", b"list-unsubscribe",
+        b"list-unsubscribe-post", b"mime-version", b"content-type",
+    ]
+    assert header_names(unsigned) == expected, "compose's headers changed: review the signed set"
+    assert signed_names == expected + [b"from", b"to", b"subject"], "each signed once, From/To/Subject over-signed"
+
+
+def test_absent_headers_are_not_signed(signer: DkimSigner, seed_rendered: RenderedIssue, sender: SenderSettings, key: Key) -> None:
+    assert not sender.reply_to
+    data = personalise(compile_message(seed_rendered, sender=sender), RECIPIENT, message_id="m2@news.example.com", date=DATE)
+    signed_names = [name.strip() for name in signature_tags(signer.sign(data))[b"h"].split(b":")]
+    assert b"reply-to" not in signed_names and b"from" in signed_names
+    assert verifies(signer.sign(data), key.record)
+
+
+def test_another_key_or_no_record_fails(signed: bytes, tmp_path: Path) -> None:
+    other = generate_key(tmp_path / "other.pem")
+    assert not verifies(signed, other)
+    assert not verifies(signed, "")
+    assert not verifies(signed, other, name=f"other._domainkey.{DOMAIN}")
+
+
+def _replace_once(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) >= 1, old
+    return data.replace(old, new, 1)
+
+
+def _body_byte(data: bytes) -> bytes:
+    start = data.index(b"\r\n\r\n") + len(data) // 2
+    index = start + re.search(rb"[a-z]", data[start:]).start()  # type: ignore[union-attr]
+    return data[:index] + (b"b" if data[index : index + 1] != b"b" else b"c") + data[index + 1 :]
+
+
+TAMPERING: dict[str, Callable[[bytes], bytes]] = {
+    "To": lambda d: _replace_once(d, b"\r\nTo: Ann Reader <ann@example.org>\r\n", b"\r\nTo: Ann Reader <eve@example.org>\r\n"),
+    "Subject": lambda d: _replace_once(d, b"\r\nSubject: A big,", b"\r\nSubject: A small,"),
+    "List-Unsubscribe URL": lambda d: _replace_once(d, b"\r\n <" + URL.encode(), b"\r\n <" + URL.replace("AAAA", "AAAB").encode()),
+    "one body byte": _body_byte,
+    "From": lambda d: _replace_once(d, b"\r\nFrom: The Briefing", b"\r\nFrom: The Brief1ng"),
+    "Date": lambda d: _replace_once(d, b"\r\nDate: Fri, 07 Jul 2017 10:00:00", b"\r\nDate: Fri, 07 Jul 2017 10:00:01"),
+    "List-Unsubscribe-Post": lambda d: _replace_once(d, b"List-Unsubscribe=One-Click", b"List-Unsubscribe=Two-Click"),
+    "Reply-To": lambda d: _replace_once(d, b"Reply-To: editors@", b"Reply-To: eve@"),
+    "a second To on top": lambda d: b"To: eve@example.net\r\n" + d,
+    "a second Subject on top": lambda d: b"Subject: Urgent: confirm your password\r\n" + d,
+    "a second From on top": lambda d: b"From: Bank <alerts@bank.example>\r\n" + d,
+    "a signature header value": lambda d: _replace_once(d, b"c=relaxed/relaxed", b"c=relaxed/simple"),
+}
+
+
+@pytest.mark.parametrize("change", TAMPERING, ids=list(TAMPERING))
+def test_any_signed_change_breaks_the_signature(change: str, signed: bytes, key: Key) -> None:
+    tampered = TAMPERING[change](signed)
+    assert tampered != signed
+    assert not verifies(tampered, key.record)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: b"Received: from mx.example.net by mx.example.org; Fri, 07 Jul 2017 10:00:05 +0000\r\n" + d,
+        lambda d: b"List-Id: <other.lists.example.net>\r\n" + d,
+        lambda d: d.replace(b"\r\nSubject: ", b"\r\nSUBJECT:   ", 1),  # relaxed: case and spaces of headers
+        lambda d: d.replace(b"\r\n\r\n", b"\r\nX-Spam-Score: 0\r\n\r\n", 1),  # an unsigned header below ours
+    ],
+    ids=["Received on top", "List-Id of a list on top", "relaxed header case and spaces", "an unsigned header"],
+)
+def test_transit_changes_keep_the_signature(change: Callable[[bytes], bytes], signed: bytes, key: Key) -> None:
+    tampered = change(signed)
+    assert tampered != signed
+    assert verifies(tampered, key.record)
+
+
+def test_signed_message_wire_format(signed: bytes, unsigned: bytes) -> None:
+    head = signed.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    assert b"\n" not in signed.replace(b"\r\n", b""), "bare LF"
+    assert b"\r" not in signed.replace(b"\r\n", b""), "bare CR"
+    signature = head[: head.index(b"\r\nFrom: ") + 2]
+    lines = signature.split(b"\r\n")
+    assert lines[-1] == b"", "ends with CRLF"
+    assert len(lines) > 3, "folded"
+    for line in lines[:-1]:
+        assert len(line) <= 78, line
+        assert line.strip(), "no blank continuation line"
+    assert all(line[:1] in b" \t" for line in lines[1:-1]), "continuation lines start with white space"
+    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+    assert signed.isascii()
+
+    msg = BytesParser(policy=policy.default).parsebytes(signed)
+    assert isinstance(msg, EmailMessage)
+    assert not msg.defects
+    strict = BytesParser(policy=STRICT).parsebytes(signed)
+    original = BytesParser(policy=STRICT).parsebytes(unsigned)
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "Reply-To"):
+        assert str(strict[name]) == str(original[name])
+    assert strict.get_body(("html",)).get_content() == original.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "".join(str(msg["DKIM-Signature"]).split()).startswith("v=1;a=rsa-sha256;c=relaxed/relaxed;d=news.example.com;")
+
+
+@pytest.mark.parametrize(
+    ("selector", "domain"),
+    [("s" * 63, DOMAIN), ("2024-01.news", ("d" * 50) + ".example.com"), ("a", "x" * 59 + ".io")],
+)
+def test_longest_names_still_fold_and_verify(selector: str, domain: str, key: Key, unsigned: bytes) -> None:
+    data = load_signer(key.path, selector=selector, domain=domain).sign(unsigned)
+    signature = data[: data.index(b"\r\nFrom: ") + 2]
+    assert all(len(line) <= 78 for line in signature.split(b"\r\n"))
+    assert signature_tags(data)[b"d"] == domain.encode()
+    assert verifies(data, key.record, name=f"{selector}._domainkey.{domain}")
+
+
+def test_sign_refuses_what_it_cannot_sign(signer: DkimSigner, unsigned: bytes) -> None:
+    with pytest.raises(ComposeError, match="CRLF"):
+        signer.sign(unsigned.replace(b"\r\n", b"\n"))
+    without_from = re.sub(rb"^From: [^\r]*\r\n", b"", unsigned)
+    assert without_from != unsigned
+    with pytest.raises(ComposeError, match="From"):
+        signer.sign(without_from)
+    with pytest.raises(ComposeError):
+        signer.sign(b"not a header line\r\n\r\nbody\r\n")
+
+
+# --- keys
+
+
+def test_generate_key_writes_a_private_file_and_the_matching_record(key: Key) -> None:
+    assert stat.S_IMODE(key.path.stat().st_mode) == 0o600
+    pem = key.path.read_bytes()
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    assert re.fullmatch(r"v=DKIM1; k=rsa; p=[A-Za-z0-9+/]+={0,2}", key.record)
+    public_der = openssl("pkey", "-pubout", "-outform", "DER", data=pem)
+    assert key.record == "v=DKIM1; k=rsa; p=" + base64.b64encode(public_der).decode()
+    assert "2048 bit" in openssl("pkey", "-noout", "-text", data=pem).decode().splitlines()[0]
+
+
+def test_generate_key_never_overwrites(key: Key, tmp_path: Path) -> None:
+    before = key.path.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        generate_key(key.path)
+    assert key.path.read_bytes() == before
+    with pytest.raises(ConfigError, match="1024"):
+        generate_key(tmp_path / "weak.pem", bits=1024)
+    assert not (tmp_path / "weak.pem").exists()
+
+
+def test_signer_shows_no_key_material(signer: DkimSigner, key: Key) -> None:
+    secrets = _key_pieces(key.path.read_bytes())
+    assert secrets
+    for text in (repr(signer), str(signer), repr(vars(signer))):
+        assert SELECTOR in text and DOMAIN in text and str(key.path) in text
+        assert not any(piece in text for piece in secrets)
+        assert "PRIVATE KEY" not in text
+    assert signer.bits == 2048
+    assert signer.dns_name == f"{SELECTOR}._domainkey.{DOMAIN}"
+    assert signer.dns_record == key.record
+
+
+def test_pkcs1_key_is_accepted(key: Key, tmp_path: Path, unsigned: bytes) -> None:
+    pkcs1 = openssl("pkey", "-traditional", data=key.path.read_bytes())
+    assert pkcs1.startswith(b"-----BEGIN RSA PRIVATE KEY-----")
+    path = tmp_path / "pkcs1.pem"
+    path.write_bytes(pkcs1.replace(b"\n", b"\r\n"))  # CRLF line ends, as a key edited on Windows has
+    assert verifies(load_signer(path, selector=SELECTOR, domain=DOMAIN).sign(unsigned), key.record)
+
+
+def _key_pieces(data: bytes) -> set[str]:
+    """Every 16-character run of the base64 in ``data``: key material a message must not contain."""
+    text = "".join(re.findall(r"[A-Za-z0-9+/=]{20,}", data.decode("ascii", "replace")))
+    return {text[i : i + 16] for i in range(len(text) - 15)}
+
+
+def _damaged_pkcs1(pem: bytes) -> bytes:
+    """The key as PKCS#1 with its CRT coefficient changed: parses, but would sign wrongly."""
+    text = openssl("pkey", "-noout", "-text", data=pem).decode()
+    numbers = []
+    for name in ("modulus", "publicExponent", "privateExponent", "prime1", "prime2", "exponent1", "exponent2", "coefficient"):
+        match = re.search(rf"^{name}:(?: (\d+) \(0x[0-9a-f]+\)|\n((?:\s+[0-9a-f:]+\n)+))", text, re.M)
+        assert match, name
+        numbers.append(int(match.group(1)) if match.group(1) else int(re.sub(r"[\s:]", "", match.group(2)), 16))
+    numbers[-1] += 1
+
+    def der(tag: int, content: bytes) -> bytes:
+        size = len(content)
+        length = bytes([size]) if size < 128 else bytes([0x80 | ((size.bit_length() + 7) // 8)]) + size.to_bytes((size.bit_length() + 7) // 8, "big")
+        return bytes([tag]) + length + content
+
+    body = der(0x02, b"\x00") + b"".join(der(0x02, n.to_bytes(n.bit_length() // 8 + 1, "big")) for n in numbers)
+    return b"-----BEGIN RSA PRIVATE KEY-----\n" + base64.encodebytes(der(0x30, body)) + b"-----END RSA PRIVATE KEY-----\n"
+
+
+BAD_KEYS: dict[str, tuple[Callable[[bytes], bytes | None], str]] = {
+    "missing": (lambda pem: None, "not found"),
+    "empty": (lambda pem: b"", "not a PEM private key"),
+    "garbage": (lambda pem: b"\x00\xffhello\nworld" * 50, "not a PEM private key"),
+    "truncated PEM": (lambda pem: pem[: len(pem) // 2], "not a PEM private key"),
+    "truncated key": (lambda pem: b"\n".join(pem.split(b"\n")[:6]) + b"\n-----END PRIVATE KEY-----\n", "not an RSA private key"),
+    "bad base64": (lambda pem: pem.replace(b"\n", b"\n*", 3), "not valid base64"),
+    "public key": (lambda pem: openssl("pkey", "-pubout", data=pem), "'PUBLIC KEY'"),
+    "encrypted": (lambda pem: openssl("pkey", "-aes256", "-passout", "pass:x", data=pem), "encrypted"),
+    "ed25519": (lambda pem: openssl("genpkey", "-algorithm", "ED25519"), "Ed25519"),
+    "EC": (lambda pem: openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"), "not an RSA private key"),
+    "512-bit RSA": (lambda pem: openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:512"), "too small"),
+    "damaged RSA": (_damaged_pkcs1, "damaged"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_KEYS, ids=list(BAD_KEYS))
+def test_bad_key_file_is_one_clear_line_without_key_material(case: str, key: Key, tmp_path: Path) -> None:
+    make, expected = BAD_KEYS[case]
+    pem = key.path.read_bytes()
+    path = tmp_path / "secret-dkim.key"
+    content = make(pem)
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_signer(path, selector=SELECTOR, domain=DOMAIN)
+    message = str(caught.value)
+    assert str(path) in message
+    assert expected in message
+    assert "\n" not in message and "\r" not in message
+    secrets = _key_pieces(pem) | _key_pieces(content or b"")
+    chain: BaseException | None = caught.value
+    while chain is not None:  # a traceback prints every exception of the chain
+        assert not any(piece in str(chain) for piece in secrets), f"key material in {type(chain).__name__}"
+        chain = chain.__cause__ or chain.__context__
+
+
+def test_directory_is_not_a_key_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(tmp_path))}: can't be read"):
+        load_signer(tmp_path, selector=SELECTOR, domain=DOMAIN)
+
+
+@pytest.mark.parametrize(
+    ("selector", "domain", "wrong"),
+    [
+        ("", DOMAIN, "selector"),
+        ("-s", DOMAIN, "selector"),
+        ("s-", DOMAIN, "selector"),
+        ("s_1", DOMAIN, "selector"),
+        ("s 1", DOMAIN, "selector"),
+        ("s1\r\nBcc: x", DOMAIN, "selector"),
+        ("s" * 64, DOMAIN, "selector"),
+        ("sélect", DOMAIN, "selector"),
+        ("s..1", DOMAIN, "selector"),
+        ("s1", "localhost", "domain"),
+        ("s1", "example..com", "domain"),
+        ("s1", "example.com.", "domain"),
+        ("s1", "-x.example.com", "domain"),
+        ("s1", "news.example.com\n", "domain"),
+        ("s1", "x" * 60 + ".com", "domain"),
+        ("s1", "", "domain"),
+    ],
+)
+def test_selector_and_domain_must_be_dns_names(selector: str, domain: str, wrong: str, key: Key) -> None:
+    with pytest.raises(ConfigError, match=f"DKIM {wrong} ") as caught:
+        load_signer(key.path, selector=selector, domain=domain)
+    assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
