@@ -1,10 +1,13 @@
 """The ``newsletter`` command: parses arguments, calls :mod:`newsletter.jobs`, prints.
 
-Exit codes: 0 success; 1 ``check`` found problems; 2 bad input (issue file, config).
+Exit codes: 0 success; 1 ``check`` found problems, or ``dispatch``/``send-test`` hit an
+error; 2 bad input (issue file, config); 3 ``dispatch`` left something deferred, failed
+or uncertain.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import webbrowser
@@ -16,8 +19,13 @@ from typing import NoReturn
 import click
 
 from newsletter.config import Settings, load_settings
+from newsletter.dispatch import DispatchOptions, dispatch
 from newsletter.errors import IssueError, NewsletterError, SubscriberError
-from newsletter.jobs import check_files, import_subscribers, render_to_files
+from newsletter.issues import slug_from_path
+from newsletter.jobs import check_files, import_subscribers, message_signer, render_to_files, send_test
+from newsletter.ledger import STATES, Ledger
+from newsletter.outbox import DEFAULT_PORT, Outbox, serve_outbox
+from newsletter.progress import describe, progress_for
 from newsletter.store import Store
 from newsletter.subscribers import export_csv, export_json, subscriber_row
 
@@ -26,13 +34,15 @@ __all__ = [
 ]
 
 EXIT_FINDINGS = 1
+EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
+EXIT_INCOMPLETE = 3
 
 
-def _fail(error: NewsletterError) -> NoReturn:
+def _fail(error: NewsletterError, code: int = EXIT_BAD_INPUT) -> NoReturn:
     # An IssueError already reads "file:line: what is wrong (fix)".
     click.echo(str(error) if isinstance(error, IssueError) else f"error: {error}", err=True)
-    sys.exit(EXIT_BAD_INPUT)
+    sys.exit(code)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -67,8 +77,12 @@ def main(ctx: click.Context, config: str | None) -> None:
     Examples:
       newsletter render issues/2017-07-07-trump-putin.md
       newsletter check issues/*.md
+      newsletter send-test issues/2017-07-07-trump-putin.md --to me@example.com
+      newsletter dispatch
+      newsletter status --json
 
-    Exit codes: 0 success, 1 check findings, 2 bad input.
+    Exit codes: 0 success, 1 check findings or an error, 2 bad input,
+    3 dispatch left deliveries deferred, failed or uncertain.
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
@@ -304,6 +318,182 @@ def export_command(ctx: click.Context, fmt: str, list_name: str | None) -> None:
     with _store(ctx) as store:
         people = store.subscribers(list_name=list_name)
     click.echo(export_csv(people) if fmt == "csv" else export_json(people), nl=fmt == "json")
+
+
+def _parse_now(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a time like 2024-05-01T06:00:00+00:00",
+                                 param_hint="--now") from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(f"{value!r} needs a UTC offset, e.g. {value}+00:00", param_hint="--now")
+    return moment
+
+
+@main.command("dispatch")
+@click.option("--issue", default=None, metavar="ISSUE",
+              help="Only this issue (file or slug); due at once when it has no send_at.")
+@click.option("--dry-run", is_flag=True, help="Render and count who would get what; send and write nothing.")
+@click.option("--now", "now_text", default=None, metavar="TIME",
+              help="Decide what is due as if it were TIME (ISO 8601 with offset).")
+@click.option("--resend-uncertain", is_flag=True,
+              help="Send again what a crashed run may or may not have sent (they may get it twice).")
+@click.option("--allow-changed", is_flag=True, help="Send an issue file that changed after sending began.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on standard output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress, only the summary.")
+@click.pass_context
+def dispatch_command(ctx: click.Context, issue: str | None, dry_run: bool, now_text: str | None,
+                     resend_uncertain: bool, allow_changed: bool, as_json: bool, quiet: bool) -> None:
+    """Send every due issue (send_at has passed, not yet complete) to its list.
+
+    Each subscriber gets an issue once: a ledger in the database records every
+    delivery, so a run can be stopped (Ctrl-C, SIGTERM) or killed and run again.
+    Temporary failures (4xx, timeouts) are retried with backoff in this run and
+    later ones, for up to [dispatch] give_up_after_hours; permanent ones (5xx) fail,
+    and an unknown mailbox marks the subscriber bounced.
+
+    Exit codes: 0 everything due was sent; 3 some deliveries are deferred, failed,
+    uncertain or waiting for a later run; 1 an error (bad issue file, config,
+    database, or the SMTP server refused our login or sender).
+
+    \b
+    Examples:
+      newsletter dispatch                       # what cron runs
+      newsletter dispatch --dry-run
+      newsletter dispatch --issue issues/2017-07-07-trump-putin.md
+      newsletter dispatch --now 2024-05-01T06:00:00+00:00 --json
+    """
+    try:
+        settings = load_settings(ctx.obj.get("config"))
+        sign = None if dry_run else message_signer(settings)
+    except NewsletterError as exc:
+        _fail(exc, EXIT_ERROR)
+    options = DispatchOptions(issue=issue, dry_run=dry_run, now=_parse_now(now_text),
+                              resend_uncertain=resend_uncertain, allow_changed=allow_changed)
+    try:
+        report = dispatch(settings, options, progress=progress_for(sys.stderr, quiet=quiet or as_json), sign=sign)
+    except NewsletterError as exc:
+        _fail(exc, EXIT_ERROR)
+    for error in report.errors:
+        click.echo(error, err=True)
+    if as_json:
+        click.echo(json.dumps({"issues": [summary.as_dict() for summary in report.issues],
+                               "errors": report.errors, "exit_code": report.exit_code}, indent=2))
+    else:
+        for summary in report.issues:
+            if summary.error:
+                click.echo(summary.error if summary.error.startswith(summary.source) else
+                           f"{summary.slug}: error: {summary.error}", err=True)
+            for note in summary.notes:
+                click.echo(f"{summary.slug}: {note}", err=True)
+            if summary.dry_run:
+                click.echo(f"{summary.slug}: dry run, {summary.waiting} to send of {summary.audience}", err=True)
+            elif quiet and not summary.error:
+                click.echo(describe(summary), err=True)
+        if not report.issues and not report.errors:
+            click.echo("nothing is due", err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command("send-test")
+@click.argument("issue", type=click.Path(dir_okay=False))
+@click.option("--to", "addresses", multiple=True, required=True, metavar="ADDR",
+              help="Where to send it (repeatable).")
+@click.pass_context
+def send_test_command(ctx: click.Context, issue: str, addresses: tuple[str, ...]) -> None:
+    """Send ISSUE to one or more inboxes exactly as subscribers get it, subject "[TEST] …".
+
+    Same headers, same DKIM signature, same links; nothing is recorded in the
+    ledger. An address that is a subscriber sees their own name and unsubscribe
+    link. Exit 0 when every address accepted it, 1 otherwise.
+
+    \b
+    Example:
+      newsletter send-test issues/2017-07-07-trump-putin.md --to me@example.com
+    """
+    settings = _settings(ctx)
+    try:
+        results = send_test(issue, addresses, settings)
+    except NewsletterError as exc:
+        _fail(exc)
+    failed = 0
+    for sent in results:
+        if sent.result.outcome == "sent":
+            click.echo(f"sent to {sent.address} (Message-ID <{sent.message_id}>)")
+        else:
+            failed += 1
+            click.echo(f"error: {sent.address}: {sent.result.outcome}: {sent.result.describe()}", err=True)
+    sys.exit(EXIT_ERROR if failed else 0)
+
+
+@main.command("status")
+@click.argument("issue", required=False)
+@click.option("--json", "as_json", is_flag=True, help="JSON: counts per state and the latest errors.")
+@click.option("--errors", "error_count", default=10, show_default=True, help="How many recent errors to show.")
+@click.pass_context
+def status_command(ctx: click.Context, issue: str | None, as_json: bool, error_count: int) -> None:
+    """Show each issue's deliveries per state (or ISSUE's, by file or slug) and the latest errors.
+
+    \b
+    Examples:
+      newsletter status
+      newsletter status 2017-07-07-trump-putin --json
+    """
+    rows: list[dict[str, object]] = []
+    with _store(ctx) as store:
+        ledger = Ledger(store)
+        slugs = [slug_from_path(issue)] if issue else [slug for slug, _ in ledger.issues()]
+        for slug in slugs:
+            record = ledger.find_issue(slug)
+            if record is None:
+                click.echo(f"error: no deliveries recorded for '{slug}'", err=True)
+                sys.exit(EXIT_FINDINGS)
+            rows.append({"slug": slug, "list": record.list_name, "completed_at": record.completed_at,
+                         "counts": ledger.counts(record.id), "errors": ledger.latest_errors(record.id, error_count)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no issue has been dispatched yet", err=True)
+    for row in rows:
+        counts = row["counts"]
+        assert isinstance(counts, dict)
+        state = f"complete {row['completed_at']}" if row["completed_at"] else "in progress"
+        click.echo(f"{row['slug']} (list '{row['list']}', {state})")
+        click.echo("  " + ", ".join(f"{counts[name]} {name}" for name in STATES))
+        errors = row["errors"]
+        assert isinstance(errors, list)
+        for error in errors:
+            click.echo(f"  {error['at']} {error['email']}: {error['status']} after {error['attempts']} "
+                       f"attempt(s): {error['code'] or ''} {error['text']}".rstrip())
+
+
+@main.command("outbox")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, help="Port on 127.0.0.1 to listen on.")
+@click.option("--maildir", default="outbox", show_default=True, type=click.Path(file_okay=False),
+              help="Maildir to store each message in (one file per recipient, in new/).")
+def outbox_command(port: int, maildir: str) -> None:
+    """Run a local SMTP server that keeps every message it receives in a Maildir.
+
+    For trying things out: point [smtp] at 127.0.0.1:PORT with security = "none"
+    (the embedded defaults do), dispatch, then read the messages in MAILDIR/new/
+    with any mail client or `less`. Stops on Ctrl-C or SIGTERM.
+
+    \b
+    Example:
+      newsletter outbox --port 8025 --maildir build/outbox
+    """
+
+    def ready(outbox: Outbox) -> None:
+        click.echo(f"outbox listening on {outbox.address}, saving to {outbox.maildir}/new (Ctrl-C stops)", err=True)
+
+    try:
+        serve_outbox(Path(maildir), port=port, ready=ready)
+    except NewsletterError as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

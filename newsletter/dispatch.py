@@ -416,6 +416,7 @@ class _IssueRun:
             summary.deferred = counts["deferred"]
             summary.waiting = counts["pending"] + counts["sending"]
             summary.uncertain = counts["uncertain"]
+            summary.skipped = counts["skipped"]
             summary.complete = self.ledger.complete_if_done(record.id)
             self.progress.finish(summary)
         if self.fatal is not None:

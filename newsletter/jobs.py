@@ -5,30 +5,38 @@ The CLI only parses arguments, calls these and prints; tests call them directly.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from newsletter.checks import Finding, check_issue, check_rendered
 from newsletter.compose import compile_message, fill_html, fill_text, now_header_date, personalise
 from newsletter.config import Settings
-from newsletter.errors import IssueError, SubscriberError
+from newsletter.dkim import load_signer
+from newsletter.errors import ConfigError, DeliveryError, IssueError, SubscriberError
 from newsletter.issues import load_issue
 from newsletter.models import Recipient, RenderedIssue
 from newsletter.render import render_issue
 from newsletter.store import Store, UpsertCounts
-from newsletter.subscribers import parse_csv
+from newsletter.subscribers import normalise_address, parse_csv
+from newsletter.tokens import TokenSigner, split_keys
+from newsletter.transport import SendResult, SmtpConnection
 
 __all__ = [
     "CheckReport",
     "ImportReport",
     "RenderedFiles",
+    "SentTest",
     "check_files",
     "example_recipient",
     "import_subscribers",
+    "message_signer",
     "render_to_files",
+    "send_test",
 ]
 
 
@@ -150,3 +158,93 @@ def import_subscribers(csv_path: str | Path, list_name: str, settings: Settings,
     with Store.open(settings.database.path) as store:
         counts = store.upsert_subscribers(result.rows, list_name=list_name)
     return ImportReport(counts, result.errors)
+
+
+def message_signer(settings: Settings) -> Callable[[bytes], bytes] | None:
+    """The DKIM signing function the settings ask for, or None when DKIM is off.
+
+    On when ``NEWSLETTER_DKIM_KEY_FILE`` is set; then ``[dkim] selector`` is required.
+    A selector without a key file is an error too: a half-configured DKIM should not
+    quietly send unsigned mail.
+    """
+    dkim = settings.dkim
+    if settings.dkim_key_file is None:
+        if dkim.selector:
+            raise ConfigError("[dkim] selector is set but NEWSLETTER_DKIM_KEY_FILE is not: set it to the key's path")
+        return None
+    if not dkim.selector:
+        raise ConfigError("NEWSLETTER_DKIM_KEY_FILE is set but [dkim] selector is not: add it to newsletter.toml")
+    return load_signer(settings.dkim_key_file, selector=dkim.selector, domain=dkim.domain).sign
+
+
+@dataclass(frozen=True)
+class SentTest:
+    """What became of a test message to one address."""
+
+    address: str
+    result: SendResult
+    message_id: str
+
+
+def send_test(issue_path: str | Path, addresses: Sequence[str], settings: Settings) -> list[SentTest]:
+    """Send ``issue_path`` to ``addresses`` as a subscriber would get it, subject prefixed ``[TEST]``.
+
+    Nothing goes into the ledger. An address that is a subscriber gets their own name,
+    merge fields and a working unsubscribe link; any other gets the message as an
+    anonymous reader (its unsubscribe link says it was a test). Everything is checked
+    and rendered before the first connection.
+    """
+    recipients = [normalise_address(address) for address in addresses]
+    issue = load_issue(issue_path)
+    sign = message_signer(settings)
+    rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
+    template = compile_message(replace(rendered, subject=f"[TEST] {rendered.subject}"), sender=settings.sender,
+                               list_id=issue.list_name)
+    people = _known_subscribers(settings, issue.list_name, recipients)
+    date = now_header_date()
+    messages: list[tuple[str, str, bytes]] = []
+    for email in recipients:
+        message_id = f"test.{issue.slug}.{secrets.token_hex(8)}@{settings.sender.domain}"
+        recipient = people.get(email.lower()) or Recipient(
+            email=email, unsubscribe_url=f"{settings.sender.site_url}/unsubscribe/test"
+        )
+        message = personalise(template, recipient, message_id=message_id, date=date)
+        messages.append((email, message_id, sign(message) if sign else message))
+    return asyncio.run(_send_all(settings, messages))
+
+
+def _known_subscribers(settings: Settings, list_name: str, emails: Sequence[str]) -> dict[str, Recipient]:
+    """Recipients for the addresses that are subscribers (only if the database exists already)."""
+    if not settings.database.path.exists():
+        return {}
+    wanted = {email.lower() for email in emails}
+    with Store.open(settings.database.path) as store:
+        people = [person for person in store.subscribers() if person.email.lower() in wanted]
+        list_row = store.connection.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()
+    if not people:
+        return {}
+    tokens = TokenSigner(split_keys(settings.secret_key.reveal())) if settings.secret_key and list_row else None
+    sender = settings.sender
+    found: dict[str, Recipient] = {}
+    for person in people:
+        url = f"{sender.site_url}/unsubscribe/test"
+        if tokens is not None:
+            url = f"{sender.site_url}/unsubscribe/{tokens.make(person.id, int(list_row[0]))}"
+        found[person.email.lower()] = Recipient(email=person.email, name=person.name, unsubscribe_url=url,
+                                                fields=person.fields)
+    return found
+
+
+async def _send_all(settings: Settings, messages: Sequence[tuple[str, str, bytes]]) -> list[SentTest]:
+    connection = SmtpConnection(settings.smtp)
+    results: list[SentTest] = []
+    try:
+        for email, message_id, message in messages:
+            try:
+                result = await connection.send(settings.sender.from_email, email, message)
+            except DeliveryError as exc:
+                result = SendResult("deferred", None, str(exc))
+            results.append(SentTest(email, result, message_id))
+    finally:
+        await connection.close()
+    return results
