@@ -283,7 +283,7 @@ def _num(data: Mapping[str, Any], key: str, path: Path, table: str, default: flo
 
 
 def _parse_from(value: str, path: Path, key: str) -> tuple[str, str]:
-    name, address = parseaddr(value, strict=True)
+    name, address = parseaddr(value)  # strict= only exists from 3.11.10; the checks below are stricter
     try:
         Address(display_name=name, addr_spec=address)
     except (ValueError, IndexError) as exc:

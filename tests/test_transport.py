@@ -1,0 +1,88 @@
+"""SMTP replies become typed results; TLS is verified; no password goes out in clear."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from newsletter.config import Secret, SmtpSettings
+from newsletter.errors import DeliveryError
+from newsletter.transport import SendResult, SmtpConnection, classify_refusal
+from tests.smtpserver import Recorder, free_port
+
+
+@pytest.mark.parametrize(("code", "text", "outcome", "bounced"), [
+    (450, "4.2.1 mailbox busy", "deferred", False),
+    (451, "4.7.1 greylisted", "deferred", False),
+    (421, "4.3.2 shutting down", "deferred", False),
+    (550, "5.1.1 <x@example.org>: Recipient address rejected: User unknown", "failed", True),
+    (550, "5.1.10 null MX", "failed", True),
+    (550, "5.7.1 message refused as spam", "failed", False),
+    (554, "5.7.1 blocked by policy", "failed", False),
+    (550, "No such user here", "failed", True),          # no enhanced code: the words decide
+    (550, "Mailbox unavailable", "failed", True),
+    (550, "Relaying denied", "failed", False),
+    (552, "5.2.2 mailbox full", "failed", False),
+    (553, "sorry, that domain isn't in my list of allowed rcpthosts", "failed", False),
+])
+def test_classify_refusal(code: int, text: str, outcome: str, bounced: bool) -> None:
+    result = classify_refusal(code, text)
+    assert (result.outcome, result.bounced) == (outcome, bounced)
+    assert result.code == code
+    assert result.reconnect == (code == 421)
+
+
+def test_reply_text_is_one_line_and_bounded() -> None:
+    result = classify_refusal(451, "first\r\nsecond " + "x" * 2000)
+    assert "\n" not in result.text and "\r" not in result.text and len(result.text) <= 500
+
+
+def test_password_never_goes_unencrypted_to_a_remote_host() -> None:
+    with pytest.raises(DeliveryError, match="unencrypted"):
+        SmtpConnection(SmtpSettings(host="smtp.example.com", security="none", username="u", password=Secret("p")))
+    SmtpConnection(SmtpSettings(host="127.0.0.1", security="none", username="u", password=Secret("p")))
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_certificates_are_verified(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    recorder = Recorder()
+    port = free_port()
+    controller = Controller(recorder, hostname="127.0.0.1", port=port, server_hostname="localhost",
+                            ssl_context=server_context)
+    controller.start()
+    try:
+        settings = SmtpSettings(host="127.0.0.1", port=port, security="tls", timeout=5)
+
+        async def send(context: ssl.SSLContext | None) -> SendResult:
+            connection = SmtpConnection(settings, tls_context=context)
+            try:
+                return await connection.send("a@example.com", "b@example.com", b"Subject: x\r\n\r\nhi\r\n")
+            finally:
+                await connection.close()
+
+        with pytest.raises(DeliveryError, match="certificate"):
+            asyncio.run(send(None))  # self-signed: refused by default
+        trusting = ssl.create_default_context(cafile=str(cert))
+        assert asyncio.run(send(trusting)).outcome == "sent"
+        assert len(recorder.received()) == 1
+    finally:
+        controller.stop()
