@@ -20,6 +20,7 @@ import click
 
 from newsletter.config import Settings, load_settings
 from newsletter.dispatch import DispatchOptions, dispatch
+from newsletter.dkim import generate_key
 from newsletter.errors import IssueError, NewsletterError, SubscriberError
 from newsletter.issues import slug_from_path
 from newsletter.jobs import check_files, import_subscribers, message_signer, render_to_files, send_test
@@ -494,6 +495,33 @@ def outbox_command(port: int, maildir: str) -> None:
         serve_outbox(Path(maildir), port=port, ready=ready)
     except NewsletterError as exc:
         _fail(exc)
+
+
+@main.command("dkim-keygen")
+@click.argument("key_file", type=click.Path(dir_okay=False))
+@click.option("--selector", default="nl", show_default=True, help="The selector the DNS record goes under.")
+@click.option("--bits", default=2048, show_default=True, type=click.IntRange(2048, 4096))
+@click.pass_context
+def dkim_keygen_command(ctx: click.Context, key_file: str, selector: str, bits: int) -> None:
+    """Write a new DKIM private key to KEY_FILE (mode 0600) and print the DNS record to publish.
+
+    Keep the key outside the repository; point NEWSLETTER_DKIM_KEY_FILE at it and set
+    [dkim] selector in newsletter.toml. An existing file is never overwritten.
+
+    \b
+    Example:
+      newsletter dkim-keygen /etc/newsletter/dkim.pem --selector nl2026
+    """
+    settings = _settings(ctx)
+    try:
+        record = generate_key(Path(key_file), bits=bits)
+    except NewsletterError as exc:
+        _fail(exc)
+    domain = settings.dkim.domain or settings.sender.domain
+    click.echo(f"wrote {key_file}; publish this TXT record:", err=True)
+    # A TXT string holds at most 255 characters: zone files take several, joined by resolvers.
+    chunks = " ".join(f'"{record[start:start + 255]}"' for start in range(0, len(record), 255))
+    click.echo(f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Protocol
@@ -395,6 +395,11 @@ class _IssueRun:
         content_hash = _content_hash(self.path)
         record = self.ledger.open_issue(slug=issue.slug, list_name=issue.list_name, subject=issue.subject,
                                         content_hash=content_hash, domain=settings.sender.domain)
+        if record.completed_at is not None and self.options.resend_uncertain \
+                and self.ledger.counts(record.id)["uncertain"]:
+            # Complete means nothing is left to try on its own; uncertain rows wait for this flag.
+            self.ledger.reopen(record.id)
+            record = replace(record, completed_at=None)
         if record.completed_at is not None:
             summary.complete = True
             summary.audience = sum(self.ledger.counts(record.id).values())

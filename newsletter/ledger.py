@@ -204,6 +204,11 @@ class Ledger:
         )
         return int(row[0]) if row else 0
 
+    def reopen(self, issue_id: int) -> None:
+        """Clear the issue's completion (to resend its uncertain rows)."""
+        with self.store.transaction() as cursor:
+            cursor.execute("UPDATE issues SET completed_at = NULL WHERE id = ?", (issue_id,))
+
     def complete_if_done(self, issue_id: int) -> bool:
         """Mark the issue complete when no row can still be sent; True if it is complete."""
         with self.store.transaction() as cursor:
