@@ -47,6 +47,7 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 # A dot-atom local part at an ASCII (or IDNA-encoded) domain: no quoting, no spaces, no SMTPUTF8.
 _ADDRESS_RE = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _SIMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
+_MERGE_KEY_RE = re.compile(r"^m[0-9]+$")
 _MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
 _URL_RE = re.compile(r"^https?://[!#-;=?-~]+$")  # printable ASCII without space, '<' or '>'
 _MAILTO_RE = re.compile(r"^mailto:[!#-;=?-~]+$")
@@ -64,6 +65,8 @@ class MessageTemplate:
     parts: tuple[tuple[bytes, str], ...]
     boundary: str
     size: int
+    #: (field, fallback) behind each ``m<n>`` slot
+    merge_fields: tuple[tuple[str, str], ...] = ()
 
 
 def quoted_printable(text: str) -> str:
@@ -174,15 +177,15 @@ def compile_message(rendered: RenderedIssue, *, sender: SenderSettings, list_id:
         'Content-Type: text/plain; charset="utf-8"\r\n'
         "Content-Transfer-Encoding: quoted-printable\r\n"
         "\r\n"
-        + _encode_part(rendered.text, prefix, "t:")
+        + _encode_part(rendered.text, prefix, "t:", len(rendered.merge_fields))
         + f"\r\n--{boundary}\r\n"
         'Content-Type: text/html; charset="utf-8"\r\n'
         "Content-Transfer-Encoding: quoted-printable\r\n"
         "\r\n"
-        + _encode_part(rendered.html, prefix, "x:")
+        + _encode_part(rendered.html, prefix, "x:", len(rendered.merge_fields))
         + f"\r\n--{boundary}--\r\n"
     )
-    return MessageTemplate(_split_slots("".join(headers) + body), boundary, len(body))
+    return MessageTemplate(_split_slots("".join(headers) + body), boundary, len(body), rendered.merge_fields)
 
 
 _SLOT_MARK = "\x00"  # marks slots inside the message being compiled; never in our text
@@ -192,13 +195,13 @@ def _slot(name: str) -> str:
     return f"{_SLOT_MARK}{name}{_SLOT_MARK}"
 
 
-def _encode_part(content: str, prefix: str, kind: str) -> str:
+def _encode_part(content: str, prefix: str, kind: str, merge_count: int) -> str:
     """Quoted-printable ``content`` with each placeholder turned into a slot on a line of its own."""
     pieces = placeholder_pattern(prefix).split(content)
     out: list[str] = []
     for index, piece in enumerate(pieces):
         if index % 2:  # a field name captured by the pattern
-            if piece not in RECIPIENT_FIELDS:
+            if piece not in RECIPIENT_FIELDS and not (_MERGE_KEY_RE.match(piece) and int(piece[1:]) < merge_count):
                 raise ComposeError(f"unknown recipient field '{piece}' in the template")
             out.append(_slot(kind + piece))
         else:
@@ -230,7 +233,7 @@ def personalise(template: MessageTemplate, recipient: Recipient, *, message_id: 
         raise ComposeError(f"invalid unsubscribe URL for {recipient.email!r}")
     if recipient.unsubscribe_mailto and not _MAILTO_RE.match(recipient.unsubscribe_mailto):
         raise ComposeError(f"invalid unsubscribe mailto for {recipient.email!r}")
-    values = _SlotValues(recipient, message_id, date)
+    values = _SlotValues(recipient, message_id, date, template.merge_fields)
     out: list[bytes] = []
     append = out.append
     for literal, slot in template.parts:
@@ -243,9 +246,11 @@ def personalise(template: MessageTemplate, recipient: Recipient, *, message_id: 
 class _SlotValues:
     """The encoded value of each slot for one recipient, computed on first use."""
 
-    __slots__ = ("cache", "date", "message_id", "recipient")
+    __slots__ = ("cache", "date", "merge_fields", "message_id", "recipient")
 
-    def __init__(self, recipient: Recipient, message_id: str, date: str) -> None:
+    def __init__(self, recipient: Recipient, message_id: str, date: str,
+                 merge_fields: tuple[tuple[str, str], ...]) -> None:
+        self.merge_fields = merge_fields
         self.recipient = recipient
         self.message_id = message_id
         self.date = date
@@ -271,11 +276,14 @@ class _SlotValues:
             mailto = recipient.unsubscribe_mailto
             return f",\r\n <{mailto}>".encode("ascii") if mailto else b""
         kind, field = slot[:2], slot[2:]
-        raw = _field_value(recipient, field)
+        raw = _field_value(recipient, field, self.merge_fields)
         return _qp_slot(escape(raw) if kind == "x:" else raw)
 
 
-def _field_value(recipient: Recipient, field: str) -> str:
+def _field_value(recipient: Recipient, field: str, merge_fields: tuple[tuple[str, str], ...] = ()) -> str:
+    if _MERGE_KEY_RE.match(field):
+        name, fallback = merge_fields[int(field[1:])]
+        return _merge_value(recipient, name) or fallback
     if field == "name":
         return one_line(recipient.name)
     if field == "email":
@@ -285,19 +293,28 @@ def _field_value(recipient: Recipient, field: str) -> str:
     raise ComposeError(f"unknown recipient field '{field}'")
 
 
-def _fill(content: str, prefix: str, recipient: Recipient, encode: Callable[[str], str]) -> str:
-    pattern = placeholder_pattern(prefix)
-    return pattern.sub(lambda match: encode(_field_value(recipient, match.group(1))), content)
+def _merge_value(recipient: Recipient, field: str) -> str:
+    """A subscriber's merge field: their own fields first, then name and email; "" when missing."""
+    value = recipient.fields.get(field)
+    if value is None and field in ("name", "email"):
+        value = recipient.name if field == "name" else recipient.email
+    return one_line(value or "")
+
+
+def _fill(rendered: RenderedIssue, content: str, recipient: Recipient, encode: Callable[[str], str]) -> str:
+    pattern = placeholder_pattern(rendered.placeholder_prefix)
+    merge = rendered.merge_fields
+    return pattern.sub(lambda match: encode(_field_value(recipient, match.group(1), merge)), content)
 
 
 def fill_html(rendered: RenderedIssue, recipient: Recipient) -> str:
     """The HTML as ``recipient`` sees it (for previews; sending uses :func:`personalise`)."""
-    return _fill(rendered.html, rendered.placeholder_prefix, recipient, escape)
+    return _fill(rendered, rendered.html, recipient, escape)
 
 
 def fill_text(rendered: RenderedIssue, recipient: Recipient) -> str:
     """The plain text as ``recipient`` sees it (for previews)."""
-    return _fill(rendered.text, rendered.placeholder_prefix, recipient, lambda value: value)
+    return _fill(rendered, rendered.text, recipient, lambda value: value)
 
 
 def now_header_date() -> str:

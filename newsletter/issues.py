@@ -31,6 +31,7 @@ from newsletter.models import (
     Link,
     ListBlock,
     ListItem,
+    MergeField,
     Paragraph,
     Quote,
     Section,
@@ -63,6 +64,8 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SIZE_RE = re.compile(r"^\s*(\d{1,4})\s*[x×]\s*(\d{1,4})\s*$")
 # A trailing "[Outlet / Author]" at the end of a text run (no nested brackets).
 _TRAILING_SOURCE_RE = re.compile(r"\s*\[([^\[\]\n]+)\]\s*$")
+# {{ field }} or {{ field | fallback }}; field names as subscriber CSV columns allow them.
+_MERGE_RE = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]{0,63})\s*(?:\|([^{}\n]{0,200}))?\}\}")
 _FENCE_RE = re.compile(r"^(---|\.\.\.)\s*$")
 
 # html=False: raw HTML in the Markdown stays text, and is escaped by every renderer.
@@ -155,6 +158,8 @@ def inline_text(content: Sequence[Inline]) -> str:
             parts.append(inline_text(node.children))
         elif isinstance(node, Image):
             parts.append(node.alt)
+        elif isinstance(node, MergeField):
+            parts.append(node.fallback or node.field)
         else:
             parts.append(" ")
     return "".join(parts)
@@ -402,14 +407,31 @@ class _Stream:
 
 
 def _merge_text(nodes: list[Inline]) -> tuple[Inline, ...]:
-    """Join neighbouring Text nodes (softbreaks become spaces)."""
+    """Join neighbouring Text nodes (softbreaks become spaces), then cut out ``{{ merge fields }}``."""
     merged: list[Inline] = []
     for node in nodes:
         if isinstance(node, Text) and merged and isinstance(merged[-1], Text):
             merged[-1] = Text(merged[-1].text + node.text)
         else:
             merged.append(node)
-    return tuple(merged)
+    out: list[Inline] = []
+    for node in merged:
+        out.extend(_split_merge_fields(node.text) if isinstance(node, Text) else (node,))
+    return tuple(out)
+
+
+def _split_merge_fields(text: str) -> list[Inline]:
+    """``Hi {{ name | reader }}!`` as Text, MergeField, Text; anything not a valid tag stays text."""
+    pieces: list[Inline] = []
+    position = 0
+    for match in _MERGE_RE.finditer(text):
+        if match.start() > position:
+            pieces.append(Text(text[position:match.start()]))
+        pieces.append(MergeField(match.group(1).lower(), " ".join((match.group(2) or "").split())))
+        position = match.end()
+    if position < len(text):
+        pieces.append(Text(text[position:]))
+    return pieces or [Text(text)]
 
 
 def _split_citation(content: tuple[Inline, ...]) -> tuple[tuple[Inline, ...], Citation | None]:

@@ -23,6 +23,7 @@ from newsletter.models import (
     Link,
     ListBlock,
     ListItem,
+    MergeField,
     Paragraph,
     Quote,
     Strong,
@@ -63,6 +64,8 @@ def _inline(node: Inline) -> str:
         return _image(node)
     if isinstance(node, LineBreak):
         return "<br>"
+    if isinstance(node, MergeField):  # only where no recipient is known (render swaps them out)
+        return escape(node.fallback)
     raise TypeError(f"unknown inline node {node!r}")
 
 

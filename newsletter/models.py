@@ -25,6 +25,7 @@ __all__ = [
     "Link",
     "ListBlock",
     "ListItem",
+    "MergeField",
     "Paragraph",
     "Quote",
     "Recipient",
@@ -92,7 +93,15 @@ class LineBreak:
     """A hard line break (two trailing spaces or a backslash)."""
 
 
-Inline: TypeAlias = Text | Emphasis | Strong | Code | Link | Image | LineBreak
+@dataclass(frozen=True)
+class MergeField:
+    """``{{ field }}`` or ``{{ field | fallback }}``: a subscriber's value, or the fallback when they have none."""
+
+    field: str
+    fallback: str = ""
+
+
+Inline: TypeAlias = Text | Emphasis | Strong | Code | Link | Image | LineBreak | MergeField
 
 
 @dataclass(frozen=True)
@@ -219,6 +228,8 @@ class RenderedIssue:
     text: str
     placeholder_prefix: str
     view_url: str
+    #: the merge fields behind the ``m0``, ``m1``, … placeholders: (field, fallback)
+    merge_fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

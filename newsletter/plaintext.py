@@ -24,6 +24,7 @@ from newsletter.models import (
     LineBreak,
     Link,
     ListBlock,
+    MergeField,
     Paragraph,
     Quote,
     Strong,
@@ -124,6 +125,8 @@ class _TextWriter:
                 parts.append(f"[Image: {node.alt}]")
             elif isinstance(node, LineBreak):
                 parts.append(_HARD_BREAK)
+            elif isinstance(node, MergeField):  # only where no recipient is known (render swaps them out)
+                parts.append(node.fallback)
         return "".join(parts)
 
     def citation(self, citation: Citation | None) -> str:

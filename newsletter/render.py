@@ -6,6 +6,7 @@ module that imports those three; their errors become ours here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -23,7 +24,7 @@ from markupsafe import Markup
 from newsletter.config import SenderSettings
 from newsletter.errors import IssueError, RenderError
 from newsletter.markup import block_html, block_kind, inline_html
-from newsletter.models import Issue, RenderedIssue
+from newsletter.models import Issue, MergeField, RenderedIssue, Text
 from newsletter.plaintext import render_text
 
 __all__ = [
@@ -67,7 +68,7 @@ def placeholder(prefix: str, field: str) -> str:
 
 def placeholder_pattern(prefix: str) -> re.Pattern[str]:
     """A pattern matching every placeholder of ``prefix``; group 1 is the field."""
-    return re.compile(re.escape(prefix) + r"_([a-z]+(?:_[a-z]+)*)__")
+    return re.compile(re.escape(prefix) + r"_([a-z0-9]+(?:_[a-z0-9]+)*)__")
 
 
 def view_url(issue: Issue, sender: SenderSettings) -> str:
@@ -87,6 +88,8 @@ def render_issue(
     digest = hashlib.sha256(repr((issue, sender)).encode("utf-8")).hexdigest()[:16]
     prefix = f"__nl{digest}"
     recipient = {field: placeholder(prefix, field) for field in RECIPIENT_FIELDS}
+    merge_fields: dict[MergeField, str] = {}
+    issue = _with_merge_placeholders(issue, prefix, merge_fields)
     url = view_url(issue, sender)
     mjml_source = _render_template(issue, folder, _context(issue, sender, url, recipient))
     html = _inline_css(_compile_mjml(mjml_source, issue.template))
@@ -99,7 +102,29 @@ def render_issue(
         text=text,
         placeholder_prefix=prefix,
         view_url=url,
+        merge_fields=tuple((node.field, node.fallback) for node in merge_fields),
     )
+
+
+def _with_merge_placeholders(issue: Issue, prefix: str, slots: dict[MergeField, str]) -> Issue:
+    """``issue`` with each ``{{ field }}`` replaced by the placeholder ``m<n>`` (n in order of first use)."""
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, MergeField):
+            if value not in slots:
+                slots[value] = placeholder(prefix, f"m{len(slots)}")
+            return Text(slots[value])
+        if isinstance(value, tuple):
+            return tuple(swap(item) for item in value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes = {item.name: swap(getattr(value, item.name)) for item in dataclasses.fields(value)
+                       if isinstance(getattr(value, item.name), tuple | MergeField)
+                       or dataclasses.is_dataclass(getattr(value, item.name))}
+            return dataclasses.replace(value, **changes) if changes else value
+        return value
+
+    swapped: Issue = swap(issue)
+    return swapped
 
 
 @dataclass(frozen=True)
