@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh Debian/Ubuntu machine with Python 3.11:
-# a virtual environment in .venv with the project and its dev tools, and (with
-# --browser) Debian's Chromium for the browser tests. Safe to run again: it only
-# installs what is missing.
+# a virtual environment in .venv with the project and its dev tools, openssl (DKIM keys),
+# with --browser Debian's Chromium for the browser tests, and with --smtp-sink Postfix's
+# smtp-sink test server (the postfix package, installed without configuring or starting
+# the mail daemon). Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_browser=0
+want_sink=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
-    *) echo "usage: scripts/bootstrap.sh [--browser]" >&2; exit 2 ;;
+    --smtp-sink) want_sink=1 ;;
+    *) echo "usage: scripts/bootstrap.sh [--browser] [--smtp-sink]" >&2; exit 2 ;;
   esac
 done
 
@@ -38,6 +41,27 @@ if ! .venv/bin/python -c "import newsletter, pytest, playwright" 2>/dev/null \
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch .venv/.installed
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "installing openssl (apt) for DKIM keys" >&2
+  apt_install openssl
+fi
+
+if [ $want_sink = 1 ] && [ ! -x /usr/sbin/smtp-sink ]; then
+  echo "installing postfix (apt) for its smtp-sink test server; the mail daemon is not configured or started" >&2
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+  # policy-rc.d 101 tells the package scripts not to start the daemon; ours only if there was none.
+  policy_added=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
+  status=0
+  apt_install postfix || status=$?
+  if [ $policy_added = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+  if [ $status != 0 ]; then exit $status; fi
 fi
 
 if [ $want_browser = 1 ] && ! command -v chromium >/dev/null 2>&1; then

@@ -220,3 +220,29 @@ def test_retry_delay_grows_and_is_capped() -> None:
     assert 48 <= retry_delay(1, settings) <= 72
     assert 96 <= retry_delay(2, settings) <= 144
     assert 2880 <= retry_delay(30, settings) <= 4320
+
+
+def test_one_thousand_through_postfix_smtp_sink_exactly_once(tmp_path: Path) -> None:
+    from tests.smtpsink import SmtpSink
+
+    sink = SmtpSink(tmp_path / "sink")
+    try:
+        settings = make_settings(tmp_path, sink.port, connections=8)
+        emails = add_subscribers(settings, 1000)
+        report = run(settings)
+        assert report.exit_code == 0, report  # type: ignore[attr-defined]
+        dumps = sink.dumps()
+    finally:
+        sink.stop()
+    assert sorted(rcpt for dump in dumps for rcpt in dump.rcpts) == sorted(emails)
+    signer = TokenSigner(split_keys(KEY))
+    seen_tokens = set()
+    for dump in dumps:
+        (rcpt,) = dump.rcpts
+        assert dump.mail_from == "briefing@news.example.com"
+        assert dump.message["To"].addresses[0].addr_spec == rcpt
+        token = str(dump.message["List-Unsubscribe"]).split("/unsubscribe/", 1)[1].split(">", 1)[0]
+        verified = signer.verify(token)
+        assert verified is not None
+        seen_tokens.add(verified.subscriber_id)
+    assert len(seen_tokens) == 1000
