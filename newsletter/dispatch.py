@@ -21,7 +21,7 @@ import hashlib
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from email.utils import format_datetime, parseaddr
@@ -164,9 +164,11 @@ def retry_delay(attempts: int, settings: DispatchSettings, *, rng: random.Random
 class RateLimiter:
     """At most ``rate`` sends a second across all connections (0 = no limit), evenly spaced."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self._clock = clock
+        self._sleep = sleep
         self._next = 0.0
 
     async def wait(self) -> None:
@@ -177,7 +179,7 @@ class RateLimiter:
         slot = max(now, self._next)
         self._next = slot + self.interval
         if slot > now:
-            await asyncio.sleep(slot - now)
+            await self._sleep(slot - now)
 
 
 def due_issues(settings: Settings, now: dt.datetime, *, only: str | None = None

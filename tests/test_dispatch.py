@@ -246,3 +246,76 @@ def test_one_thousand_through_postfix_smtp_sink_exactly_once(tmp_path: Path) -> 
         assert verified is not None
         seen_tokens.add(verified.subscriber_id)
     assert len(seen_tokens) == 1000
+
+
+def test_deferred_too_long_is_given_up_as_failed(tmp_path: Path, server: SmtpServer) -> None:
+    settings = make_settings(tmp_path, server.port)
+    settings = replace(settings, dispatch=replace(settings.dispatch, give_up_after_hours=0.5 / 3600))
+    emails = add_subscribers(settings, 3)
+    server.recorder.fail_rcpt(emails[0], *["451 4.7.1 try again later"] * 10_000)
+    report = run(settings)
+    assert report.exit_code == 3  # type: ignore[attr-defined]
+    counts = ledger_counts(settings)
+    assert counts["sent"] == 2 and counts["failed"] == 1 and counts["deferred"] == 0
+    with Store.open(settings.database.path) as store:
+        row = store.connection.execute("SELECT attempts, last_text FROM deliveries WHERE status = 'failed'").fetchone()
+    assert row["attempts"] > 1 and row["last_text"].startswith("gave up after")
+    with Store.open(settings.database.path) as store:  # a temporary failure never bounces anyone
+        assert {person.status for person in store.subscribers()} == {"active"}
+
+
+def test_rate_limiter_spaces_sends_evenly() -> None:
+    import asyncio
+
+    from newsletter.dispatch import RateLimiter
+
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:  # the clock stands still: each wait is what the limiter asks for
+        waits.append(delay)
+
+    limiter = RateLimiter(4.0, clock=lambda: 100.0, sleep=record)
+
+    async def take(count: int) -> None:
+        for _ in range(count):
+            await limiter.wait()
+
+    asyncio.run(take(5))
+    assert waits == pytest.approx([0.25, 0.5, 0.75, 1.0])  # the first goes at once, then one every 1/rate s
+    assert RateLimiter(0).interval == 0
+
+
+def test_scheduled_script_exit_codes(tmp_path: Path, server: SmtpServer) -> None:
+    import os
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    settings = make_settings(tmp_path, server.port)
+    emails = add_subscribers(settings, 3)
+    config = tmp_path / "newsletter.toml"
+    config.write_text(
+        f'[smtp]\nport = {server.port}\n[database]\npath = "news.db"\n[issues]\ndir = "issues"\n'
+        "[dispatch]\nretry_initial = 0.01\nretry_max = 0.02\nwait_for_retries = 0\n",
+        encoding="utf-8",
+    )
+    path = settings.issues_dir / SEED_ISSUE.name
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "date: 2017-07-07", "date: 2017-07-07\nsend_at: 2017-07-07T06:00:00-04:00"), encoding="utf-8")
+    env = {**os.environ, "NEWSLETTER_CONFIG": str(config), "NEWSLETTER_SECRET_KEY": KEY}
+    server.recorder.fail_rcpt(emails[0], "451 4.7.1 greylisted")
+
+    def dispatch_script() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(ROOT / "scripts" / "dispatch")], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+
+    first = dispatch_script()
+    assert first.returncode == 3, first.stderr  # one deferred, not retried within this run
+    assert "sent 2, deferred 1" in first.stderr
+    again = dispatch_script()
+    assert again.returncode == 0, again.stderr
+    assert server.recorder.by_recipient() == {email: 1 for email in emails}
+    (tmp_path / "issues" / "2024-01-01-broken.md").write_text("---\nsubject: [\n---\n", encoding="utf-8")
+    broken = dispatch_script()
+    assert broken.returncode == 1
+    assert "2024-01-01-broken.md:" in broken.stderr and "Traceback" not in broken.stderr
