@@ -395,6 +395,11 @@ class _IssueRun:
         rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
         template = compile_message(rendered, sender=settings.sender, list_id=issue.list_name)
         content_hash = _content_hash(self.path)
+        if self.ledger.find_issue(issue.slug) is None and not self.ledger.audience(issue.list_name):
+            # Recording it now would mark it complete with nobody on it, for good.
+            raise IssueError(str(self.path), issue.line_of("list"),
+                             f"list '{issue.list_name}' has no active subscribers; nothing was sent",
+                             f"add some first: newsletter subscribers import FILE.csv --list {issue.list_name}")
         record = self.ledger.open_issue(slug=issue.slug, list_name=issue.list_name, subject=issue.subject,
                                         content_hash=content_hash, domain=settings.sender.domain)
         if record.completed_at is not None and self.options.resend_uncertain \

@@ -319,3 +319,15 @@ def test_scheduled_script_exit_codes(tmp_path: Path, server: SmtpServer) -> None
     broken = dispatch_script()
     assert broken.returncode == 1
     assert "2024-01-01-broken.md:" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_an_empty_list_is_an_error_and_records_nothing(tmp_path: Path, server: SmtpServer) -> None:
+    settings = make_settings(tmp_path, server.port)
+    add_subscribers(settings, 2, list_name="other")
+    report = run(settings)
+    assert report.exit_code == 1  # type: ignore[attr-defined]
+    assert "list 'default' has no active subscribers" in report.issues[0].error  # type: ignore[attr-defined]
+    with Store.open(settings.database.path) as store:
+        assert Ledger(store).find_issue(SLUG) is None
+    add_subscribers(settings, 2)
+    assert run(settings).exit_code == 0  # type: ignore[attr-defined]
