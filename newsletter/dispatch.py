@@ -421,12 +421,16 @@ class _IssueRun:
         try:
             await self._run(record, run_id, template)
         finally:
+            elsewhere = self.ledger.held_elsewhere(record.id, run_id)
             self.ledger.finish_run(run_id, lock)
             summary.elapsed = time.monotonic() - started
             counts = self.ledger.counts(record.id)
             summary.audience = sum(counts.values())
             summary.deferred = counts["deferred"]
-            summary.waiting = counts["pending"] + counts["sending"]
+            # Rows another live run is sending are its business, not something this run left undone.
+            summary.waiting = max(0, counts["pending"] + counts["sending"] - elsewhere)
+            if elsewhere:
+                summary.notes.append(f"{elsewhere} being sent by another run")
             summary.uncertain = counts["uncertain"]
             summary.skipped = counts["skipped"]
             summary.complete = self.ledger.complete_if_done(record.id)

@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,7 +272,7 @@ class Ledger:
             live = [int(row["id"]) for row in runs if int(row["id"]) not in dead]
             marks = ",".join("?" * len(live))
             result = cursor.execute(
-                "UPDATE deliveries SET status = 'uncertain', updated_at = ?,"
+                "UPDATE deliveries SET status = 'uncertain', run_id = NULL, claim_until = 0, updated_at = ?,"
                 " last_text = 'the run sending it stopped before the server answered; not resent'"
                 " WHERE issue_id = ? AND status = 'sending'"
                 + (f" AND (run_id IS NULL OR run_id NOT IN ({marks}))" if live else ""),
@@ -284,8 +285,8 @@ class Ledger:
         """Put ``uncertain`` rows back to ``pending`` (``--resend-uncertain``); returns how many."""
         with self.store.transaction() as cursor:
             result = cursor.execute(
-                "UPDATE deliveries SET status = 'pending', next_attempt_at = 0, updated_at = ?"
-                " WHERE issue_id = ? AND status = 'uncertain'",
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = 0, run_id = NULL, claim_until = 0,"
+                " updated_at = ? WHERE issue_id = ? AND status = 'uncertain'",
                 (_stamp(), issue_id),
             )
             changed = result.rowcount
@@ -409,6 +410,16 @@ class Ledger:
             f"SELECT min(next_attempt_at) FROM deliveries WHERE issue_id = ? AND status IN {_CLAIMABLE}", (issue_id,)
         )
         return None if row is None or row[0] is None else float(row[0])
+
+    def held_elsewhere(self, issue_id: int, run_id: int) -> int:
+        """Rows still pending or sending that another unfinished run holds (it will see to them)."""
+        row = self._query_one(
+            "SELECT count(*) FROM deliveries d JOIN runs r ON r.id = d.run_id"
+            " WHERE d.issue_id = ? AND d.status IN ('pending', 'sending') AND d.run_id <> ?"
+            " AND r.finished_at IS NULL AND (d.status = 'sending' OR d.claim_until > ?)",
+            (issue_id, run_id, time.time()),
+        )
+        return int(row[0]) if row else 0
 
     def counts(self, issue_id: int) -> dict[str, int]:
         """How many rows are in each state."""
