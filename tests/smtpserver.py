@@ -48,6 +48,7 @@ class Recorder:
         self.data_replies: dict[str, collections.deque[str]] = {}
         self.drops: collections.Counter[str] = collections.Counter()
         self.data_delay = 0.0
+        self.pipelining = False  # advertise PIPELINING (RFC 2920) in the EHLO reply
         self.connections = 0
         self.data_started = threading.Event()
         self.accepted_event = threading.Condition(self.lock)
@@ -75,6 +76,14 @@ class Recorder:
         with self.lock:
             replies = table.get(address.lower())
             return replies.popleft() if replies else None
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            # aiosmtpd reads commands one line at a time, so pipelined commands just work.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:

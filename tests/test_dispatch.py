@@ -22,9 +22,12 @@ KEY = "test-key-0123456789abcdef"
 SLUG = SEED_ISSUE.stem
 
 
-@pytest.fixture
-def server() -> Iterator[SmtpServer]:
-    yield from running_server()
+@pytest.fixture(params=["pipelined", "lock-step"])
+def server(request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """The fault-injecting server, once offering PIPELINING (our own protocol) and once not (aiosmtplib)."""
+    for running in running_server():
+        running.recorder.pipelining = request.param == "pipelined"
+        yield running
 
 
 def make_settings(tmp_path: Path, port: int, **smtp: object) -> Settings:

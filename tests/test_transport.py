@@ -86,3 +86,85 @@ def test_tls_certificates_are_verified(certificate: tuple[Path, Path]) -> None:
         assert len(recorder.received()) == 1
     finally:
         controller.stop()
+
+
+MESSAGES = [
+    b"Subject: plain\r\n\r\nhello\r\n",
+    b"Subject: dots\r\n\r\n.starts with a dot\r\n..two dots\r\nmiddle . dot\r\n.\r\nend\r\n",
+    b"Subject: long\r\n\r\n" + b"x" * 990 + b"\r\n" + (b"y" * 70 + b"\r\n") * 1000,
+]
+
+
+async def _send_all(port: int, pipelining: bool, messages: list[bytes]) -> tuple[bool, list[SendResult]]:
+    connection = SmtpConnection(SmtpSettings(port=port, timeout=10), pipelining=pipelining)
+    try:
+        results = [await connection.send("a@example.com", f"r{n}@example.org", message)
+                   for n, message in enumerate(messages)]
+        return connection.pipelining, results
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize("advertised", [True, False])
+def test_pipelined_and_lock_step_deliver_identical_bytes(advertised: bool) -> None:
+    from tests.smtpserver import running_server
+
+    for server in running_server():
+        server.recorder.pipelining = advertised
+        used, results = asyncio.run(_send_all(server.port, True, MESSAGES))
+        assert used is advertised  # pipelining only when the server offers it
+        lock_used, lock_results = asyncio.run(_send_all(server.port, False, MESSAGES))
+        assert lock_used is False
+        assert [r.outcome for r in results + lock_results] == ["sent"] * 6
+        received = server.recorder.received()
+        assert [m.data for m in received[:3]] == [m.data for m in received[3:]] == MESSAGES
+
+
+def test_pipelined_bytes_through_smtp_sink_match_lock_step(tmp_path: Path) -> None:
+    from tests.smtpsink import SmtpSink
+
+    sink = SmtpSink(tmp_path / "sink")
+    try:
+        used, results = asyncio.run(_send_all(sink.port, True, MESSAGES[:2]))
+        assert used  # smtp-sink offers PIPELINING
+        asyncio.run(_send_all(sink.port, False, MESSAGES[:2]))
+        dumps = sink.dumps()
+    finally:
+        sink.stop()
+    assert [r.outcome for r in results] == ["sent", "sent"]
+    bodies = sorted(dump.message.as_bytes() for dump in dumps)
+    assert len(bodies) == 4 and bodies[0] == bodies[1] and bodies[2] == bodies[3]
+
+
+def test_pipelined_refusals_are_classified_and_the_session_goes_on() -> None:
+    from tests.smtpserver import running_server
+
+    for server in running_server():
+        server.recorder.pipelining = True
+        server.recorder.fail_rcpt("r0@example.org", "550 5.1.1 no such user")
+        server.recorder.fail_data("r1@example.org", "451 4.3.0 try later")
+        server.recorder.fail_rcpt("r2@example.org", "452 4.2.2 over quota")
+        before = server.recorder.connections  # the controller's own start-up probe counts too
+        used, results = asyncio.run(_send_all(server.port, True, [MESSAGES[0]] * 4))
+        assert used
+        assert [(r.outcome, r.code, r.bounced) for r in results] == [
+            ("failed", 550, True), ("deferred", 451, False), ("deferred", 452, False), ("sent", 250, False),
+        ]
+        assert server.recorder.connections == before + 1  # RSET after each refusal, same connection
+        assert [m.rcpt for m in server.recorder.received()] == ["r3@example.org"]
+
+
+def test_pipelined_sender_refusal_stops_the_run() -> None:
+    from tests.smtpserver import running_server
+
+    for server in running_server():
+        server.recorder.pipelining = True
+
+        async def refuse_mail(*_: object) -> str:
+            return "553 5.7.1 sender not allowed"
+
+        server.recorder.handle_MAIL = refuse_mail  # type: ignore[attr-defined]
+        with pytest.raises(DeliveryError, match="refused the sender") as caught:
+            asyncio.run(_send_all(server.port, True, [MESSAGES[0]]))
+        assert caught.value.fatal
+        assert server.recorder.received() == []

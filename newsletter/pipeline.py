@@ -1,0 +1,184 @@
+"""SMTP transactions with PIPELINING (RFC 2920) on a connection someone else opened.
+
+aiosmtplib connects, says EHLO, does STARTTLS or TLS and AUTH; then
+:meth:`PipelinedSession.take_over` moves the established transport (TLS included) to
+this protocol with :meth:`asyncio.Transport.set_protocol`. Each message then costs two
+writes and two waits instead of four round trips:
+
+1. ``MAIL FROM``, ``RCPT TO`` and ``DATA`` in one write, and their three replies read
+   back in order, each one checked;
+2. the message bytes and the final ``.`` in one write, then the final reply.
+
+The bytes must be wire-ready (CRLF line ends, ending in CRLF); a line that starts with
+a dot is stuffed here, though :func:`newsletter.compose.personalise` never makes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass
+
+__all__ = [
+    "PipelinedSession",
+    "Reply",
+    "TransactionReplies",
+]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply: the code and its text (lines joined with a space)."""
+
+    code: int
+    text: str
+
+
+@dataclass(frozen=True)
+class TransactionReplies:
+    """The replies of one transaction; ``final`` is None when DATA was refused (or never reached)."""
+
+    mail: Reply
+    rcpt: Reply
+    data: Reply
+    final: Reply | None
+
+
+class PipelinedSession(asyncio.Protocol):
+    """The SMTP client side of an established connection, one transaction at a time, pipelined."""
+
+    def __init__(self, *, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._lines: list[str] = []
+        self._replies: collections.deque[Reply] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wanted = 0
+        self._lost: BaseException | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    @classmethod
+    def take_over(cls, transport: asyncio.Transport, *, timeout: float | None) -> PipelinedSession:
+        """Make this protocol the receiver of ``transport`` (after EHLO, STARTTLS and AUTH)."""
+        session = cls(timeout=timeout)
+        session.transport = transport
+        transport.set_protocol(session)
+        return session
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Collect whole replies (multi-line ones joined) and wake the waiter when enough arrived."""
+        buffer = self._buffer
+        buffer += data
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(buffer[:end]).rstrip(b"\r").decode("utf-8", "replace")
+            del buffer[: end + 1]
+            self._lines.append(line[4:])
+            if len(line) < 4 or line[3] != "-":  # "250 text" (or a bare "250") ends the reply
+                try:
+                    code = int(line[:3])
+                except ValueError:
+                    code = 0  # not SMTP: treated as a temporary failure by the caller
+                self._replies.append(Reply(code, " ".join(self._lines).strip()))
+                self._lines = []
+        if self._waiter is not None and len(self._replies) >= self._wanted and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail whoever waits for a reply."""
+        self._lost = exc or ConnectionResetError("the server closed the connection")
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(self._lost)
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: wait before writing more."""
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained."""
+        self._writable.set()
+
+    # --- the client side -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone."""
+        return self._lost is not None or self.transport is None or self.transport.is_closing()
+
+    async def _write(self, data: bytes) -> None:
+        if self._lost is not None:
+            raise self._lost
+        assert self.transport is not None
+        self.transport.write(data)
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    async def _read(self, count: int) -> list[Reply]:
+        if len(self._replies) < count:
+            if self._lost is not None:
+                raise self._lost
+            self._wanted = count
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._waiter
+            finally:
+                self._waiter = None
+        return [self._replies.popleft() for _ in range(count)]
+
+    async def transaction(self, envelope: bytes, message: bytes) -> TransactionReplies:
+        """Send one message: ``envelope`` is the ``MAIL``/``RCPT``/``DATA`` commands, ``message`` the bytes.
+
+        Raises ``TimeoutError`` or ``ConnectionError`` when the connection fails; after
+        that the session can't be used again.
+        """
+        await self._write(envelope)
+        mail, rcpt, data = await self._read(3)
+        final: Reply | None = None
+        if data.code == 354:
+            if mail.code != 250 or rcpt.code not in (250, 251):
+                # A server that says 354 after refusing the envelope gets an empty message
+                # that it must refuse too; the message itself is never sent then.
+                await self._write(b".\r\n")
+                await self._read(1)
+            else:
+                if message.startswith(b".") or b"\n." in message:
+                    message = _dot_stuffed(message)
+                await self._write(message + b".\r\n")
+                (final,) = await self._read(1)
+        if final is None or final.code != 250:
+            if mail.code == 250:  # a transaction was opened: close it before the next one
+                await self._write(b"RSET\r\n")
+                await self._read(1)
+        return TransactionReplies(mail, rcpt, data, final)
+
+    async def quit(self) -> None:
+        """Say QUIT and close, without waiting long for a server that doesn't answer."""
+        if self.closed:
+            return
+        try:
+            await self._write(b"QUIT\r\n")
+            self.timeout = min(self.timeout or 5.0, 5.0)
+            await self._read(1)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close the connection now."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """RFC 5321 4.5.2: a line that starts with ``.`` gets another one."""
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
