@@ -16,6 +16,8 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]
 import dkim.util  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from newsletter.compose import compile_message, personalise
 from newsletter.config import SenderSettings
@@ -363,3 +365,23 @@ def test_selector_and_domain_must_be_dns_names(selector: str, domain: str, wrong
     with pytest.raises(ConfigError, match=f"DKIM {wrong} ") as caught:
         load_signer(key.path, selector=selector, domain=domain)
     assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
+
+
+@given(st.binary(max_size=60).map(lambda data: data.replace(b"\r", b"").replace(b"\n", b"\r\n")))
+def test_relaxed_body_matches_dkimpy(body: bytes) -> None:
+    from dkim.canonicalization import Relaxed  # type: ignore[import-untyped]
+
+    from newsletter.dkim import _relaxed_body
+
+    assert _relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+@given(st.text(alphabet=" \tab:;=\r\n", max_size=40))
+def test_relaxed_header_matches_dkimpy(text: str) -> None:
+    from dkim.canonicalization import Relaxed
+
+    from newsletter.dkim import _relaxed_header
+
+    value = text.replace("\r", "").replace("\n", "\r\n ").encode("ascii")  # folded lines start with a blank
+    ((name, canonical),) = Relaxed.canonicalize_headers([(b"Subject", value)])
+    assert _relaxed_header(b"Subject", value) == name + b":" + canonical
