@@ -1,0 +1,9 @@
+# Benchmarks (issue 4). Each writes its figures into its own section of BENCHMARKS.md;
+# bench-quick is a smoke run of every path that writes build/BENCHMARKS.quick.md instead.
+.PHONY: bench bench-quick
+
+bench:
+	bash scripts/bootstrap.sh --smtp-sink && .venv/bin/python -m benchmarks
+
+bench-quick:
+	bash scripts/bootstrap.sh --smtp-sink && .venv/bin/python -m benchmarks --quick
