@@ -334,10 +334,14 @@ class _Committer:
 
     async def submit(self, result: Result | None, mark: Delivery | None) -> bool:
         """Record ``result`` and mark ``mark`` sending; True when this run may send ``mark``."""
+        return await self.submit_nowait(result, mark)
+
+    def submit_nowait(self, result: Result | None, mark: Delivery | None) -> asyncio.Future[bool]:
+        """Like :meth:`submit`, but returns the future at once (the commit overlaps other work)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((result, mark, future))
         self._wake.set()
-        return await future
+        return future
 
     async def _loop(self) -> None:
         while True:
@@ -531,20 +535,27 @@ class _IssueRun:
                 if self._stopping():
                     self._done_one()  # claimed but never marked: the run's end frees the claim
                     continue
-                granted = await committer.submit(previous, delivery)
-                if previous is not None:
-                    previous = None
-                    self._done_one()
-                if not granted:
-                    self._done_one()
-                    continue
                 if self.hourly_left is not None:
                     if self.hourly_left <= 0:
-                        previous = Result(delivery.issue_id, delivery.subscriber_id, "release")
+                        self._done_one()  # never marked: the run's end frees the claim
                         continue
                     self.hourly_left -= 1
                 await limiter.wait()
-                previous = await self._send_one(connection, delivery, template)
+                # The mark commits while the envelope travels; the message itself waits for it
+                # (the transport's gate), so a row is always `sending` before its DATA.
+                mark = committer.submit_nowait(previous, delivery)
+                had_previous, previous = previous is not None, None
+                try:
+                    result = await self._send_one(connection, delivery, template, gate=mark)
+                finally:
+                    granted = await mark
+                    if had_previous:
+                        self._done_one()
+                if not granted:  # another run has it, or the subscriber left: nothing was sent
+                    self._done_one()
+                    continue
+                self._tally(result)
+                previous = result
         finally:
             if previous is not None:
                 with suppress(NewsletterError):
@@ -557,16 +568,23 @@ class _IssueRun:
         self.outstanding -= 1
         self.progressed.set()
 
-    async def _send_one(self, connection: SmtpConnection, delivery: Delivery, template: MessageTemplate) -> Result:
+    def _tally(self, result: Result) -> None:
+        if result.status == "sent":
+            self.summary.sent += 1
+        elif result.status == "failed":
+            self.summary.failed += 1
+        elif result.status == "deferred":
+            self.summary.retries += 1
+
+    async def _send_one(self, connection: SmtpConnection, delivery: Delivery, template: MessageTemplate, *,
+                        gate: Awaitable[bool]) -> Result:
         key = (delivery.issue_id, delivery.subscriber_id)
-        summary = self.summary
         try:
             message = self._message(delivery, template)
         except ComposeError as exc:
-            summary.failed += 1
             return Result(*key, "failed", None, str(exc))
         try:
-            outcome = await connection.send(self.settings.sender.from_email, delivery.email, message)
+            outcome = await connection.send(self.settings.sender.from_email, delivery.email, message, gate=gate)
         except DeliveryError as exc:
             if exc.fatal:
                 self.fatal = exc
@@ -586,21 +604,16 @@ class _IssueRun:
 
     def _result(self, delivery: Delivery, outcome: SendResult) -> Result:
         key = (delivery.issue_id, delivery.subscriber_id)
-        summary = self.summary
         text = outcome.text
         if outcome.outcome == "sent":
-            summary.sent += 1
             return Result(*key, "sent", outcome.code, "")
         if outcome.outcome == "failed":
-            summary.failed += 1
             return Result(*key, "failed", outcome.code, text, bounced=outcome.bounced)
         dispatch = self.settings.dispatch
         now = time.time()
         first = delivery.first_attempt_at or now
         if now - first >= dispatch.give_up_after_hours * 3600:
-            summary.failed += 1
             return Result(*key, "failed", outcome.code, f"gave up after {dispatch.give_up_after_hours:g} h: {text}")
-        summary.retries += 1
         delay = retry_delay(delivery.attempts + 1, dispatch)
         return Result(*key, "deferred", outcome.code, text, next_attempt_at=now + delay)
 

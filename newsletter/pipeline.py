@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 __all__ = [
@@ -42,6 +43,8 @@ class TransactionReplies:
     rcpt: Reply
     data: Reply
     final: Reply | None
+    #: the gate said no after 354: the message was not sent, and the connection must be dropped
+    withheld: bool = False
 
 
 class PipelinedSession(asyncio.Protocol):
@@ -133,11 +136,14 @@ class PipelinedSession(asyncio.Protocol):
                 self._waiter = None
         return [self._replies.popleft() for _ in range(count)]
 
-    async def transaction(self, envelope: bytes, message: bytes) -> TransactionReplies:
+    async def transaction(self, envelope: bytes, message: bytes, gate: Awaitable[bool] | None = None
+                          ) -> TransactionReplies:
         """Send one message: ``envelope`` is the ``MAIL``/``RCPT``/``DATA`` commands, ``message`` the bytes.
 
-        Raises ``TimeoutError`` or ``ConnectionError`` when the connection fails; after
-        that the session can't be used again.
+        ``gate`` is awaited after ``354`` and before the message; when it gives False the
+        message is withheld and the caller must drop the connection. Raises
+        ``TimeoutError`` or ``ConnectionError`` when the connection fails; after that the
+        session can't be used again.
         """
         await self._write(envelope)
         mail, rcpt, data = await self._read(3)
@@ -149,6 +155,14 @@ class PipelinedSession(asyncio.Protocol):
                 await self._write(b".\r\n")
                 await self._read(1)
             else:
+                if gate is not None:
+                    try:
+                        allowed = await gate
+                    except BaseException:
+                        self.abort()  # mid-DATA: only dropping the connection cancels the message
+                        raise
+                    if not allowed:
+                        return TransactionReplies(mail, rcpt, data, None, withheld=True)
                 if message.startswith(b".") or b"\n." in message:
                     message = _dot_stuffed(message)
                 await self._write(message + b".\r\n")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +46,7 @@ Outcome = Literal["sent", "deferred", "failed"]
 # 5.1.0 other address status, 5.1.2 bad domain, 5.1.3 bad syntax, 5.1.6 moved, 5.1.10 null MX.
 _BAD_ADDRESS_STATUS = re.compile(r"^5\.1\.(?:0|1|2|3|6|10)\b")
 _ENHANCED_STATUS = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+_WITHHELD = "withheld: the ledger did not let this run send it"
 # What may stand between < > in MAIL FROM / RCPT TO: no space, no control character, no brackets.
 _ENVELOPE_ADDRESS = re.compile(r"^[!-;=?-~]{1,254}$")
 # For servers that give no enhanced code: the wording used by Postfix, Exim, Exchange, Gmail.
@@ -157,18 +159,24 @@ class SmtpConnection:
             self._session = PipelinedSession.take_over(client.transport, timeout=settings.timeout)
             self._size_option = client.supports_extension("size")
 
-    async def send(self, sender: str, recipient: str, message: bytes) -> SendResult:
+    async def send(self, sender: str, recipient: str, message: bytes, *, gate: Awaitable[bool] | None = None
+                   ) -> SendResult:
         """Send ``message`` (wire-ready bytes) from ``sender`` to ``recipient``.
 
         Connects first when needed. Returns a :class:`SendResult`; raises DeliveryError
         only for what would fail every recipient (no connection at all, sender refused).
+        ``gate``, when given, is awaited before the message itself goes out (the envelope
+        may go first); when it says False nothing is delivered (the transaction is
+        abandoned by dropping the connection) and the result is ``withheld``.
         """
         if not self.connected:
             await self.connect()
         if self._session is not None:
-            return await self._send_pipelined(self._session, sender, recipient, message)
+            return await self._send_pipelined(self._session, sender, recipient, message, gate)
         client = self._client
         assert client is not None
+        if gate is not None and not await gate:
+            return SendResult("deferred", None, _WITHHELD)
         try:
             await client.sendmail(sender, [recipient], message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -189,16 +197,19 @@ class SmtpConnection:
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
         return SendResult("sent", 250)
 
-    async def _send_pipelined(self, session: PipelinedSession, sender: str, recipient: str, message: bytes
-                              ) -> SendResult:
+    async def _send_pipelined(self, session: PipelinedSession, sender: str, recipient: str, message: bytes,
+                              gate: Awaitable[bool] | None) -> SendResult:
         if not (_ENVELOPE_ADDRESS.match(sender) and _ENVELOPE_ADDRESS.match(recipient)):
             return SendResult("failed", None, f"refusing an address that can't go in an SMTP command: {recipient!r}")
         size = f" SIZE={len(message) + 3}" if self._size_option else ""
         envelope = f"MAIL FROM:<{sender}>{size}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
         try:
-            replies = await session.transaction(envelope, message)
+            replies = await session.transaction(envelope, message, gate)
         except (OSError, TimeoutError) as exc:
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
+        if replies.withheld:
+            self.abort()  # after 354 only the connection's end cancels the message
+            return SendResult("deferred", None, _WITHHELD, reconnect=True)
         if replies.mail.code != 250:
             result = _refusal(replies.mail)
             if result.outcome == "failed":
