@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks import delivery, netns, render, startup
-from benchmarks.report import ROOT
+from benchmarks.report import ROOT, command_line
 from benchmarks.servers import ensure_ready
 
 #: benchmark name -> what runs it; "all" runs each of them in turn, in this order
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     if NEED_SMTP_TOOLS.intersection(chosen):
         ensure_ready()
-    command = render.command_line("benchmarks", arguments)  # exactly as typed
+    command = command_line("benchmarks", arguments)  # exactly as typed
     status = 0
     for name in chosen:
         try:

@@ -42,7 +42,6 @@ import math
 import os
 import platform
 import random
-import shlex
 import statistics
 import sys
 import time
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import command_line, cpu_model
 from newsletter.compose import MessageTemplate, compile_message, now_header_date, personalise
 from newsletter.config import SenderSettings
 from newsletter.issues import load_issue
@@ -297,19 +297,6 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join([line(cells[0]), rule, *(line(values) for values in cells[1:])])
 
 
-def cpu_model() -> str:
-    """The CPU's "model name" from /proc/cpuinfo, else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for text in cpuinfo:
-                key, _, value = text.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_line() -> str:
     """Core count, CPU model, Python version and platform, on one line."""
     return (
@@ -397,16 +384,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output", type=Path, default=BENCHMARKS_FILE, help="Markdown file to update (default: BENCHMARKS.md)"
     )
     parser.add_argument("--no-write", action="store_true", help="print the table only; leave the Markdown file alone")
-
-
-def command_line(module: str, argv: Sequence[str]) -> str:
-    """How this run was started, for the record: interpreter, module and arguments."""
-    python = Path(sys.executable)
-    try:
-        shown = str(python.relative_to(ROOT))
-    except ValueError:
-        shown = "python"
-    return shlex.join([shown, "-m", module, *argv])
 
 
 def run(args: argparse.Namespace, command: str) -> int:
