@@ -346,6 +346,7 @@ class _Committer:
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
+            await asyncio.sleep(0)  # one more turn of the loop: workers woken by the same replies join
             self._wake.clear()
             batch, self._waiting = self._waiting, []
             if not batch:

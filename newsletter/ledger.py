@@ -318,9 +318,10 @@ class Ledger:
                     "SELECT d.subscriber_id, s.email, s.name, s.fields, d.message_id, d.attempts,"
                     " d.first_attempt_at FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
                     " WHERE d.issue_id = ? AND d.status = ? AND d.next_attempt_at <= ?"
-                    " AND (d.run_id IS NULL OR d.run_id = ? OR d.claim_until < ?)"
+                    # Not the rows this run holds already (they are in its queue), nor another's.
+                    " AND (d.run_id IS NULL OR d.claim_until < ?)"
                     " ORDER BY d.next_attempt_at LIMIT ?",
-                    (issue_id, status, now, run_id, now, limit - len(rows)),
+                    (issue_id, status, now, now, limit - len(rows)),
                 ).fetchall()
                 if len(rows) >= limit:
                     break
@@ -345,24 +346,41 @@ class Ledger:
         mark, whether this run may now send it.
         """
         stamp = _stamp(now)
-        granted: list[bool] = []
         with self.store.transaction() as cursor:
+            sent = [result for result in results if result.status == "sent"]
+            if sent:  # the common case, in one statement
+                cursor.executemany(
+                    "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '', updated_at = ?"
+                    " WHERE issue_id = ? AND subscriber_id = ? AND status = 'sending' AND run_id = ?",
+                    [(stamp, result.code, stamp, result.issue_id, result.subscriber_id, run_id) for result in sent],
+                )
             for result in results:
-                self._write_result(cursor, run_id, result, stamp)
-            for delivery in marks:
-                key = (delivery.issue_id, delivery.subscriber_id)
-                changed = cursor.execute(
+                if result.status != "sent":
+                    self._write_result(cursor, run_id, result, stamp)
+            if not marks:
+                return []
+            issue_id = marks[0].issue_id
+            if any(delivery.issue_id != issue_id for delivery in marks):
+                raise ValueError("marks of one record() call belong to one issue")
+            ids = [delivery.subscriber_id for delivery in marks]
+            places = ",".join("?" * len(ids))
+            # One statement for the whole group; RETURNING says which rows this run may send.
+            granted_ids = {
+                int(row[0]) for row in cursor.execute(
                     "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, run_id = ?,"
                     " first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ?"
-                    f" WHERE issue_id = ? AND subscriber_id = ? AND status IN {_CLAIMABLE} AND next_attempt_at <= ?"
-                    " AND (run_id IS NULL OR run_id = ? OR claim_until < ?)"
+                    f" WHERE issue_id = ? AND subscriber_id IN ({places}) AND status IN {_CLAIMABLE}"
+                    " AND next_attempt_at <= ? AND (run_id IS NULL OR run_id = ? OR claim_until < ?)"
                     " AND EXISTS (SELECT 1 FROM subscribers s WHERE s.id = deliveries.subscriber_id"
                     "             AND s.status = 'active')"
                     " AND EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = deliveries.subscriber_id"
-                    "             AND m.list_id = ? AND m.status = 'active')",
-                    (run_id, now, stamp, *key, now, run_id, now, list_id),
-                ).rowcount
-                if not changed:
+                    "             AND m.list_id = ? AND m.status = 'active')"
+                    " RETURNING subscriber_id",
+                    (run_id, now, stamp, issue_id, *ids, now, run_id, now, list_id),
+                ).fetchall()
+            }
+            for subscriber_id in ids:
+                if subscriber_id not in granted_ids:
                     cursor.execute(
                         "UPDATE deliveries SET status = 'skipped', updated_at = ?,"
                         " last_text = 'unsubscribed or bounced before it was sent'"
@@ -371,9 +389,13 @@ class Ledger:
                         "                  AND s.status = 'active')"
                         "      AND EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = deliveries.subscriber_id"
                         "                  AND m.list_id = ? AND m.status = 'active'))",
-                        (stamp, *key, list_id),
+                        (stamp, issue_id, subscriber_id, list_id),
                     )
-                granted.append(bool(changed))
+        # The same row twice in one group is granted once: only one send per row, ever.
+        granted: list[bool] = []
+        for subscriber_id in ids:
+            granted.append(subscriber_id in granted_ids)
+            granted_ids.discard(subscriber_id)
         return granted
 
     @staticmethod
@@ -389,7 +411,7 @@ class Ledger:
         elif result.status == "deferred":
             cursor.execute(
                 "UPDATE deliveries SET status = 'deferred', next_attempt_at = ?, last_code = ?, last_text = ?,"
-                f" updated_at = ? {guard}",
+                f" claim_until = 0, updated_at = ? {guard}",
                 (result.next_attempt_at, result.code, result.text, stamp, *key, run_id),
             )
         elif result.status == "failed":
@@ -405,7 +427,7 @@ class Ledger:
         else:  # release: never started, so neither an attempt nor a deferral
             cursor.execute(
                 "UPDATE deliveries SET status = CASE WHEN attempts > 1 THEN 'deferred' ELSE 'pending' END,"
-                f" attempts = attempts - 1, updated_at = ? {guard}",
+                f" attempts = attempts - 1, claim_until = 0, updated_at = ? {guard}",
                 (stamp, *key, run_id),
             )
 
