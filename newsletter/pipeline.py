@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "PipelinedSession",
@@ -27,16 +27,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):  # a tuple: made for every message, and cheap to make
     """One SMTP reply: the code and its text (lines joined with a space)."""
 
     code: int
     text: str
 
 
-@dataclass(frozen=True)
-class TransactionReplies:
+class TransactionReplies(NamedTuple):  # a tuple: made for every message, and cheap to make
     """The replies of one transaction; ``final`` is None when DATA was refused (or never reached)."""
 
     mail: Reply

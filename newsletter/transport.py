@@ -23,8 +23,7 @@ import asyncio
 import re
 import ssl
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import aiosmtplib
 
@@ -58,8 +57,7 @@ _UNKNOWN_USER_WORDS = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class SendResult:
+class SendResult(NamedTuple):  # a tuple: made for every message, and cheap to make
     """What became of one message."""
 
     outcome: Outcome
