@@ -309,17 +309,18 @@ class Ledger:
         until = now + lease
         with self.store.transaction() as cursor:
             rows: list[sqlite3.Row] = []
-            # One status at a time, in the order of the deliveries_due index: with "status IN (…)"
-            # SQLite would sort every open row of the issue for each batch (quadratic on big lists).
+            # One status at a time, each through its partial index (deliveries_deferred,
+            # deliveries_pending) in next_attempt_at order: the status must be a literal for
+            # SQLite to use a partial index, and "status IN (…)" would sort every open row.
             for status in ("deferred", "pending"):
                 rows += cursor.execute(
                     "SELECT d.subscriber_id, s.email, s.name, s.fields, d.message_id, d.attempts,"
                     " d.first_attempt_at FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
-                    " WHERE d.issue_id = ? AND d.status = ? AND d.next_attempt_at <= ?"
+                    f" WHERE d.issue_id = ? AND d.status = '{status}' AND d.next_attempt_at <= ?"
                     # Not the rows this run holds already (they are in its queue), nor another's.
                     " AND (d.run_id IS NULL OR d.claim_until < ?)"
                     " ORDER BY d.next_attempt_at LIMIT ?",
-                    (issue_id, status, now, now, limit - len(rows)),
+                    (issue_id, now, now, limit - len(rows)),
                 ).fetchall()
                 if len(rows) >= limit:
                     break
@@ -433,10 +434,13 @@ class Ledger:
 
     def next_due(self, issue_id: int) -> float | None:
         """When the earliest pending or deferred row comes due (unix time), or None when there is none."""
-        row = self._query_one(
-            f"SELECT min(next_attempt_at) FROM deliveries WHERE issue_id = ? AND status IN {_CLAIMABLE}", (issue_id,)
-        )
-        return None if row is None or row[0] is None else float(row[0])
+        times = [
+            row[0] for status in ("pending", "deferred")
+            if (row := self._query_one(
+                f"SELECT min(next_attempt_at) FROM deliveries WHERE issue_id = ? AND status = '{status}'", (issue_id,)
+            )) is not None and row[0] is not None
+        ]
+        return float(min(times)) if times else None
 
     def held_elsewhere(self, issue_id: int, run_id: int) -> int:
         """Rows still pending or sending that another unfinished run holds (it will see to them)."""

@@ -116,6 +116,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_sent_at ON deliveries (sent_at) WHERE sent_at IS NOT NULL;
     ALTER TABLE issues ADD COLUMN list_id INTEGER REFERENCES lists(id);
     """,
+    # 3: the due index holds only the rows still to send. With every status in it, each
+    # message moved its entry twice (pending -> sending -> sent); now it leaves once.
+    """
+    DROP INDEX deliveries_due;
+    CREATE INDEX deliveries_pending ON deliveries (issue_id, next_attempt_at) WHERE status = 'pending';
+    CREATE INDEX deliveries_deferred ON deliveries (issue_id, next_attempt_at) WHERE status = 'deferred';
+    """,
 )
 
 
