@@ -20,12 +20,10 @@ import click
 
 from newsletter.config import Settings, load_settings
 from newsletter.dispatch import DispatchOptions, dispatch
-from newsletter.dkim import generate_key
 from newsletter.errors import IssueError, NewsletterError, SubscriberError
 from newsletter.issues import slug_from_path
 from newsletter.jobs import check_files, import_subscribers, message_signer, render_to_files, send_test
 from newsletter.ledger import STATES, Ledger
-from newsletter.outbox import DEFAULT_PORT, Outbox, serve_outbox
 from newsletter.progress import describe, progress_for
 from newsletter.store import Store
 from newsletter.subscribers import export_csv, export_json, subscriber_row
@@ -473,7 +471,7 @@ def status_command(ctx: click.Context, issue: str | None, as_json: bool, error_c
 
 
 @main.command("outbox")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, help="Port on 127.0.0.1 to listen on.")
+@click.option("--port", default=8025, show_default=True, help="Port on 127.0.0.1 to listen on.")
 @click.option("--maildir", default="outbox", show_default=True, type=click.Path(file_okay=False),
               help="Maildir to store each message in (one file per recipient, in new/).")
 def outbox_command(port: int, maildir: str) -> None:
@@ -487,6 +485,8 @@ def outbox_command(port: int, maildir: str) -> None:
     Example:
       newsletter outbox --port 8025 --maildir build/outbox
     """
+
+    from newsletter.outbox import Outbox, serve_outbox  # aiosmtpd: only this command needs it
 
     def ready(outbox: Outbox) -> None:
         click.echo(f"outbox listening on {outbox.address}, saving to {outbox.maildir}/new (Ctrl-C stops)", err=True)
@@ -512,6 +512,8 @@ def dkim_keygen_command(ctx: click.Context, key_file: str, selector: str, bits: 
     Example:
       newsletter dkim-keygen /etc/newsletter/dkim.pem --selector nl2026
     """
+    from newsletter.dkim import generate_key
+
     settings = _settings(ctx)
     try:
         record = generate_key(Path(key_file), bits=bits)

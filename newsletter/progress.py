@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from typing import TYPE_CHECKING, TextIO
 
 from newsletter.dispatch import IssueSummary
+
+if TYPE_CHECKING:  # rich is imported only when a bar is shown: ~20 ms of start-up for cron runs
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 __all__ = [
     "BarProgress",
@@ -73,6 +74,8 @@ class BarProgress:
     """A rich progress bar with sent / failed / retried counts, rate and time left."""
 
     def __init__(self, console: Console | None = None) -> None:
+        from rich.console import Console
+
         self.console = console or Console(stderr=True)
         self._bar: Progress | None = None
         self._task: TaskID | None = None
@@ -80,6 +83,8 @@ class BarProgress:
 
     def start(self, slug: str, total: int) -> None:
         """Show a new bar for the issue."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         self._bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"), TimeRemainingColumn(), console=self.console, transient=False,
@@ -112,5 +117,7 @@ def progress_for(stream: TextIO, *, quiet: bool = False) -> LineProgress | BarPr
     if quiet:
         return None
     if stream.isatty():
+        from rich.console import Console
+
         return BarProgress(Console(file=stream))
     return LineProgress(stream)
