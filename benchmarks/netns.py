@@ -49,7 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,6 +206,8 @@ class Wire:
     """The two namespaces and the delayed veth between them."""
 
     delay_ms: float
+    #: sysctls set in both namespaces ("net.ipv4.tcp_slow_start_after_idle=0"), for experiments
+    sysctls: tuple[str, ...] = ()
     tag: str = field(default_factory=lambda: f"nlb{os.getpid()}")
     method: str = ""
     delayers: list[Delayer] = field(default_factory=list)
@@ -240,6 +242,8 @@ class Wire:
             _must("ip", "-n", namespace, "addr", "add", f"{address}/{PREFIX}", "dev", interface)
             _must("ip", "-n", namespace, "link", "set", "lo", "up")
             _must("ip", "-n", namespace, "link", "set", interface, "up")
+            for setting in self.sysctls:
+                _must("ip", "netns", "exec", namespace, "sysctl", "-q", "-w", setting)
         self._delay(near_if, far_if)
 
     def _delay(self, near_if: str, far_if: str) -> None:
@@ -347,9 +351,9 @@ def _wait4(pid: int, timeout: float) -> tuple[int, int, resource.struct_rusage]:
 
 
 @contextlib.contextmanager
-def wire(delay_ms: float) -> Iterator[Wire]:
+def wire(delay_ms: float, sysctls: Sequence[str] = ()) -> Iterator[Wire]:
     """The namespaces and the delayed veth for the time of a ``with`` block."""
-    made = Wire(delay_ms)
+    made = Wire(delay_ms, tuple(sysctls))
     try:
         made.setup()
         yield made
@@ -384,7 +388,7 @@ def run(args: argparse.Namespace, command: str) -> int:
           file=sys.stderr, flush=True)
     results: list[LatencyResult] = []
     with signals_interrupt(), scratch(args.workdir, "nl-latency-", args.keep) as folder, \
-            wire(delay_ms) as made:
+            wire(delay_ms, args.netns_sysctl) as made:
         probe = make_workspace(folder / "probe", issue=issue, host=FAR_ADDRESS, port=SINK_PORT, connections=1)
         message_bytes = message_size(probe)
         with SmtpSink(folder / "sink", host=FAR_ADDRESS, port=SINK_PORT, netns=made.far,
@@ -444,7 +448,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     ]
     notes = [
         f"Path: two network namespaces joined by a veth pair ({NEAR_ADDRESS}/{PREFIX} ↔ {FAR_ADDRESS}/{PREFIX}), "
-        f"delay by {made.method}; smtp-sink in the far namespace, the dispatch in the near one.",
+        f"delay by {made.method}; smtp-sink in the far namespace, the dispatch in the near one"
+        + (f"; sysctls in both namespaces: {', '.join(made.sysctls)}." if made.sysctls else "."),
         f"Round trip: {', '.join(part for part in measured if part)}; the ideals use {rtt_ms:.1f} ms. "
         "Ideal, k RTT = connections / (k × RTT).",
         "msg/s after start-up = sent / the `elapsed` the command reports (render, ledger and sending); the ratio "
@@ -496,5 +501,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="connection counts, comma-separated (default: 8,32,128)")
     group.add_argument("--latency-seconds", type=float, default=None,
                        help="about how long each dispatch runs at the ideal rate (default: 10; quick: 1.5)")
+    group.add_argument("--netns-sysctl", action="append", default=[], metavar="KEY=VALUE",
+                       help="a sysctl to set in both namespaces, e.g. net.ipv4.tcp_slow_start_after_idle=0"
+                            " (repeatable; the table notes it)")
     group.add_argument("--delay-ms", type=float, default=15.0,
                        help="one-way delay added on each side of the veth, in ms (default: 15: 30 ms RTT)")
