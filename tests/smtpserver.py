@@ -44,6 +44,7 @@ class Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[Received] = []
+        self.rcpts_accepted: list[str] = []  # every RCPT answered 250, message or not
         self.rcpt_replies: dict[str, collections.deque[str]] = {}
         self.data_replies: dict[str, collections.deque[str]] = {}
         self.drops: collections.Counter[str] = collections.Counter()
@@ -91,6 +92,8 @@ class Recorder:
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
+        with self.lock:
+            self.rcpts_accepted.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
