@@ -588,7 +588,9 @@ class _IssueRun:
         except ComposeError as exc:
             return Result(*key, "failed", None, str(exc))
         try:
-            outcome = await connection.send(self.settings.sender.from_email, delivery.email, message, gate=gate)
+            # personalise() never starts a line with a dot (quoted-printable encodes it as =2E).
+            outcome = await connection.send(self.settings.sender.from_email, delivery.email, message, gate=gate,
+                                            dot_safe=True)
         except DeliveryError as exc:
             if exc.fatal:
                 self.fatal = exc

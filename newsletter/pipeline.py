@@ -134,11 +134,12 @@ class PipelinedSession(asyncio.Protocol):
                 self._waiter = None
         return [self._replies.popleft() for _ in range(count)]
 
-    async def transaction(self, envelope: bytes, message: bytes, gate: Awaitable[bool] | None = None
-                          ) -> TransactionReplies:
+    async def transaction(self, envelope: bytes, message: bytes, gate: Awaitable[bool] | None = None, *,
+                          dot_safe: bool = False) -> TransactionReplies:
         """Send one message: ``envelope`` is the ``MAIL``/``RCPT``/``DATA`` commands, ``message`` the bytes.
 
-        ``gate`` is awaited after ``354`` and before the message; when it gives False the
+        ``dot_safe`` says no line of ``message`` starts with a dot (so the ~25 µs search for
+        one is skipped). ``gate`` is awaited after ``354`` and before the message; when it gives False the
         message is withheld and the caller must drop the connection. Raises
         ``TimeoutError`` or ``ConnectionError`` when the connection fails; after that the
         session can't be used again.
@@ -161,7 +162,7 @@ class PipelinedSession(asyncio.Protocol):
                         raise
                     if not allowed:
                         return TransactionReplies(mail, rcpt, data, None, withheld=True)
-                if message.startswith(b".") or b"\n." in message:
+                if not dot_safe and (message.startswith(b".") or b"\n." in message):
                     message = _dot_stuffed(message)
                 await self._write(message + b".\r\n")
                 (final,) = await self._read(1)

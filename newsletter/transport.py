@@ -157,20 +157,22 @@ class SmtpConnection:
             self._session = PipelinedSession.take_over(client.transport, timeout=settings.timeout)
             self._size_option = client.supports_extension("size")
 
-    async def send(self, sender: str, recipient: str, message: bytes, *, gate: Awaitable[bool] | None = None
-                   ) -> SendResult:
+    async def send(self, sender: str, recipient: str, message: bytes, *, gate: Awaitable[bool] | None = None,
+                   dot_safe: bool = False) -> SendResult:
         """Send ``message`` (wire-ready bytes) from ``sender`` to ``recipient``.
 
         Connects first when needed. Returns a :class:`SendResult`; raises DeliveryError
         only for what would fail every recipient (no connection at all, sender refused).
         ``gate``, when given, is awaited before the message itself goes out (the envelope
         may go first); when it says False nothing is delivered (the transaction is
-        abandoned by dropping the connection) and the result is ``withheld``.
+        abandoned by dropping the connection) and the result is ``withheld``. ``dot_safe``
+        promises that no line starts with a dot (true of :func:`~newsletter.compose.personalise`
+        output, signed or not), so the pipelined path need not look for one.
         """
         if not self.connected:
             await self.connect()
         if self._session is not None:
-            return await self._send_pipelined(self._session, sender, recipient, message, gate)
+            return await self._send_pipelined(self._session, sender, recipient, message, gate, dot_safe)
         client = self._client
         assert client is not None
         if gate is not None and not await gate:
@@ -196,13 +198,13 @@ class SmtpConnection:
         return SendResult("sent", 250)
 
     async def _send_pipelined(self, session: PipelinedSession, sender: str, recipient: str, message: bytes,
-                              gate: Awaitable[bool] | None) -> SendResult:
+                              gate: Awaitable[bool] | None, dot_safe: bool) -> SendResult:
         if not (_ENVELOPE_ADDRESS.match(sender) and _ENVELOPE_ADDRESS.match(recipient)):
             return SendResult("failed", None, f"refusing an address that can't go in an SMTP command: {recipient!r}")
         size = f" SIZE={len(message) + 3}" if self._size_option else ""
         envelope = f"MAIL FROM:<{sender}>{size}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
         try:
-            replies = await session.transaction(envelope, message, gate)
+            replies = await session.transaction(envelope, message, gate, dot_safe=dot_safe)
         except (OSError, TimeoutError) as exc:
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
         if replies.withheld:

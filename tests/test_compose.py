@@ -143,3 +143,22 @@ def test_any_name_gives_one_parsable_to_header(name: str, local: str) -> None:
     assert header.count("\r\n") == header.count("\r\n ") + 1, "only folds, then one final CRLF"
     msg = email.message_from_bytes(header.encode("ascii") + b"\r\n", policy=policy.default)
     assert msg["To"].addresses[0].addr_spec == address
+
+
+_DOTTY = st.lists(st.sampled_from([".", " ", "a", "=", "Zé", "\t", "-", "..", ". ."]), max_size=60).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=_DOTTY, city=_DOTTY, path=st.from_regex(r"\.[A-Za-z0-9._-]{0,90}", fullmatch=True))
+def test_no_line_ever_starts_with_a_dot(name: str, city: str, path: str) -> None:
+    """The transport skips the dot-stuffing search on this promise (``dot_safe``): keep it true."""
+    issue = parse_issue(
+        "---\nsubject: Dots\ndate: 2024-01-02\n---\n# {{ name | .reader }}\n\n.{{ city | . }}\n\n"
+        "..two dots and . spaced\n", source="dots.md",
+    )
+    rendered = render_issue(issue, sender=SenderSettings())
+    recipient = Recipient(f"x{len(name)}@example.org", name, "https://news.example.com/u/" + path,
+                          unsubscribe_mailto="mailto:u@example.org?subject=" + path, fields={"city": city})
+    data = personalise(compile_message(rendered, sender=SenderSettings()), recipient,
+                       message_id="m.1@news.example.com", date=DATE)
+    assert not data.startswith(b".") and b"\n." not in data
