@@ -527,30 +527,32 @@ class _IssueRun:
         # A result rides along with the next mark (one transaction for both) while there is
         # more to send; when the queue runs dry it is written at once, so the feeder sees it.
         previous: Result | None = None
+        # The next delivery, taken early so its envelope can go with this message's final dot.
+        held: tuple[Delivery, bytes | ComposeError] | None = None
         try:
             while True:
-                if previous is not None and self.queue.empty():
-                    await committer.submit(previous, None)
-                    previous = None
-                    self._done_one()
-                delivery = await self.queue.get()
-                if delivery is None:
-                    break
-                if self._stopping():
-                    self._done_one()  # claimed but never marked: the run's end frees the claim
-                    continue
-                if self.hourly_left is not None:
-                    if self.hourly_left <= 0:
-                        self._done_one()  # never marked: the run's end frees the claim
-                        continue
-                    self.hourly_left -= 1
-                await limiter.wait()
+                if held is not None and self._stopping():
+                    held = None
+                    self._done_one()  # taken but never marked; its envelope dies with the connection
+                if held is not None:
+                    (delivery, message), held = held, None
+                else:
+                    if previous is not None and self.queue.empty():
+                        await committer.submit(previous, None)
+                        previous = None
+                        self._done_one()
+                    taken = await self._take(limiter, wait=True, template=template)
+                    if taken is None:
+                        break
+                    delivery, message = taken
                 # The mark commits while the envelope travels; the message itself waits for it
                 # (the transport's gate), so a row is always `sending` before its DATA.
                 mark = committer.submit_nowait(previous, delivery)
                 had_previous, previous = previous is not None, None
+                if not self._stopping():
+                    held = await self._take(limiter, wait=False, template=template)
                 try:
-                    result = await self._send_one(connection, delivery, template, gate=mark)
+                    result = await self._send_one(connection, delivery, message, gate=mark, then=held)
                 finally:
                     granted = await mark
                     if had_previous:
@@ -561,11 +563,49 @@ class _IssueRun:
                 self._tally(result)
                 previous = result
         finally:
+            if held is not None:
+                self._done_one()  # taken but never marked: the run's end frees the claim
             if previous is not None:
                 with suppress(NewsletterError):
                     await committer.submit(previous, None)
                 self._done_one()
             await connection.close()
+
+    async def _take(self, limiter: RateLimiter, *, wait: bool, template: MessageTemplate
+                    ) -> tuple[Delivery, bytes | ComposeError] | None:
+        """The next delivery to send and its message (or why it can't be built); None when there is none.
+
+        With ``wait`` False only what is queued already, and never the end-of-work marker
+        (that is put back for the loop to find).
+        """
+        while True:
+            if wait:
+                delivery = await self.queue.get()
+            elif self.queue.empty():
+                return None
+            else:
+                delivery = self.queue.get_nowait()
+            if delivery is None:
+                if not wait:
+                    self.queue.put_nowait(None)
+                return None
+            if self._stopping():
+                self._done_one()  # claimed but never marked: the run's end frees the claim
+                if wait:
+                    continue
+                return None
+            if self.hourly_left is not None:
+                if self.hourly_left <= 0:
+                    self._done_one()  # never marked: the run's end frees the claim
+                    if wait:
+                        continue
+                    return None
+                self.hourly_left -= 1
+            await limiter.wait()
+            try:
+                return delivery, self._message(delivery, template)
+            except ComposeError as exc:
+                return delivery, exc
 
     def _done_one(self) -> None:
         """A claimed delivery is finished with: its result (if any) is in the ledger."""
@@ -580,17 +620,18 @@ class _IssueRun:
         elif result.status == "deferred":
             self.summary.retries += 1
 
-    async def _send_one(self, connection: SmtpConnection, delivery: Delivery, template: MessageTemplate, *,
-                        gate: Awaitable[bool]) -> Result:
+    async def _send_one(self, connection: SmtpConnection, delivery: Delivery, message: bytes | ComposeError, *,
+                        gate: Awaitable[bool], then: tuple[Delivery, bytes | ComposeError] | None) -> Result:
         key = (delivery.issue_id, delivery.subscriber_id)
-        try:
-            message = self._message(delivery, template)
-        except ComposeError as exc:
-            return Result(*key, "failed", None, str(exc))
+        if isinstance(message, ComposeError):
+            return Result(*key, "failed", None, str(message))
+        following = None
+        if then is not None and not isinstance(then[1], ComposeError):
+            following = (then[0].email, len(then[1]))
         try:
             # personalise() never starts a line with a dot (quoted-printable encodes it as =2E).
             outcome = await connection.send(self.settings.sender.from_email, delivery.email, message, gate=gate,
-                                            dot_safe=True)
+                                            dot_safe=True, then=following)
         except DeliveryError as exc:
             if exc.fatal:
                 self.fatal = exc

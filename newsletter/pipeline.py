@@ -134,17 +134,22 @@ class PipelinedSession(asyncio.Protocol):
                 self._waiter = None
         return [self._replies.popleft() for _ in range(count)]
 
-    async def transaction(self, envelope: bytes, message: bytes, gate: Awaitable[bool] | None = None, *,
-                          dot_safe: bool = False) -> TransactionReplies:
+    async def transaction(self, envelope: bytes | None, message: bytes, gate: Awaitable[bool] | None = None, *,
+                          dot_safe: bool = False, then: bytes = b"") -> TransactionReplies:
         """Send one message: ``envelope`` is the ``MAIL``/``RCPT``/``DATA`` commands, ``message`` the bytes.
 
+        ``envelope`` None means it went out already (as the ``then`` of the previous
+        message): only its three replies are read. ``then`` is the next message's envelope,
+        written together with this message's final dot when the message is sent (RFC 2920
+        lets content lead a group), so its replies arrive with this message's final reply.
         ``dot_safe`` says no line of ``message`` starts with a dot (so the ~25 µs search for
-        one is skipped). ``gate`` is awaited after ``354`` and before the message; when it gives False the
-        message is withheld and the caller must drop the connection. Raises
-        ``TimeoutError`` or ``ConnectionError`` when the connection fails; after that the
-        session can't be used again.
+        one is skipped). ``gate`` is awaited after ``354`` and before the message; when it
+        gives False the message is withheld and the caller must drop the connection.
+        Raises ``TimeoutError`` or ``ConnectionError`` when the connection fails; after that
+        the session can't be used again. ``final`` is set only when ``then`` was written.
         """
-        await self._write(envelope)
+        if envelope is not None:
+            await self._write(envelope)
         mail, rcpt, data = await self._read(3)
         final: Reply | None = None
         if data.code == 354:
@@ -164,12 +169,13 @@ class PipelinedSession(asyncio.Protocol):
                         return TransactionReplies(mail, rcpt, data, None, withheld=True)
                 if not dot_safe and (message.startswith(b".") or b"\n." in message):
                     message = _dot_stuffed(message)
-                await self._write(message + b".\r\n")
+                await self._write(message + b".\r\n" + then)
                 (final,) = await self._read(1)
-        if final is None or final.code != 250:
-            if mail.code == 250:  # a transaction was opened: close it before the next one
-                await self._write(b"RSET\r\n")
-                await self._read(1)
+        # A refused envelope leaves the MAIL open: close it before the next one. (After the
+        # final reply the transaction is over, and the next envelope may already be in.)
+        if final is None and mail.code == 250:
+            await self._write(b"RSET\r\n")
+            await self._read(1)
         return TransactionReplies(mail, rcpt, data, final)
 
     async def quit(self) -> None:

@@ -102,6 +102,8 @@ class SmtpConnection:
         self._client: aiosmtplib.SMTP | None = None
         self._use_pipelining = pipelining
         self._session: PipelinedSession | None = None
+        #: (sender, recipient) whose envelope went out with the last message, replies unread
+        self._in_flight: tuple[str, str] | None = None
         self._size_option = False
 
     @property
@@ -158,7 +160,7 @@ class SmtpConnection:
             self._size_option = client.supports_extension("size")
 
     async def send(self, sender: str, recipient: str, message: bytes, *, gate: Awaitable[bool] | None = None,
-                   dot_safe: bool = False) -> SendResult:
+                   dot_safe: bool = False, then: tuple[str, int] | None = None) -> SendResult:
         """Send ``message`` (wire-ready bytes) from ``sender`` to ``recipient``.
 
         Connects first when needed. Returns a :class:`SendResult`; raises DeliveryError
@@ -167,12 +169,15 @@ class SmtpConnection:
         may go first); when it says False nothing is delivered (the transaction is
         abandoned by dropping the connection) and the result is ``withheld``. ``dot_safe``
         promises that no line starts with a dot (true of :func:`~newsletter.compose.personalise`
-        output, signed or not), so the pipelined path need not look for one.
+        output, signed or not), so the pipelined path need not look for one. ``then``
+        (recipient, message size) is the next message from the same sender: on a pipelined
+        connection its envelope rides with this message's final dot, so that each message
+        costs one round trip; the next :meth:`send` must be that message.
         """
         if not self.connected:
             await self.connect()
         if self._session is not None:
-            return await self._send_pipelined(self._session, sender, recipient, message, gate, dot_safe)
+            return await self._send_pipelined(self._session, sender, recipient, message, gate, dot_safe, then)
         client = self._client
         assert client is not None
         if gate is not None and not await gate:
@@ -197,16 +202,34 @@ class SmtpConnection:
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
         return SendResult("sent", 250)
 
-    async def _send_pipelined(self, session: PipelinedSession, sender: str, recipient: str, message: bytes,
-                              gate: Awaitable[bool] | None, dot_safe: bool) -> SendResult:
+    def _envelope(self, sender: str, recipient: str, size: int) -> bytes | None:
         if not (_ENVELOPE_ADDRESS.match(sender) and _ENVELOPE_ADDRESS.match(recipient)):
+            return None
+        option = f" SIZE={size + 3}" if self._size_option else ""
+        return f"MAIL FROM:<{sender}>{option}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
+
+    async def _send_pipelined(self, session: PipelinedSession, sender: str, recipient: str, message: bytes,
+                              gate: Awaitable[bool] | None, dot_safe: bool, then: tuple[str, int] | None
+                              ) -> SendResult:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None and in_flight != (sender, recipient):
+            # Not the message whose envelope went ahead: start afresh on a new connection.
+            self.abort()
+            await self.connect()
+            assert self._session is not None
+            session = self._session
+            in_flight = None
+        envelope = self._envelope(sender, recipient, len(message))
+        if envelope is None:
             return SendResult("failed", None, f"refusing an address that can't go in an SMTP command: {recipient!r}")
-        size = f" SIZE={len(message) + 3}" if self._size_option else ""
-        envelope = f"MAIL FROM:<{sender}>{size}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
+        following = self._envelope(sender, then[0], then[1]) if then is not None else None
         try:
-            replies = await session.transaction(envelope, message, gate, dot_safe=dot_safe)
+            replies = await session.transaction(None if in_flight else envelope, message, gate, dot_safe=dot_safe,
+                                                then=following or b"")
         except (OSError, TimeoutError) as exc:
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
+        if replies.final is not None and following is not None and then is not None:
+            self._in_flight = (sender, then[0])
         if replies.withheld:
             self.abort()  # after 354 only the connection's end cancels the message
             return SendResult("deferred", None, _WITHHELD, reconnect=True)
@@ -229,6 +252,7 @@ class SmtpConnection:
 
     def abort(self) -> None:
         """Drop the connection without QUIT (after an error)."""
+        self._in_flight = None
         if self._session is not None:
             self._session.abort()
             self._session = None
@@ -238,6 +262,10 @@ class SmtpConnection:
 
     async def close(self) -> None:
         """QUIT politely, or just drop the connection when that fails."""
+        if self._in_flight is not None:
+            # An envelope went ahead and may have had its 354: only dropping the connection
+            # is sure not to turn what follows into a message.
+            self.abort()
         client, self._client = self._client, None
         session, self._session = self._session, None
         if session is not None:

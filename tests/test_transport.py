@@ -168,3 +168,56 @@ def test_pipelined_sender_refusal_stops_the_run() -> None:
             asyncio.run(_send_all(server.port, True, [MESSAGES[0]]))
         assert caught.value.fatal
         assert server.recorder.received() == []
+
+
+def test_next_envelope_rides_with_the_final_dot() -> None:
+    """``then``: one round trip a message; refusals on either side of the ride keep their place."""
+    from tests.smtpserver import running_server
+
+    for server in running_server():
+        server.recorder.pipelining = True
+        server.recorder.fail_data("r1@example.org", "554 5.7.1 no thanks")
+        server.recorder.fail_rcpt("r2@example.org", "451 4.7.1 greylisted")
+        messages = [MESSAGES[0], MESSAGES[1], MESSAGES[0], MESSAGES[2], MESSAGES[1]]
+
+        async def ride(port: int, messages: list[bytes]) -> list[SendResult]:
+            connection = SmtpConnection(SmtpSettings(port=port, timeout=10))
+            results = []
+            try:
+                for n, message in enumerate(messages):
+                    following = (f"r{n + 1}@example.org", len(messages[n + 1])) if n + 1 < len(messages) else None
+                    results.append(await connection.send("a@example.com", f"r{n}@example.org", message,
+                                                         then=following))
+            finally:
+                await connection.close()
+            return results
+
+        before = server.recorder.connections
+        results = asyncio.run(ride(server.port, messages))
+        assert [(r.outcome, r.code) for r in results] == [
+            ("sent", 250), ("failed", 554), ("deferred", 451), ("sent", 250), ("sent", 250),
+        ]
+        assert server.recorder.connections == before + 1
+        received = {m.rcpt: m.data for m in server.recorder.received()}
+        assert received == {"r0@example.org": MESSAGES[0], "r3@example.org": MESSAGES[2],
+                            "r4@example.org": MESSAGES[1]}
+
+
+def test_a_different_message_after_a_ride_starts_afresh() -> None:
+    from tests.smtpserver import running_server
+
+    for server in running_server():
+        server.recorder.pipelining = True
+
+        async def switch(port: int) -> list[SendResult]:
+            connection = SmtpConnection(SmtpSettings(port=port, timeout=10))
+            try:
+                first = await connection.send("a@example.com", "r0@example.org", MESSAGES[0],
+                                              then=("r1@example.org", len(MESSAGES[0])))
+                second = await connection.send("a@example.com", "other@example.org", MESSAGES[1])
+                return [first, second]
+            finally:
+                await connection.close()
+
+        assert [r.outcome for r in asyncio.run(switch(server.port))] == ["sent", "sent"]
+        assert {m.rcpt for m in server.recorder.received()} == {"r0@example.org", "other@example.org"}
