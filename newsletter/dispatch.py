@@ -549,7 +549,8 @@ class _IssueRun:
                 # (the transport's gate), so a row is always `sending` before its DATA.
                 mark = committer.submit_nowait(previous, delivery)
                 had_previous, previous = previous is not None, None
-                if not self._stopping():
+                # Under a rate limit the next message waits for its own slot: no ride then.
+                if not self._stopping() and not limiter.interval:
                     held = await self._take(limiter, wait=False, template=template)
                 try:
                     result = await self._send_one(connection, delivery, message, gate=mark, then=held)
