@@ -337,3 +337,11 @@ def test_an_empty_list_is_an_error_and_records_nothing(tmp_path: Path, server: S
         assert Ledger(store).find_issue(SLUG) is None
     add_subscribers(settings, 2)
     assert run(settings).exit_code == 0  # type: ignore[attr-defined]
+
+
+def test_rate_limited_dispatch_delivers_everyone_once(tmp_path: Path, server: SmtpServer) -> None:
+    settings = make_settings(tmp_path, server.port, rate=400.0)
+    emails = add_subscribers(settings, 30)
+    report = run(settings)
+    assert report.exit_code == 0, report  # type: ignore[attr-defined]
+    assert server.recorder.by_recipient() == {email: 1 for email in emails}
