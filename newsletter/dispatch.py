@@ -469,13 +469,20 @@ class _IssueRun:
             asyncio.create_task(self._worker(SmtpConnection(settings.smtp), committer, limiter, template))
             for _ in range(settings.smtp.connections)
         ]
+        feeder = asyncio.create_task(self._feed(record, run_id))
         try:
-            await self._feed(record, run_id)
-            await asyncio.gather(*workers)
+            # A worker that fails (the database refused a commit, say) must not leave the
+            # feeder waiting for progress that will never come: the first failure ends the run.
+            done, _ = await asyncio.wait([feeder, *workers], return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+            await asyncio.gather(feeder, *workers)
         finally:
-            for task in workers:
+            for task in (feeder, *workers):
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(feeder, *workers, return_exceptions=True)
             await committer.stop()
 
     async def _feed(self, record: IssueRecord, run_id: int) -> None:

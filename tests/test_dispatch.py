@@ -345,3 +345,34 @@ def test_rate_limited_dispatch_delivers_everyone_once(tmp_path: Path, server: Sm
     report = run(settings)
     assert report.exit_code == 0, report  # type: ignore[attr-defined]
     assert server.recorder.by_recipient() == {email: 1 for email in emails}
+
+
+def test_a_database_failure_mid_run_ends_the_run_with_an_error(tmp_path: Path, server: SmtpServer,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that fails (disk full, say: a fault no real server makes) stops the run; it never hangs."""
+    import threading
+
+    from newsletter.errors import StoreError
+
+    settings = make_settings(tmp_path, server.port)
+    add_subscribers(settings, 200)
+    original = Ledger.record
+    calls = {"count": 0}
+
+    def failing(self: Ledger, *args: object, **kwargs: object) -> list[bool]:
+        calls["count"] += 1
+        if calls["count"] > 5:
+            raise StoreError(f"{self.store.path}: the disk is full; nothing was written")
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Ledger, "record", failing)
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(run(settings)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the run hung after a failed commit"
+    report = outcome[0]
+    assert report.exit_code == 1  # type: ignore[attr-defined]
+    assert "disk is full" in report.issues[0].error  # type: ignore[attr-defined]
+    # Nothing was delivered twice, and whatever was sent beyond the ledger is at most in flight.
+    assert all(count == 1 for count in server.recorder.by_recipient().values())
