@@ -234,15 +234,15 @@ class SmtpConnection:
             self.abort()  # after 354 only the connection's end cancels the message
             return SendResult("deferred", None, _WITHHELD, reconnect=True)
         if replies.mail.code != 250:
-            result = _refusal(replies.mail)
+            result = classify_refusal(*replies.mail)
             if result.outcome == "failed":
                 raise DeliveryError(f"the server refused the sender {sender}: {result.describe()}", fatal=True)
             return self._after(result)
         for reply in (replies.rcpt, replies.data):
             if reply.code not in (250, 251, 354):
-                return self._after(_refusal(reply))
+                return self._after(classify_refusal(*reply))
         if replies.final is None or replies.final.code != 250:
-            return self._after(_refusal(replies.final or Reply(451, "no reply to the end of DATA")))
+            return self._after(classify_refusal(*(replies.final or Reply(451, "no reply to the end of DATA"))))
         return SendResult("sent", 250)
 
     def _after(self, result: SendResult) -> SendResult:
@@ -282,10 +282,6 @@ class SmtpConnection:
             pass
         finally:
             client.close()
-
-
-def _refusal(reply: Reply) -> SendResult:
-    return classify_refusal(reply.code, reply.text)
 
 
 def _reason(exc: BaseException) -> str:
