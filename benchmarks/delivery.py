@@ -428,15 +428,8 @@ def run_throughput(args: argparse.Namespace, command: str) -> int:
                                               message_bytes))
     table = throughput_table(results)
     notes = throughput_notes(results, message_bytes, connections)
-    print(f"Machine: {report.machine_line()}")
-    print(table)
-    for note in notes:
-        print(f"- {note}")
-    if not args.no_write:
-        text = report.section("throughput", "Delivery throughput (B1): dispatch to smtp-sink on loopback", command,
-                              [table, "", *(f"- {note}" for note in notes)], "benchmarks/delivery.py")
-        report.write_section(Path(args.output), "throughput", text)
-        _log(f"updated {args.output}")
+    report.publish(args, "throughput", "Delivery throughput (B1): dispatch to smtp-sink on loopback", command,
+                   table, notes, "benchmarks/delivery.py")
     return 0 if all(not result.run.problems() for result in results) else 1
 
 
@@ -485,15 +478,8 @@ def run_memory(args: argparse.Namespace, command: str) -> int:
         f"Growth between the two runs: {growth:,.1f} bytes of peak RSS per subscriber "
         "(about 0 when memory does not depend on the list's size).",
     ]
-    print(f"Machine: {report.machine_line()}")
-    print(table)
-    for note in notes:
-        print(f"- {note}")
-    if not args.no_write:
-        text = report.section("memory", "Memory (B4): dispatch to a big list", command,
-                              [table, "", *(f"- {note}" for note in notes)], "benchmarks/delivery.py")
-        report.write_section(Path(args.output), "memory", text)
-        _log(f"updated {args.output}")
+    report.publish(args, "memory", "Memory (B4): dispatch to a big list", command, table, notes,
+                   "benchmarks/delivery.py")
     return 0 if not big_run.problems() and not small_run.problems() else 1
 
 

@@ -469,15 +469,8 @@ def run(args: argparse.Namespace, command: str) -> int:
                      f"{delayer_cpu / max(made.lifetime, 1e-9):.0%} of one core over the benchmark's "
                      f"{made.lifetime:.0f} s, taken from the same 2 cores as the dispatch "
                      f"({'; '.join(delayer_lines)}).")
-    print(f"Machine: {report.machine_line()}")
-    print(table)
-    for note in notes:
-        print(f"- {note}")
-    if not args.no_write:
-        text = report.section("latency", "Latency (B2): dispatch to a relay 30 ms away", command,
-                              [table, "", *(f"- {note}" for note in notes)], "benchmarks/netns.py")
-        report.write_section(Path(args.output), "latency", text)
-        print(f"updated {args.output}", file=sys.stderr)
+    report.publish(args, "latency", "Latency (B2): dispatch to a relay 30 ms away", command, table, notes,
+                   "benchmarks/netns.py")
     return 0 if all(not result.run.problems() for result in results) else 1
 
 

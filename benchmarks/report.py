@@ -7,6 +7,7 @@ with its own markers); a section that isn't there yet is added at the end.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -23,6 +24,7 @@ __all__ = [
     "command_line",
     "format_table",
     "machine_line",
+    "publish",
     "section",
     "write_section",
 ]
@@ -138,3 +140,16 @@ def write_section(path: Path, name: str, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(updated, encoding="utf-8")
     os.replace(temporary, path)
+
+
+def publish(args: argparse.Namespace, name: str, title: str, command: str, table: str, notes: Sequence[str],
+            generator: str) -> None:
+    """Print the machine, ``table`` and ``notes``; then, unless ``--no-write``, rewrite section ``name``."""
+    print(f"Machine: {machine_line()}")
+    print(table)
+    for note in notes:
+        print(f"- {note}")
+    if not args.no_write:
+        text = section(name, title, command, [table, "", *(f"- {note}" for note in notes)], generator)
+        write_section(Path(args.output), name, text)
+        print(f"updated {args.output}", file=sys.stderr)
