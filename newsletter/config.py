@@ -73,6 +73,11 @@ class SenderSettings:
     unsubscribe_mailto: str = ""
 
     @property
+    def unsubscribe_address(self) -> str:
+        """Where List-Unsubscribe's ``mailto:`` points: unsubscribe_mailto, else the reply-to, else from."""
+        return self.unsubscribe_mailto or parseaddr(self.reply_to)[1] or self.from_email
+
+    @property
     def domain(self) -> str:
         """The domain of the From address, used in Message-IDs."""
         return self.from_email.rpartition("@")[2]

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -36,7 +36,7 @@ from newsletter.ledger import Delivery, IssueRecord, Ledger, Result
 from newsletter.models import Issue, Recipient
 from newsletter.render import render_issue
 from newsletter.store import Store
-from newsletter.tokens import TokenSigner, split_keys
+from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
 from newsletter.transport import SendResult, SmtpConnection
 
 __all__ = [
@@ -394,6 +394,8 @@ class _IssueRun:
         self.hourly_left: int | None = None
         self.halted = False
         self.list_id = 0
+        self.site_url = settings.sender.site_url
+        self.unsubscribe_address = settings.sender.unsubscribe_address
         self._date_second = -1
         self._date = ""
 
@@ -673,16 +675,10 @@ class _IssueRun:
         return Result(*key, "deferred", outcome.code, text, next_attempt_at=now + delay)
 
     def _message(self, delivery: Delivery, template: MessageTemplate) -> bytes:
-        sender = self.settings.sender
         token = self.tokens.make(delivery.subscriber_id, self.list_id)
-        mailbox = sender.unsubscribe_mailto or _address_of(sender.reply_to) or sender.from_email
-        recipient = Recipient(
-            email=delivery.email,
-            name=delivery.name,
-            unsubscribe_url=f"{sender.site_url}/unsubscribe/{token}",
-            unsubscribe_mailto=f"mailto:{mailbox}?subject=unsubscribe%20{token}",
-            fields=delivery.fields,
-        )
+        url, mailto = unsubscribe_links(self.site_url, self.unsubscribe_address, token)
+        recipient = Recipient(email=delivery.email, name=delivery.name, unsubscribe_url=url,
+                              unsubscribe_mailto=mailto, fields=delivery.fields)
         message = personalise(template, recipient, message_id=delivery.message_id, date=self._header_date())
         return self.sign(message) if self.sign is not None else message
 
@@ -693,6 +689,3 @@ class _IssueRun:
             self._date = format_datetime(dt.datetime.fromtimestamp(second, dt.UTC))
         return self._date
 
-
-def _address_of(value: str) -> str:
-    return parseaddr(value)[1] if value else ""

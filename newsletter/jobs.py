@@ -22,7 +22,7 @@ from newsletter.models import Recipient, RenderedIssue
 from newsletter.render import render_issue
 from newsletter.store import Store, UpsertCounts
 from newsletter.subscribers import normalise_address, parse_csv
-from newsletter.tokens import TokenSigner, split_keys
+from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
 from newsletter.transport import SendResult, SmtpConnection
 
 __all__ = [
@@ -206,33 +206,27 @@ def send_test(issue_path: str | Path, addresses: Sequence[str], settings: Settin
     messages: list[tuple[str, str, bytes]] = []
     for email in recipients:
         message_id = f"test.{issue.slug}.{secrets.token_hex(8)}@{settings.sender.domain}"
-        recipient = people.get(email.lower()) or Recipient(
-            email=email, unsubscribe_url=f"{settings.sender.site_url}/unsubscribe/test"
-        )
+        url, mailto = unsubscribe_links(settings.sender.site_url, settings.sender.unsubscribe_address, "test")
+        recipient = people.get(email.lower()) or Recipient(email=email, unsubscribe_url=url, unsubscribe_mailto=mailto)
         message = personalise(template, recipient, message_id=message_id, date=date)
         messages.append((email, message_id, sign(message) if sign else message))
     return asyncio.run(_send_all(settings, messages))
 
 
 def _known_subscribers(settings: Settings, list_name: str, emails: Sequence[str]) -> dict[str, Recipient]:
-    """Recipients for the addresses that are subscribers (only if the database exists already)."""
+    """Recipients for the addresses that are subscribers of ``list_name`` (only if the database exists already)."""
     if not settings.database.path.exists():
         return {}
-    wanted = {email.lower() for email in emails}
     with Store.open(settings.database.path) as store:
-        people = [person for person in store.subscribers() if person.email.lower() in wanted]
+        people = store.subscribers(emails=emails)
         list_row = store.connection.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()
-    if not people:
-        return {}
     tokens = TokenSigner(split_keys(settings.secret_key.reveal())) if settings.secret_key and list_row else None
-    sender = settings.sender
     found: dict[str, Recipient] = {}
     for person in people:
-        url = f"{sender.site_url}/unsubscribe/test"
-        if tokens is not None:
-            url = f"{sender.site_url}/unsubscribe/{tokens.make(person.id, int(list_row[0]))}"
+        token = tokens.make(person.id, int(list_row[0])) if tokens is not None else "test"
+        url, mailto = unsubscribe_links(settings.sender.site_url, settings.sender.unsubscribe_address, token)
         found[person.email.lower()] = Recipient(email=person.email, name=person.name, unsubscribe_url=url,
-                                                fields=person.fields)
+                                                unsubscribe_mailto=mailto, fields=person.fields)
     return found
 
 

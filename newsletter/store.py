@@ -312,8 +312,9 @@ class Store:
                 "UPDATE subscribers SET status = 'bounced', updated_at = ? WHERE id = ?", (_now(), subscriber_id)
             )
 
-    def subscribers(self, *, list_name: str | None = None, status: str | None = None) -> list[Subscriber]:
-        """Subscribers, optionally only those on ``list_name`` (and its membership status) or of ``status``."""
+    def subscribers(self, *, list_name: str | None = None, status: str | None = None,
+                    emails: Sequence[str] | None = None) -> list[Subscriber]:
+        """Subscribers, optionally only those on ``list_name`` (active there), of ``status``, or with ``emails``."""
         query = (
             "SELECT s.id, s.email, s.name, s.fields, s.status,"
             " (SELECT group_concat(l.name, ',') FROM memberships m JOIN lists l ON l.id = m.list_id"
@@ -331,6 +332,10 @@ class Store:
         if status is not None:
             where.append("s.status = ?")
             params.append(status)
+        if emails is not None:
+            keys = sorted({email.lower() for email in emails})
+            where.append(f"s.email_key IN ({','.join('?' * len(keys))})" if keys else "0")
+            params.extend(keys)
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY s.id"

@@ -22,6 +22,7 @@ __all__ = [
     "TokenSigner",
     "UnsubscribeToken",
     "split_keys",
+    "unsubscribe_links",
 ]
 
 _TOKEN_RE = re.compile(r"^([1-9][0-9]{0,17})-([1-9][0-9]{0,17})-([A-Za-z0-9_-]{4})([A-Za-z0-9_-]{22})$")
@@ -46,6 +47,11 @@ def split_keys(value: str) -> list[bytes]:
                 " (make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
     return keys
+
+
+def unsubscribe_links(site_url: str, address: str, token: str) -> tuple[str, str]:
+    """The one-click URL and the ``mailto:`` for a token, as List-Unsubscribe and the footer give them."""
+    return f"{site_url}/unsubscribe/{token}", f"mailto:{address}?subject=unsubscribe%20{token}"
 
 
 def _key_id(key: bytes) -> str:

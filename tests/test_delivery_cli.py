@@ -65,6 +65,11 @@ def test_send_test_delivers_what_a_subscriber_gets_with_test_subject(workdir: Pa
     assert received["ann@example.org"]["To"].addresses[0].display_name == "Ann Reader"
     assert "/unsubscribe/1-1-" in str(received["ann@example.org"]["List-Unsubscribe"])
     assert "/unsubscribe/test" in str(received["me@example.com"]["List-Unsubscribe"])
+    # The same List-Unsubscribe a subscriber gets: the one-click URL and the mailto, same token.
+    ann = str(received["ann@example.org"]["List-Unsubscribe"])
+    token = ann.split("/unsubscribe/", 1)[1].split(">", 1)[0]
+    assert f"<mailto:editors@news.example.com?subject=unsubscribe%20{token}>" in ann
+    assert "mailto:editors@news.example.com?subject=unsubscribe%20test" in str(received["me@example.com"]["List-Unsubscribe"])
     with Store.open(workdir / "news.db") as store:  # a test is not a delivery
         assert Ledger(store).find_issue(SEED_ISSUE.stem) is None
 
