@@ -229,7 +229,7 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
     report.errors.extend(str(error) for error in bad)
     if not due:
         return report
-    signer = None if options.dry_run else TokenSigner(_keys(settings))
+    signer = None if options.dry_run else TokenSigner(split_keys(settings.secret_key.reveal()))
     with Store.open(settings.database.path) as store:
         ledger = Ledger(store)
         stop = _StopSignal()
@@ -249,17 +249,13 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
                                         progress or _Silent(), stop)
                         await run.execute()
                 except NewsletterError as exc:
-                    summary.error = str(exc)
                     if isinstance(exc, DeliveryError) and not exc.fatal:
-                        summary.error = ""
-                        summary.notes.append(str(exc))
+                        summary.notes.append(str(exc))  # the relay is away: a note, the rows wait
+                    else:
+                        summary.error = str(exc)
         finally:
             stop.uninstall()
     return report
-
-
-def _keys(settings: Settings) -> list[bytes]:
-    return split_keys(settings.secret_key.reveal())
 
 
 def _content_hash(path: Path) -> str:

@@ -53,8 +53,6 @@ class IssueRecord:
     list_id: int
     list_name: str
     content_hash: str
-    #: True when this call created the issue and its delivery rows
-    created: bool
     completed_at: str | None
 
 
@@ -124,6 +122,11 @@ class RunLock:
         return False
 
 
+def _issue_record(row: sqlite3.Row, slug: str) -> IssueRecord:
+    return IssueRecord(int(row["id"]), slug, int(row["list_id"] or 0), row["list_name"], row["content_hash"],
+                       row["completed_at"])
+
+
 def _stamp(now: float | None = None) -> str:
     moment = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
     return moment.isoformat(timespec="seconds")
@@ -152,8 +155,7 @@ class Ledger:
                 (slug,),
             ).fetchone()
             if row is not None:
-                return IssueRecord(int(row["id"]), slug, int(row["list_id"] or 0), row["list_name"],
-                                   row["content_hash"], False, row["completed_at"])
+                return _issue_record(row, slug)
             cursor.execute("INSERT OR IGNORE INTO lists (name) VALUES (?)", (list_name,))
             list_id = int(cursor.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()[0])
             cursor.execute(
@@ -171,17 +173,14 @@ class Ledger:
                 " WHERE m.list_id = ? AND m.status = 'active' AND s.status = 'active'",
                 (issue_id, slug, domain, now, now, list_id),
             )
-        return IssueRecord(issue_id, slug, list_id, list_name, content_hash, True, None)
+        return IssueRecord(issue_id, slug, list_id, list_name, content_hash, None)
 
     def find_issue(self, slug: str) -> IssueRecord | None:
         """The issue ``slug`` if the ledger has it."""
         row = self._query_one(
             "SELECT id, list_id, list_name, content_hash, completed_at FROM issues WHERE slug = ?", (slug,)
         )
-        if row is None:
-            return None
-        return IssueRecord(int(row["id"]), slug, int(row["list_id"] or 0), row["list_name"], row["content_hash"],
-                           False, row["completed_at"])
+        return None if row is None else _issue_record(row, slug)
 
     def issues(self) -> list[tuple[str, str | None]]:
         """Every issue the ledger has, as (slug, completed_at), oldest first."""
@@ -229,8 +228,8 @@ class Ledger:
         now = dt.datetime.now(dt.UTC)
         with self.store.transaction() as cursor:
             cursor.execute(
-                "INSERT INTO runs (pid, host, slot, started_at, heartbeat_at) VALUES (?, ?, 0, ?, ?)",
-                (os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds"), now.timestamp()),
+                "INSERT INTO runs (pid, host, started_at) VALUES (?, ?, ?)",
+                (os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds")),
             )
             run_id = int(cursor.lastrowid or 0)
             lock = RunLock(self.locks_dir, run_id)

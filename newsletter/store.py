@@ -76,15 +76,14 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX deliveries_due ON deliveries (issue_id, status, next_attempt_at);
     """,
-    # 2: the ledger learns who holds a row (runs), when it was first tried, and 'skipped'.
+    # 2: the ledger learns who holds a row (runs, alive while they hold <db>.locks/run-<id>.lock),
+    # when it was first tried, and 'skipped'.
     """
     CREATE TABLE runs (
         id            INTEGER PRIMARY KEY,
         pid           INTEGER NOT NULL,
         host          TEXT NOT NULL,
-        slot          INTEGER NOT NULL,             -- the byte its process keeps locked in <db>.runs
         started_at    TEXT NOT NULL,
-        heartbeat_at  REAL NOT NULL,
         finished_at   TEXT
     );
     CREATE TABLE deliveries_v2 (
@@ -112,16 +111,12 @@ MIGRATIONS: tuple[str, ...] = (
                message_id, created_at, updated_at, sent_at FROM deliveries;
     DROP TABLE deliveries;
     ALTER TABLE deliveries_v2 RENAME TO deliveries;
-    CREATE INDEX deliveries_due ON deliveries (issue_id, status, next_attempt_at);
-    CREATE INDEX deliveries_sent_at ON deliveries (sent_at) WHERE sent_at IS NOT NULL;
-    ALTER TABLE issues ADD COLUMN list_id INTEGER REFERENCES lists(id);
-    """,
-    # 3: the due index holds only the rows still to send. With every status in it, each
-    # message moved its entry twice (pending -> sending -> sent); now it leaves once.
-    """
-    DROP INDEX deliveries_due;
+    -- The due indexes hold only the rows still to send: with every status in one index, each
+    -- message would move its entry twice (pending -> sending -> sent); now it leaves once.
     CREATE INDEX deliveries_pending ON deliveries (issue_id, next_attempt_at) WHERE status = 'pending';
     CREATE INDEX deliveries_deferred ON deliveries (issue_id, next_attempt_at) WHERE status = 'deferred';
+    CREATE INDEX deliveries_sent_at ON deliveries (sent_at) WHERE sent_at IS NOT NULL;
+    ALTER TABLE issues ADD COLUMN list_id INTEGER REFERENCES lists(id);
     """,
 )
 
