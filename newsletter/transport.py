@@ -219,12 +219,13 @@ class SmtpConnection:
             assert self._session is not None
             session = self._session
             in_flight = None
-        envelope = self._envelope(sender, recipient, len(message))
-        if envelope is None:
+        # An envelope that went ahead was built (and its addresses checked) as the previous `then`.
+        envelope = None if in_flight else self._envelope(sender, recipient, len(message))
+        if envelope is None and not in_flight:
             return SendResult("failed", None, f"refusing an address that can't go in an SMTP command: {recipient!r}")
         following = self._envelope(sender, then[0], then[1]) if then is not None else None
         try:
-            replies = await session.transaction(None if in_flight else envelope, message, gate, dot_safe=dot_safe,
+            replies = await session.transaction(envelope, message, gate, dot_safe=dot_safe,
                                                 then=following or b"")
         except (OSError, TimeoutError) as exc:
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
