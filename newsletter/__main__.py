@@ -1,5 +1,5 @@
 """``python -m newsletter`` runs the CLI."""
 
-from newsletter.cli import main
+from newsletter.cli import run
 
-main()
+run()

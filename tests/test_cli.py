@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email
 import json
+import subprocess
+import sys
 from email import policy
 from pathlib import Path
 
@@ -126,3 +128,17 @@ def test_every_command_has_help_with_an_example(path: tuple[str, ...], command: 
     assert command.help and "Example" in command.help, f"{' '.join(path)} needs a docstring with an example"
     code, out, _ = run(*path, "--help")
     assert code == 0 and "Usage:" in out
+
+
+def test_the_installed_command_flushes_its_output_and_keeps_exit_codes(tmp_path: Path) -> None:
+    """``run`` skips the interpreter's clean-up: piped output must still arrive, codes must still mean things."""
+    command = [sys.executable, "-m", "newsletter"]
+    rendered = subprocess.run([*command, "render", str(SEED_ISSUE), "-o", str(tmp_path), "--json"],
+                              capture_output=True, text=True, check=False)
+    assert rendered.returncode == 0, rendered.stderr
+    written = json.loads(rendered.stdout)  # a block-buffered pipe, flushed before the fast exit
+    assert Path(written["eml"]).stat().st_size == written["eml_bytes"]
+    broken = write_issue(tmp_path, "Body\n", front="subject: [unclosed\n")
+    checked = subprocess.run([*command, "check", str(broken)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 2
+    assert str(broken) in checked.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -107,3 +109,17 @@ def test_html_shape(seed_rendered: RenderedIssue) -> None:
     # premailer inlined the classes' styles
     assert re.search(r'class="nl-citation"[^>]*style="[^"]*color:', html) or re.search(
         r'style="[^"]*color:[^"]*"[^>]*class="nl-citation"', html)
+
+
+def test_premailer_is_imported_without_requests_and_requests_still_works() -> None:
+    """render doesn't pay for requests at start-up, and doesn't break it for anyone else."""
+    code = (
+        "import sys, newsletter.render\n"
+        "assert 'requests' not in sys.modules, 'requests was imported'\n"
+        "import requests\n"
+        "assert callable(requests.get), 'the real requests is shadowed'\n"
+        "print('ok')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "ok"
