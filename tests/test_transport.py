@@ -221,3 +221,30 @@ def test_a_different_message_after_a_ride_starts_afresh() -> None:
 
         assert [r.outcome for r in asyncio.run(switch(server.port))] == ["sent", "sent"]
         assert {m.rcpt for m in server.recorder.received()} == {"r0@example.org", "other@example.org"}
+
+
+@pytest.mark.parametrize("advertised", [True, False])
+def test_a_server_that_stalls_past_the_timeout_defers_and_the_next_send_reconnects(advertised: bool) -> None:
+    """The reply timeout fires (pipelined: the session's watchdog), and the connection is not reused."""
+    from tests.smtpserver import running_server
+
+    async def scenario(port: int) -> tuple[SendResult, SendResult, int]:
+        connection = SmtpConnection(SmtpSettings(port=port, timeout=0.5), pipelining=True)
+        before = server.recorder.connections
+        try:
+            stalled = await connection.send("a@example.com", "slow@example.org", MESSAGES[0])
+            server.recorder.data_delay = 0.0
+            after = await connection.send("a@example.com", "next@example.org", MESSAGES[0])
+            return stalled, after, server.recorder.connections - before
+        finally:
+            await connection.close()
+
+    for server in running_server():
+        server.recorder.pipelining = advertised
+        server.recorder.data_delay = 5.0
+        stalled, after, connections = asyncio.run(scenario(server.port))
+        assert stalled.outcome == "deferred" and stalled.reconnect
+        assert "timed out" in stalled.text.lower() or "no reply" in stalled.text.lower(), stalled.text
+        assert after.outcome == "sent"
+        assert connections == 2  # the stalled connection was dropped, not reused
+        assert "next@example.org" in [m.rcpt for m in server.recorder.received()]
