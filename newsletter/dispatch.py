@@ -662,6 +662,8 @@ class _IssueRun:
             return Result(*key, "sent", outcome.code, "")
         if outcome.outcome == "failed":
             return Result(*key, "failed", outcome.code, text, bounced=outcome.bounced)
+        if outcome.outcome == "uncertain":
+            return Result(*key, "uncertain", outcome.code, text)
         dispatch = self.settings.dispatch
         now = time.time()
         first = delivery.first_attempt_at or now

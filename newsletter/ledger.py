@@ -73,12 +73,15 @@ class Result(NamedTuple):  # a tuple: made for every message, and cheap to make
     """What to write for a delivery that was marked ``sending``.
 
     ``status`` ``release`` puts the row back as it was (pending, attempt not counted):
-    for a send that never started because the run stopped.
+    for a send that never started because the run stopped. ``uncertain``: the whole
+    message went out but the server's final reply never came (timed out), so the server
+    may have it; like a crash's in-flight rows, it is not sent
+    again unless ``--resend-uncertain`` says so.
     """
 
     issue_id: int
     subscriber_id: int
-    status: Literal["sent", "deferred", "failed", "release"]
+    status: Literal["sent", "deferred", "failed", "uncertain", "release"]
     code: int | None = None
     text: str = ""
     next_attempt_at: float = 0.0
@@ -422,6 +425,12 @@ class Ledger:
                     "UPDATE subscribers SET status = 'bounced', updated_at = ? WHERE id = ? AND status = 'active'",
                     (stamp, result.subscriber_id),
                 )
+        elif result.status == "uncertain":
+            cursor.execute(
+                "UPDATE deliveries SET status = 'uncertain', last_code = ?, last_text = ?, run_id = NULL,"
+                f" claim_until = 0, updated_at = ? {guard}",
+                (result.code, result.text, stamp, *key, run_id),
+            )
         else:  # release: never started, so neither an attempt nor a deferral
             cursor.execute(
                 "UPDATE deliveries SET status = CASE WHEN attempts > 1 THEN 'deferred' ELSE 'pending' END,"

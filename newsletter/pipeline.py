@@ -46,10 +46,18 @@ class TransactionReplies(NamedTuple):  # a tuple: made for every message, and ch
 
 
 class PipelinedSession(asyncio.Protocol):
-    """The SMTP client side of an established connection, one transaction at a time, pipelined."""
+    """The SMTP client side of an established connection, one transaction at a time.
 
-    def __init__(self, *, timeout: float | None) -> None:
+    Pipelined when the server offered PIPELINING (``pipelined``); otherwise the same
+    transaction in lock-step, one command and one reply at a time.
+    """
+
+    def __init__(self, *, timeout: float | None, pipelined: bool = True) -> None:
         self.timeout = timeout
+        self.pipelined = pipelined
+        #: the message and its final dot are out and its reply isn't in: if the connection
+        #: fails now, the server may or may not have taken the message
+        self.awaiting_final = False
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._lines: list[str] = []
@@ -63,9 +71,10 @@ class PipelinedSession(asyncio.Protocol):
         self._writable.set()
 
     @classmethod
-    def take_over(cls, transport: asyncio.Transport, *, timeout: float | None) -> PipelinedSession:
+    def take_over(cls, transport: asyncio.Transport, *, timeout: float | None,
+                  pipelined: bool = True) -> PipelinedSession:
         """Make this protocol the receiver of ``transport`` (after EHLO, STARTTLS and AUTH)."""
-        session = cls(timeout=timeout)
+        session = cls(timeout=timeout, pipelined=pipelined)
         session.transport = transport
         transport.set_protocol(session)
         return session
@@ -175,11 +184,18 @@ class PipelinedSession(asyncio.Protocol):
         one is skipped). ``gate`` is awaited after ``354`` and before the message; when it
         gives False the message is withheld and the caller must drop the connection.
         Raises ``TimeoutError`` or ``ConnectionError`` when the connection fails; after that
-        the session can't be used again. ``final`` is set only when ``then`` was written.
+        the session can't be used again (:attr:`awaiting_final` then says whether the
+        whole message had gone out). ``final`` is set only when ``then`` was written. Not
+        pipelined, the envelope's commands go one at a time and ``then`` must be empty.
         """
-        if envelope is not None:
-            await self._write(envelope)
-        mail, rcpt, data = await self._read(3)
+        if envelope is not None and not self.pipelined:
+            if then:
+                raise ValueError("a lock-step session can't send the next envelope ahead")
+            mail, rcpt, data = await self._lock_step(envelope)
+        else:
+            if envelope is not None:
+                await self._write(envelope)
+            mail, rcpt, data = await self._read(3)
         final: Reply | None = None
         if data.code == 354:
             if mail.code != 250 or rcpt.code not in (250, 251):
@@ -199,13 +215,31 @@ class PipelinedSession(asyncio.Protocol):
                 if not dot_safe and (message.startswith(b".") or b"\n." in message):
                     message = _dot_stuffed(message)
                 await self._write(message + b".\r\n" + then)
+                self.awaiting_final = True
                 (final,) = await self._read(1)
+                self.awaiting_final = False
         # A refused envelope leaves the MAIL open: close it before the next one. (After the
         # final reply the transaction is over, and the next envelope may already be in.)
         if final is None and mail.code == 250:
             await self._write(b"RSET\r\n")
             await self._read(1)
         return TransactionReplies(mail, rcpt, data, final)
+
+    async def _lock_step(self, envelope: bytes) -> tuple[Reply, Reply, Reply]:
+        """MAIL, RCPT and DATA one at a time; after a refusal the rest are not sent (placeholder 503s)."""
+        commands = envelope.split(b"\r\n")[:-1]
+        if len(commands) != 3:
+            raise ValueError("an envelope is MAIL, RCPT and DATA, each ending in CRLF")
+        replies: list[Reply] = []
+        for command, accepted in zip(commands, ((250,), (250, 251), (354,)), strict=True):
+            await self._write(command + b"\r\n")
+            (reply,) = await self._read(1)
+            replies.append(reply)
+            if reply.code not in accepted:
+                break
+        while len(replies) < 3:
+            replies.append(Reply(503, "not sent: the command before it was refused"))
+        return replies[0], replies[1], replies[2]
 
     async def quit(self) -> None:
         """Say QUIT and close, without waiting long for a server that doesn't answer."""

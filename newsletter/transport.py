@@ -1,20 +1,25 @@
 """SMTP delivery over aiosmtplib: one connection, one message at a time, replies as typed results.
 
 This is the only module that imports aiosmtplib. Each reply becomes a
-:class:`SendResult` of one of three kinds, which is all the dispatcher needs to know:
+:class:`SendResult` of one of four kinds, which is all the dispatcher needs to know:
 
 - ``sent``: the server answered 250 to the end of DATA;
-- ``deferred``: a 4xx reply, a timeout or a dropped connection: try again later;
-- ``failed``: a 5xx reply: don't try again (``bounced`` when it says the mailbox doesn't exist).
+- ``deferred``: a 4xx reply, a timeout before the message's final dot, or a connection
+  the server closed without a final reply: try again later;
+- ``failed``: a 5xx reply: don't try again (``bounced`` when it says the mailbox doesn't exist);
+- ``uncertain``: the whole message went out and the server, still connected, sent no
+  reply to its final dot within the timeout: it may have the message, so it is not sent
+  again on its own (RFC 5321 4.1.1.4 makes the final reply the only proof; RFC 1047 describes the
+  duplicates that retrying here causes).
 
 Failures that no other recipient would escape (the relay refuses our login or our
 sender address) raise :class:`~newsletter.errors.DeliveryError` instead, so that a run
 stops rather than failing every subscriber one by one.
 
-aiosmtplib opens the connection (EHLO, STARTTLS or TLS, AUTH). When the server offers
-PIPELINING, the connection then passes to :class:`newsletter.pipeline.PipelinedSession`,
-which sends each message in two round trips and needs no per-message regex passes;
-otherwise aiosmtplib's ``sendmail`` sends it command by command.
+aiosmtplib opens the connection (EHLO, STARTTLS or TLS, AUTH). The connection then
+passes to :class:`newsletter.pipeline.PipelinedSession`, which sends each message in two
+round trips when the server offers PIPELINING, and command by command when it doesn't;
+either way it knows whether a failure came before or after the final dot.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ __all__ = [
     "classify_refusal",
 ]
 
-Outcome = Literal["sent", "deferred", "failed"]
+Outcome = Literal["sent", "deferred", "failed", "uncertain"]
 
 # RFC 3463 enhanced status codes that say the address itself is bad: 5.1.1 bad mailbox,
 # 5.1.0 other address status, 5.1.2 bad domain, 5.1.3 bad syntax, 5.1.6 moved, 5.1.10 null MX.
@@ -109,14 +114,12 @@ class SmtpConnection:
     @property
     def connected(self) -> bool:
         """Whether a connection is open now."""
-        if self._session is not None:
-            return not self._session.closed
-        return self._client is not None and self._client.is_connected
+        return self._session is not None and not self._session.closed
 
     @property
     def pipelining(self) -> bool:
         """Whether messages go pipelined on this connection (the server offered PIPELINING)."""
-        return self._session is not None
+        return self._session is not None and self._session.pipelined
 
     async def connect(self) -> None:
         """Open the connection (TLS or STARTTLS as configured, then login); raises DeliveryError."""
@@ -134,12 +137,12 @@ class SmtpConnection:
         where = f"{settings.host}:{settings.port}"
         try:
             await client.connect()
-            if not client.esmtp_extensions and self._use_pipelining:
+            if not client.esmtp_extensions:
                 # connect() only says EHLO when STARTTLS or AUTH needs it; we need the extensions.
                 try:
                     await client.ehlo()
                 except aiosmtplib.SMTPHeloError:
-                    pass  # an old HELO-only server: sendmail() falls back to HELO, lock-step
+                    await client.helo()  # an old HELO-only server: no extensions, lock-step
             if settings.username:
                 await client.login(settings.username, settings.password.reveal())
         except aiosmtplib.SMTPAuthenticationError as exc:
@@ -153,11 +156,12 @@ class SmtpConnection:
             client.close()
             raise DeliveryError(f"can't connect to {where}: {_reason(exc)}") from exc
         self._client = client
-        self._session = None
-        if self._use_pipelining and client.supports_extension("pipelining") and client.transport is not None:
-            assert isinstance(client.transport, asyncio.Transport)
-            self._session = PipelinedSession.take_over(client.transport, timeout=settings.timeout)
-            self._size_option = client.supports_extension("size")
+        # From here on the transactions are ours, pipelined or lock-step: we must know whether
+        # a failure came before the message's final dot (safe to send again) or after it.
+        assert isinstance(client.transport, asyncio.Transport)
+        pipelined = self._use_pipelining and client.supports_extension("pipelining")
+        self._session = PipelinedSession.take_over(client.transport, timeout=settings.timeout, pipelined=pipelined)
+        self._size_option = client.supports_extension("size")
 
     async def send(self, sender: str, recipient: str, message: bytes, *, gate: Awaitable[bool] | None = None,
                    dot_safe: bool = False, then: tuple[str, int] | None = None) -> SendResult:
@@ -176,31 +180,8 @@ class SmtpConnection:
         """
         if not self.connected:
             await self.connect()
-        if self._session is not None:
-            return await self._send_pipelined(self._session, sender, recipient, message, gate, dot_safe, then)
-        client = self._client
-        assert client is not None
-        if gate is not None and not await gate:
-            return SendResult("deferred", None, _WITHHELD)
-        try:
-            await client.sendmail(sender, [recipient], message)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refusal = exc.recipients[0]
-            return self._after(classify_refusal(refusal.code, refusal.message))
-        except aiosmtplib.SMTPSenderRefused as exc:
-            result = classify_refusal(exc.code, exc.message)
-            if result.outcome == "failed":
-                raise DeliveryError(
-                    f"the server refused the sender {sender}: {result.describe()}", fatal=True
-                ) from exc
-            return self._after(result)
-        except aiosmtplib.SMTPResponseException as exc:  # DATA refused, or any other reply
-            return self._after(classify_refusal(exc.code, exc.message))
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            # Dropped, timed out, or unreadable: the message may or may not have arrived in
-            # part; SMTP only delivers on the final 250, so trying again is the right thing.
-            return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
-        return SendResult("sent", 250)
+        assert self._session is not None
+        return await self._send_session(self._session, sender, recipient, message, gate, dot_safe, then)
 
     def _envelope(self, sender: str, recipient: str, size: int) -> bytes | None:
         if not (_ENVELOPE_ADDRESS.match(sender) and _ENVELOPE_ADDRESS.match(recipient)):
@@ -208,9 +189,15 @@ class SmtpConnection:
         option = f" SIZE={size + 3}" if self._size_option else ""
         return f"MAIL FROM:<{sender}>{option}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
 
-    async def _send_pipelined(self, session: PipelinedSession, sender: str, recipient: str, message: bytes,
+    async def _send_session(self, session: PipelinedSession, sender: str, recipient: str, message: bytes,
                               gate: Awaitable[bool] | None, dot_safe: bool, then: tuple[str, int] | None
                               ) -> SendResult:
+        if not session.pipelined and gate is not None:
+            # Lock-step gains nothing from overlapping the gate: ask first, and say nothing at all
+            # to the server about a message that may not go.
+            if not await gate:
+                return SendResult("deferred", None, _WITHHELD)
+            gate = None
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None and in_flight != (sender, recipient):
             # Not the message whose envelope went ahead: start afresh on a new connection.
@@ -223,11 +210,21 @@ class SmtpConnection:
         envelope = None if in_flight else self._envelope(sender, recipient, len(message))
         if envelope is None and not in_flight:
             return SendResult("failed", None, f"refusing an address that can't go in an SMTP command: {recipient!r}")
-        following = self._envelope(sender, then[0], then[1]) if then is not None else None
+        following = self._envelope(sender, then[0], then[1]) if then is not None and session.pipelined else None
         try:
             replies = await session.transaction(envelope, message, gate, dot_safe=dot_safe,
                                                 then=following or b"")
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            if session.awaiting_final:
+                # The whole message went out and the server, still there, gave no verdict in
+                # time: it may be busy taking it (RFC 1047's duplicate window). Sending it
+                # again could deliver it twice, so it waits for --resend-uncertain.
+                return self._after(SendResult("uncertain", None, f"no reply after the message was sent: "
+                                                                 f"{_reason(exc)}", reconnect=True))
+            return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
+        except OSError as exc:
+            # The server closed the connection without a final reply: a server that took the
+            # message says so first (RFC 5321 4.1.1.4), so this one didn't: send it again.
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
         if replies.final is not None and following is not None and then is not None:
             self._in_flight = (sender, then[0])

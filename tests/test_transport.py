@@ -224,8 +224,9 @@ def test_a_different_message_after_a_ride_starts_afresh() -> None:
 
 
 @pytest.mark.parametrize("advertised", [True, False])
-def test_a_server_that_stalls_past_the_timeout_defers_and_the_next_send_reconnects(advertised: bool) -> None:
-    """The reply timeout fires (pipelined: the session's watchdog), and the connection is not reused."""
+def test_no_reply_after_the_final_dot_is_uncertain_and_the_next_send_reconnects(advertised: bool) -> None:
+    """The reply timeout fires (the session's watchdog) after the whole message went out: the server
+    may have it (here it does, later), so it is ``uncertain``, not deferred for a second copy."""
     from tests.smtpserver import running_server
 
     async def scenario(port: int) -> tuple[SendResult, SendResult, int]:
@@ -243,8 +244,8 @@ def test_a_server_that_stalls_past_the_timeout_defers_and_the_next_send_reconnec
         server.recorder.pipelining = advertised
         server.recorder.data_delay = 5.0
         stalled, after, connections = asyncio.run(scenario(server.port))
-        assert stalled.outcome == "deferred" and stalled.reconnect
-        assert "timed out" in stalled.text.lower() or "no reply" in stalled.text.lower(), stalled.text
+        assert stalled.outcome == "uncertain" and stalled.reconnect
+        assert "timed out" in stalled.text, stalled.text
         assert after.outcome == "sent"
         assert connections == 2  # the stalled connection was dropped, not reused
         assert "next@example.org" in [m.rcpt for m in server.recorder.received()]
