@@ -96,6 +96,15 @@ class SmtpSettings:
     connections: int = 8
     rate: float = 0.0
     max_per_hour: int = 0
+    #: a CA bundle to trust instead of the system's (a private relay's own CA)
+    ca_file: Path | None = None
+    #: certificate checks are off only for this host name, and only when it is ``host``
+    tls_skip_verify_for: str = ""
+
+    @property
+    def verify_certificates(self) -> bool:
+        """Whether the relay's TLS certificate is checked (always, unless named off for this host)."""
+        return not (self.tls_skip_verify_for and self.tls_skip_verify_for == self.host)
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,8 @@ class Settings:
 
 _KNOWN: dict[str, set[str]] = {
     "sender": {"from", "reply_to", "postal_address", "site_url", "unsubscribe_mailto"},
-    "smtp": {"host", "port", "security", "username", "timeout", "connections", "rate", "max_per_hour"},
+    "smtp": {"host", "port", "security", "username", "timeout", "connections", "rate", "max_per_hour", "ca_file",
+             "tls_skip_verify_for"},
     "database": {"path"},
     "dispatch": {"retry_initial", "retry_max", "give_up_after_hours", "wait_for_retries"},
     "dkim": {"selector", "domain"},
@@ -209,7 +219,16 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         connections=_int(smtp_data, "connections", config_path, "smtp", smtp_defaults.connections, 1, 1024),
         rate=_num(smtp_data, "rate", config_path, "smtp", 0.0),
         max_per_hour=_int(smtp_data, "max_per_hour", config_path, "smtp", 0, 0, 10**9),
+        ca_file=base / ca_file if (ca_file := _str(smtp_data, "ca_file", config_path, "smtp")) else None,
+        tls_skip_verify_for=_str(smtp_data, "tls_skip_verify_for", config_path, "smtp"),
     )
+    if smtp.tls_skip_verify_for and smtp.tls_skip_verify_for != smtp.host:
+        raise ConfigError(
+            f"{config_path}: [smtp] tls_skip_verify_for = \"{smtp.tls_skip_verify_for}\" but host is"
+            f" \"{smtp.host}\"; it turns certificate checks off only for the host it names"
+        )
+    if smtp.ca_file is not None and not smtp.ca_file.is_file():
+        raise ConfigError(f"{config_path}: [smtp] ca_file {smtp.ca_file} is not a readable file")
     if smtp.password and smtp.security == "none" and not is_loopback(smtp.host):
         raise ConfigError(
             f"{config_path}: [smtp] security = \"none\" would send the password in clear to {smtp.host};"

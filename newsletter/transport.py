@@ -124,25 +124,32 @@ class SmtpConnection:
     async def connect(self) -> None:
         """Open the connection (TLS or STARTTLS as configured, then login); raises DeliveryError."""
         settings = self.settings
+        tls_context = self._tls_context
+        if tls_context is None and settings.ca_file is not None and settings.verify_certificates:
+            tls_context = ssl.create_default_context(cafile=str(settings.ca_file))
         client = aiosmtplib.SMTP(
             hostname=settings.host,
             port=settings.port,
             timeout=settings.timeout,
             use_tls=settings.security == "tls",
-            start_tls=settings.security == "starttls",
-            validate_certs=True,
-            tls_context=self._tls_context,
+            # False, not None: None would let aiosmtplib upgrade only when offered, and carry
+            # on in clear text when not; we check for the offer ourselves below.
+            start_tls=False,
+            validate_certs=settings.verify_certificates,
+            tls_context=tls_context if settings.verify_certificates else None,
             local_hostname=self._local_hostname,
         )
         where = f"{settings.host}:{settings.port}"
         try:
             await client.connect()
-            if not client.esmtp_extensions:
-                # connect() only says EHLO when STARTTLS or AUTH needs it; we need the extensions.
-                try:
-                    await client.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await client.helo()  # an old HELO-only server: no extensions, lock-step
+            await _greet(client)  # connect() says EHLO only when AUTH needs it; we need the extensions
+            if settings.security == "starttls":
+                if not client.supports_extension("starttls"):
+                    client.close()
+                    raise DeliveryError(f"{where} does not offer STARTTLS, which [smtp] security = \"starttls\""
+                                        " requires: nothing was sent in clear text", fatal=True)
+                await client.starttls()
+                await _greet(client)  # the extensions offered inside TLS are the ones that count
             if settings.username:
                 await client.login(settings.username, settings.password.reveal())
         except aiosmtplib.SMTPAuthenticationError as exc:
@@ -280,6 +287,16 @@ class SmtpConnection:
             pass
         finally:
             client.close()
+
+
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO for an old server that refuses it) unless the extensions are known already."""
+    if client.esmtp_extensions:
+        return
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        await client.helo()  # no extensions: lock-step, no SIZE
 
 
 def _reason(exc: BaseException) -> str:

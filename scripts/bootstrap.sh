@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh Debian/Ubuntu machine with Python 3.11:
 # a virtual environment in .venv with the project and its dev tools, openssl (DKIM keys),
-# with --browser Debian's Chromium for the browser tests, and with --smtp-sink Postfix's
+# with --browser Debian's Chromium for the browser tests, with --smtp-sink Postfix's
 # smtp-sink test server (the postfix package, installed without configuring or starting
-# the mail daemon). Safe to run again: it only installs what is missing.
+# the mail daemon), and with --spamassassin Debian's SpamAssassin for the deliverability
+# test (the rules the package ships; no daemon started, no sa-update run). Safe to run
+# again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_browser=0
 want_sink=0
+want_spam=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
     --smtp-sink) want_sink=1 ;;
-    *) echo "usage: scripts/bootstrap.sh [--browser] [--smtp-sink]" >&2; exit 2 ;;
+    --spamassassin) want_spam=1 ;;
+    *) echo "usage: scripts/bootstrap.sh [--browser] [--smtp-sink] [--spamassassin]" >&2; exit 2 ;;
   esac
 done
 
@@ -23,6 +27,21 @@ apt_updated=0
 apt_install() {
   if [ $apt_updated = 0 ]; then $SUDO apt-get update -qq; apt_updated=1; fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# apt_install with the packages' init scripts kept from starting any service: a policy-rc.d
+# that exits 101 ("action forbidden") is what invoke-rc.d and deb-systemd-invoke consult.
+# Ours is put in place only if there was none, and removed again whatever apt did.
+apt_install_no_daemons() {
+  local policy_added=0 status=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
+  apt_install "$@" || status=$?
+  if [ $policy_added = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+  return $status
 }
 
 PYTHON=${PYTHON:-python3}
@@ -51,17 +70,20 @@ fi
 if [ $want_sink = 1 ] && [ ! -x /usr/sbin/smtp-sink ]; then
   echo "installing postfix (apt) for its smtp-sink test server; the mail daemon is not configured or started" >&2
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
-  # policy-rc.d 101 tells the package scripts not to start the daemon; ours only if there was none.
-  policy_added=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod +x /usr/sbin/policy-rc.d
-    policy_added=1
+  apt_install_no_daemons postfix
+fi
+
+if [ $want_spam = 1 ] && [ ! -x /usr/bin/spamassassin ]; then
+  # Without recommends: no spamc/spamd, no sa-compile (which would run at install), no gnupg.
+  # The rules the package ships are used as they are; sa-update is never run (no network).
+  echo "installing spamassassin (apt) for the deliverability test; no daemon is started" >&2
+  apt_install_no_daemons spamassassin
+  # The package's postinst imports sa-update's signing key with gpg, which leaves a gpg-agent
+  # running for that keyring: stop it (only that one, through its own socket).
+  sa_keys=/var/lib/spamassassin/sa-update-keys
+  if command -v gpgconf >/dev/null 2>&1 && [ -d $sa_keys ]; then
+    $SUDO runuser -u "$(stat -c %U $sa_keys)" -- gpgconf --homedir $sa_keys --kill gpg-agent || true
   fi
-  status=0
-  apt_install postfix || status=$?
-  if [ $policy_added = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
-  if [ $status != 0 ]; then exit $status; fi
 fi
 
 if [ $want_browser = 1 ] && ! command -v chromium >/dev/null 2>&1; then

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from newsletter.config import Secret, SmtpSettings
 from newsletter.errors import DeliveryError
 from newsletter.transport import SendResult, SmtpConnection, classify_refusal
 from tests.smtpserver import Recorder, free_port
+from tests.tlsfiles import make_certificate
 
 
 @pytest.mark.parametrize(("code", "text", "outcome", "bounced"), [
@@ -50,14 +50,7 @@ def test_password_never_goes_unencrypted_to_a_remote_host() -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )
-    return cert, key
+    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_certificates_are_verified(certificate: tuple[Path, Path]) -> None:
