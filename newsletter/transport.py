@@ -295,8 +295,10 @@ async def _greet(client: aiosmtplib.SMTP) -> None:
         return
     try:
         await client.ehlo()
-    except aiosmtplib.SMTPHeloError:
-        await client.helo()  # no extensions: lock-step, no SIZE
+    except aiosmtplib.SMTPHeloError as exc:
+        if exc.code not in (500, 502):
+            raise  # a 4xx (busy, try later) is not "I don't know EHLO"
+        await client.helo()  # an old server: no extensions, so lock-step and no SIZE
 
 
 def _reason(exc: BaseException) -> str:
