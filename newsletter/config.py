@@ -93,6 +93,9 @@ class SmtpSettings:
     username: str = ""
     password: Secret = field(default_factory=lambda: Secret(""))
     timeout: float = 30.0
+    #: how long the reply to a whole message may take (Postfix's smtp_data_done_timeout): a
+    #: server may scan the message first, and giving up early risks a duplicate
+    final_reply_timeout: float = 600.0
     connections: int = 8
     rate: float = 0.0
     max_per_hour: int = 0
@@ -154,8 +157,8 @@ class Settings:
 
 _KNOWN: dict[str, set[str]] = {
     "sender": {"from", "reply_to", "postal_address", "site_url", "unsubscribe_mailto"},
-    "smtp": {"host", "port", "security", "username", "timeout", "connections", "rate", "max_per_hour", "ca_file",
-             "tls_skip_verify_for"},
+    "smtp": {"host", "port", "security", "username", "timeout", "final_reply_timeout", "connections", "rate",
+             "max_per_hour", "ca_file", "tls_skip_verify_for"},
     "database": {"path"},
     "dispatch": {"retry_initial", "retry_max", "give_up_after_hours", "wait_for_retries"},
     "dkim": {"selector", "domain"},
@@ -216,6 +219,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         username=_str(smtp_data, "username", config_path, "smtp", ""),
         password=Secret(env.get("NEWSLETTER_SMTP_PASSWORD", "")),
         timeout=_num(smtp_data, "timeout", config_path, "smtp", smtp_defaults.timeout),
+        final_reply_timeout=_num(smtp_data, "final_reply_timeout", config_path, "smtp",
+                                 smtp_defaults.final_reply_timeout),
         connections=_int(smtp_data, "connections", config_path, "smtp", smtp_defaults.connections, 1, 1024),
         rate=_num(smtp_data, "rate", config_path, "smtp", 0.0),
         max_per_hour=_int(smtp_data, "max_per_hour", config_path, "smtp", 0, 0, 10**9),

@@ -52,8 +52,11 @@ class PipelinedSession(asyncio.Protocol):
     transaction in lock-step, one command and one reply at a time.
     """
 
-    def __init__(self, *, timeout: float | None, pipelined: bool = True) -> None:
+    def __init__(self, *, timeout: float | None, pipelined: bool = True, final_timeout: float | None = None) -> None:
         self.timeout = timeout
+        #: how long the reply to a message's final dot may take (RFC 5321 4.5.3.2.6 suggests
+        #: 10 minutes: the server may be scanning the message); default ``timeout``
+        self.final_timeout = final_timeout if final_timeout is not None else timeout
         self.pipelined = pipelined
         #: the message and its final dot are out and its reply isn't in: if the connection
         #: fails now, the server may or may not have taken the message
@@ -71,10 +74,10 @@ class PipelinedSession(asyncio.Protocol):
         self._writable.set()
 
     @classmethod
-    def take_over(cls, transport: asyncio.Transport, *, timeout: float | None,
-                  pipelined: bool = True) -> PipelinedSession:
+    def take_over(cls, transport: asyncio.Transport, *, timeout: float | None, pipelined: bool = True,
+                  final_timeout: float | None = None) -> PipelinedSession:
         """Make this protocol the receiver of ``transport`` (after EHLO, STARTTLS and AUTH)."""
-        session = cls(timeout=timeout, pipelined=pipelined)
+        session = cls(timeout=timeout, pipelined=pipelined, final_timeout=final_timeout)
         session.transport = transport
         transport.set_protocol(session)
         return session
@@ -134,15 +137,16 @@ class PipelinedSession(asyncio.Protocol):
         if not self._writable.is_set():
             await self._writable.wait()
 
-    async def _read(self, count: int) -> list[Reply]:
+    async def _read(self, count: int, timeout: float | None = None) -> list[Reply]:
         if len(self._replies) < count:
             if self._lost is not None:
                 raise self._lost
             self._wanted = count
             loop = asyncio.get_running_loop()
             self._waiter = loop.create_future()
-            if self.timeout is not None:
-                self._deadline = loop.time() + self.timeout
+            timeout = timeout if timeout is not None else self.timeout
+            if timeout is not None:
+                self._deadline = loop.time() + timeout
                 if self._watchdog is None:
                     self._watchdog = loop.call_at(self._deadline, self._check_deadline)
             try:
@@ -163,7 +167,7 @@ class PipelinedSession(asyncio.Protocol):
             return  # nothing is waiting: the next read arms it again
         loop = waiter.get_loop()
         if loop.time() >= self._deadline:
-            waiter.set_exception(TimeoutError(f"no reply from the SMTP server in {self.timeout:g} s"))
+            waiter.set_exception(TimeoutError("no reply from the SMTP server in time"))
         else:
             self._watchdog = loop.call_at(self._deadline, self._check_deadline)
 
@@ -216,7 +220,7 @@ class PipelinedSession(asyncio.Protocol):
                     message = _dot_stuffed(message)
                 await self._write(message + b".\r\n" + then)
                 self.awaiting_final = True
-                (final,) = await self._read(1)
+                (final,) = await self._read(1, self.final_timeout)
                 self.awaiting_final = False
         # A refused envelope leaves the MAIL open: close it before the next one. (After the
         # final reply the transaction is over, and the next envelope may already be in.)

@@ -167,7 +167,8 @@ class SmtpConnection:
         # a failure came before the message's final dot (safe to send again) or after it.
         assert isinstance(client.transport, asyncio.Transport)
         pipelined = self._use_pipelining and client.supports_extension("pipelining")
-        self._session = PipelinedSession.take_over(client.transport, timeout=settings.timeout, pipelined=pipelined)
+        self._session = PipelinedSession.take_over(client.transport, timeout=settings.timeout, pipelined=pipelined,
+                                                   final_timeout=settings.final_reply_timeout)
         self._size_option = client.supports_extension("size")
 
     async def send(self, sender: str, recipient: str, message: bytes, *, gate: Awaitable[bool] | None = None,

@@ -38,7 +38,7 @@ def _settings(tmp_path: Path, port: int) -> Settings:
     issues.mkdir(exist_ok=True)
     shutil.copy(SEED_ISSUE, issues / SEED_ISSUE.name)
     return Settings(
-        smtp=SmtpSettings(port=port, connections=CONNECTIONS, timeout=TIMEOUT),
+        smtp=SmtpSettings(port=port, connections=CONNECTIONS, timeout=TIMEOUT, final_reply_timeout=TIMEOUT),
         database=DatabaseSettings(tmp_path / "news.db"),
         dispatch=DispatchSettings(retry_initial=0.01, retry_max=0.1, wait_for_retries=60),
         issues_dir=issues,

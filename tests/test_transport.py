@@ -223,7 +223,8 @@ def test_no_reply_after_the_final_dot_is_uncertain_and_the_next_send_reconnects(
     from tests.smtpserver import running_server
 
     async def scenario(port: int) -> tuple[SendResult, SendResult, int]:
-        connection = SmtpConnection(SmtpSettings(port=port, timeout=0.5), pipelining=True)
+        connection = SmtpConnection(SmtpSettings(port=port, timeout=0.5, final_reply_timeout=0.5),
+                                    pipelining=True)
         before = server.recorder.connections
         try:
             stalled = await connection.send("a@example.com", "slow@example.org", MESSAGES[0])
