@@ -31,6 +31,7 @@ from newsletter.subscribers import export_csv, export_json, subscriber_row
 
 __all__ = [
     "main",
+    "run",
 ]
 
 EXIT_FINDINGS = 1
@@ -496,6 +497,70 @@ def outbox_command(port: int, maildir: str) -> None:
         serve_outbox(Path(maildir), port=port, ready=ready)
     except NewsletterError as exc:
         _fail(exc)
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (put a TLS-terminating proxy in front for the internet).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.pass_context
+def serve_command(ctx: click.Context, host: str, port: int) -> None:
+    """Run the web side: one-click unsubscribe (RFC 8058) and the archive of sent issues.
+
+    \b
+    POST /unsubscribe/TOKEN     one-click unsubscribe (what Gmail and Yahoo send)
+    GET  /unsubscribe/TOKEN     a page with one button (link scanners change nothing)
+    GET  /issues/               every sent issue; /issues/SLUG/ is its web version
+
+    Reads the same config and database as dispatch, and needs NEWSLETTER_SECRET_KEY
+    (it checks the tokens that key signed). Its links are [sender] site_url/...: serve
+    this behind a proxy at that address. The access log never shows a token.
+
+    \b
+    Example:
+      newsletter serve --port 8000
+    """
+    from newsletter.webapp import serve  # starlette and uvicorn: only this command needs them
+
+    settings = _settings(ctx)
+    click.echo(f"serving on http://{host}:{port}/ (links in emails point at {settings.sender.site_url}/)", err=True)
+    try:
+        serve(settings, host=host, port=port)
+    except NewsletterError as exc:
+        _fail(exc, EXIT_ERROR)
+
+
+@main.group("archive")
+def archive_group() -> None:
+    """The archive of sent issues as static files."""
+
+
+@archive_group.command("build")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
+@click.pass_context
+def archive_build_command(ctx: click.Context, out_dir: str, as_json: bool) -> None:
+    """Write every sent issue's web version and an index to OUT_DIR/issues/.
+
+    The same pages as `newsletter serve` shows, for any static web server: upload
+    OUT_DIR so that OUT_DIR/issues/ is at [sender] site_url/issues/ (the emails'
+    "view in browser" links point there).
+
+    \b
+    Example:
+      newsletter archive build public/ && rsync -a public/ web:/srv/news/
+    """
+    from newsletter.archive import build_static
+
+    settings = _settings(ctx)
+    try:
+        written = build_static(Path(out_dir), settings)
+    except NewsletterError as exc:
+        _fail(exc, EXIT_ERROR)
+    if as_json:
+        click.echo(json.dumps({"files": [str(path) for path in written]}, indent=2))
+    else:
+        click.echo(f"wrote {len(written) - 1} issue page(s) and the index to {Path(out_dir) / 'issues'}", err=True)
 
 
 @main.command("dkim-keygen")

@@ -74,8 +74,9 @@ if [ $want_sink = 1 ] && [ ! -x /usr/sbin/smtp-sink ]; then
 fi
 
 if [ $want_spam = 1 ] && [ ! -x /usr/bin/spamassassin ]; then
-  # Without recommends: no spamc/spamd, no sa-compile (which would run at install), no gnupg.
-  # The rules the package ships are used as they are; sa-update is never run (no network).
+  # Without recommends: no spamc/spamd and no sa-compile (which compiles the rules at install).
+  # The rules the package ships are used as they are: sa-update is never run (the package
+  # leaves its daily sa-update timer disabled, and the tests don't call it).
   echo "installing spamassassin (apt) for the deliverability test; no daemon is started" >&2
   apt_install_no_daemons spamassassin
   # The package's postinst imports sa-update's signing key with gpg, which leaves a gpg-agent

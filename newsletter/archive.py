@@ -1,0 +1,148 @@
+"""The web archive: every sent issue's web version and an index of them, as HTML strings.
+
+``newsletter serve`` answers ``/issues/`` and ``/issues/<slug>/`` with these; ``newsletter
+archive build DIR`` writes the same pages as static files. An issue's web version is its
+email with no recipient in it: no name, no address, no unsubscribe token (the footer's link
+goes to a page that explains where the real one is).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from newsletter.compose import fill_html
+from newsletter.config import Settings
+from newsletter.issues import load_issue, slug_from_path
+from newsletter.models import Recipient
+from newsletter.render import render_issue
+from newsletter.store import Store
+
+__all__ = [
+    "ArchiveEntry",
+    "build_static",
+    "find_issue_file",
+    "index_page",
+    "page",
+    "sent_issues",
+    "web_recipient",
+    "web_version",
+]
+
+_PAGES = jinja2.Environment(
+    loader=jinja2.PackageLoader("newsletter", "pages"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One sent issue in the archive."""
+
+    slug: str
+    subject: str
+    #: when its first message went out (ISO 8601, UTC)
+    first_sent: str
+
+    @property
+    def date(self) -> str:
+        """The day it went out, for people: ``7 July 2017``."""
+        try:
+            day = dt.datetime.fromisoformat(self.first_sent).date()
+        except ValueError:
+            return self.first_sent
+        return f"{day.day} {day:%B %Y}"
+
+
+def page(template: str, settings: Settings, **values: object) -> str:
+    """One of the small pages in ``newsletter/pages`` (autoescaped), with the sender's name and address."""
+    return _PAGES.get_template(template).render(
+        sender_name=settings.sender.from_name, postal_address=settings.sender.postal_address, **values
+    )
+
+
+def sent_issues(database: Path) -> list[ArchiveEntry]:
+    """Issues that at least one subscriber got, newest first."""
+    if not database.exists():
+        return []
+    with Store.open(database) as store:
+        rows = store.query(
+            "SELECT i.slug, i.subject, min(d.sent_at) AS first_sent FROM issues i"
+            " JOIN deliveries d ON d.issue_id = i.id AND d.status = 'sent'"
+            " GROUP BY i.id ORDER BY first_sent DESC, i.slug"
+        )
+    return [ArchiveEntry(str(row["slug"]), str(row["subject"]), str(row["first_sent"])) for row in rows]
+
+
+def find_issue_file(issues_dir: Path, slug: str) -> Path | None:
+    """The issue file in ``issues_dir`` whose slug is ``slug``, if there is one."""
+    if not issues_dir.is_dir():
+        return None
+    exact = issues_dir / f"{slug}.md"
+    if exact.is_file():
+        return exact
+    return next((path for path in sorted(issues_dir.glob("*.md")) if slug_from_path(str(path)) == slug), None)
+
+
+def web_recipient(settings: Settings) -> Recipient:
+    """Nobody in particular: what the web version is filled with."""
+    return Recipient(email="your address", name="", unsubscribe_url=f"{settings.sender.site_url}/unsubscribe/")
+
+
+def web_version(issue_file: Path, settings: Settings) -> str:
+    """The issue as a web page: the email's HTML with no recipient data in it."""
+    issue = load_issue(issue_file)
+    rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
+    return fill_html(rendered, web_recipient(settings))
+
+
+def index_page(entries: list[ArchiveEntry], settings: Settings, *, prefix: str = "/issues/") -> str:
+    """The list of sent issues; links are ``prefix + slug + "/"``."""
+    issues = [{"href": f"{prefix}{entry.slug}/", "subject": entry.subject, "date": entry.date} for entry in entries]
+    return page("archive.html", settings, issues=issues, robots="index")
+
+
+def build_static(out_dir: Path, settings: Settings) -> list[Path]:
+    """Write the archive as static files: ``issues/index.html`` and ``issues/<slug>/index.html``.
+
+    Everything is rendered first, then written (each file atomically), so a broken issue
+    file leaves ``out_dir`` as it was. Sent issues whose file is gone are left out of the
+    index. Returns the files written.
+    """
+    entries = sent_issues(settings.database.path)
+    pages: dict[Path, str] = {}
+    kept: list[ArchiveEntry] = []
+    for entry in entries:
+        source = find_issue_file(settings.issues_dir, entry.slug)
+        if source is None:
+            continue
+        pages[Path("issues") / entry.slug / "index.html"] = web_version(source, settings)
+        kept.append(entry)
+    # Relative links, so that the folder works wherever it is served from.
+    pages[Path("issues") / "index.html"] = index_page(kept, settings, prefix="./")
+    written = []
+    for relative, html in pages.items():
+        target = out_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(target, html.encode("utf-8"))
+        written.append(target)
+    return written
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,236 @@
+"""``newsletter serve``: one-click unsubscribe (RFC 8058), the unsubscribe page, and the archive.
+
+Routes:
+
+- ``POST /unsubscribe/<token>`` with the body ``List-Unsubscribe=One-Click`` (form-encoded
+  or multipart, as mail providers send it): unsubscribes, answers 200 at once. No cookie,
+  no login: the token is the proof. Idempotent.
+- ``GET /unsubscribe/<token>``: a page saying who leaves which list, with one button (a
+  POST form). Link scanners that open every URL in a message change nothing.
+- ``POST /unsubscribe/<token>`` from that form (``action=unsubscribe`` or ``resubscribe``):
+  does it and shows the result, with the way back.
+- ``GET /issues/`` and ``GET /issues/<slug>/``: the archive and each sent issue's web version.
+
+A forged, altered or malformed token gets 400 and changes nothing. Every response carries
+security headers (a CSP with no script at all, no referrer); bodies are capped at 16 KiB; a
+server error is a plain 500 page, never a traceback; the access log never shows a token.
+Cross-site form posts from browsers are refused (``Origin`` / ``Sec-Fetch-Site``); the one-
+click POST, which mail providers send from their servers, needs only the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from newsletter import archive, unsubscribe
+from newsletter.config import Settings
+from newsletter.errors import ConfigError, NewsletterError
+from newsletter.tokens import TokenSigner, split_keys
+from newsletter.websecurity import SecurityHeaders, page_policy
+
+__all__ = [
+    "AccessLog",
+    "create_app",
+    "redact",
+    "serve",
+]
+
+access_log = logging.getLogger("newsletter.access")
+log = logging.getLogger("newsletter.web")
+
+#: what a one-click unsubscribe POST carries (RFC 8058 section 3.1)
+ONE_CLICK = ("List-Unsubscribe", "One-Click")
+
+
+@dataclass
+class _Web:
+    settings: Settings
+    signer: TokenSigner
+    #: slug -> (file's mtime_ns and size, the web version), so an edit shows without a restart
+    pages: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)
+
+    def page(self, template: str, status: int = 200, **values: object) -> HTMLResponse:
+        return HTMLResponse(archive.page(template, self.settings, **values), status_code=status)
+
+    def message(self, status: int, heading: str, text: str, link: str = "", link_text: str = "") -> HTMLResponse:
+        return self.page("message.html", status, heading=heading, text=text, link=link, link_text=link_text)
+
+    def invalid_token(self) -> HTMLResponse:
+        return self.message(400, "This link is not valid",
+                            "The unsubscribe link is incomplete or was changed. Use the link at the end of"
+                            " one of our emails, as it is.")
+
+
+def create_app(settings: Settings) -> ASGIApp:
+    """The ASGI application for ``settings`` (its database, issues folder and secret key)."""
+    keys = split_keys(settings.secret_key.reveal())
+    if not keys:
+        raise ConfigError("newsletter serve needs NEWSLETTER_SECRET_KEY: the key that signed the unsubscribe links")
+    web = _Web(settings, TokenSigner(keys))
+    site_origin = _origin(settings.sender.site_url)
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/issues/", status_code=302)
+
+    async def no_token(request: Request) -> Response:
+        return web.message(200, "Unsubscribe",
+                           "Every email we send ends with an unsubscribe link made for its reader. Open it"
+                           " from the email you received, and you can leave the list with one click.",
+                           "/issues/", "All issues")
+
+    async def unsubscribe_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        membership = await run_in_threadpool(unsubscribe.find_membership, settings.database.path, web.signer, token)
+        if membership is None:
+            return web.invalid_token()
+        return web.page("unsubscribe.html", email=membership.email, list_name=membership.list_name,
+                        active=membership.active, action=f"/unsubscribe/{token}")
+
+    async def unsubscribe_post(request: Request) -> Response:
+        token = request.path_params["token"]
+        form = await request.form(max_files=0, max_fields=20)
+        one_click = form.get(ONE_CLICK[0]) == ONE_CLICK[1]
+        action = form.get("action")
+        await form.close()
+        if not one_click and _cross_site(request, site_origin):
+            return PlainTextResponse("Cross-site form posts are not accepted.\n", status_code=403)
+        membership = await run_in_threadpool(unsubscribe.find_membership, settings.database.path, web.signer, token)
+        if membership is None:
+            if one_click:
+                return PlainTextResponse("Invalid unsubscribe token.\n", status_code=400)
+            return web.invalid_token()
+        if one_click or action == "unsubscribe":
+            await run_in_threadpool(unsubscribe.unsubscribe, settings.database.path, membership)
+            if one_click:
+                return PlainTextResponse("Unsubscribed.\n")
+            return web.page("unsubscribed.html", email=membership.email, list_name=membership.list_name,
+                            action=f"/unsubscribe/{token}")
+        if action == "resubscribe":
+            await run_in_threadpool(unsubscribe.resubscribe, settings.database.path, membership)
+            return web.page("resubscribed.html", email=membership.email, list_name=membership.list_name,
+                            action=f"/unsubscribe/{token}")
+        return web.message(400, "Nothing to do", "The form was incomplete. Please use the button on the page.")
+
+    async def archive_index(request: Request) -> Response:
+        entries = await run_in_threadpool(archive.sent_issues, settings.database.path)
+        kept = [entry for entry in entries if archive.find_issue_file(settings.issues_dir, entry.slug)]
+        return HTMLResponse(archive.index_page(kept, settings))
+
+    async def archive_issue(request: Request) -> Response:
+        slug = request.path_params["slug"]
+        entries = await run_in_threadpool(archive.sent_issues, settings.database.path)
+        source = archive.find_issue_file(settings.issues_dir, slug) if any(
+            entry.slug == slug for entry in entries) else None
+        if source is None:
+            return web.message(404, "No such issue", "This issue was never sent, or it is no longer online.",
+                               "/issues/", "All issues")
+        stat = source.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = web.pages.get(slug)
+        if cached is None or cached[0] != stamp:
+            try:
+                html = await run_in_threadpool(archive.web_version, source, settings)
+            except NewsletterError as exc:
+                log.error("archive: %s", exc)
+                return web.message(503, "This issue can't be shown right now", "Please try again later.")
+            web.pages[slug] = cached = (stamp, html)
+        return HTMLResponse(cached[1])
+
+    async def issue_without_slash(request: Request) -> Response:
+        return RedirectResponse(f"/issues/{request.path_params['slug']}/", status_code=301)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return web.message(404, "Not found", "There is nothing at this address.", "/issues/", "All issues")
+
+    app = Starlette(
+        debug=False,
+        routes=[
+            Route("/", home),
+            Route("/unsubscribe/", no_token),
+            Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET", "HEAD"]),
+            Route("/unsubscribe/{token}", unsubscribe_post, methods=["POST"]),
+            Route("/issues/", archive_index),
+            Route("/issues/{slug}/", archive_issue),
+            Route("/issues/{slug}", issue_without_slash),
+        ],
+        exception_handlers={404: not_found},
+    )
+    return AccessLog(SecurityHeaders(app, policy=page_policy()))
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _cross_site(request: Request, site_origin: str) -> bool:
+    """A browser form post from another site (a forged form), by the headers browsers add.
+
+    Same-site means our public address ([sender] site_url, when a proxy stands in front) or
+    the address the request came to. Clients that send neither header aren't browsers.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    own = {site_origin, f"{request.url.scheme}://{request.headers.get('host', '')}".lower()}
+    return origin.lower() not in own
+
+
+class AccessLog:
+    """One line per request, with unsubscribe tokens cut out (they are credentials)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            access_log.info('%s "%s %s" %d %.1f ms', client[0], scope.get("method", "-"), redact(scope),
+                            status, (time.perf_counter() - started) * 1000)
+
+
+def redact(scope: Scope) -> str:
+    """The path for a log: ``/unsubscribe/<token>`` whatever the token, and no query string."""
+    path = str(scope.get("path", ""))
+    if path.startswith("/unsubscribe/") and path != "/unsubscribe/":
+        return "/unsubscribe/<token>"
+    return path
+
+
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the application with uvicorn until Ctrl-C (uvicorn's own access log off: ours redacts)."""
+    import uvicorn
+
+    app = create_app(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=False,
+                log_level="info", limit_concurrency=256, timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
+
