@@ -1,0 +1,303 @@
+"""``newsletter serve`` over real HTTP: RFC 8058 one-click unsubscribe, the unsubscribe page in
+Chromium, forged tokens, the archive, security headers, limits, and logs without tokens.
+
+Each test dispatches the seed issue through the project's outbox (a real SMTP server on
+127.0.0.1) and runs the real application under uvicorn on a free port; the links in the
+captured messages point at it ([sender] site_url).
+"""
+
+from __future__ import annotations
+
+import email
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from newsletter.archive import build_static
+from newsletter.cli import main
+from newsletter.config import DatabaseSettings, DispatchSettings, Secret, SenderSettings, Settings, SmtpSettings
+from newsletter.dispatch import DispatchOptions, dispatch
+from newsletter.outbox import Outbox
+from newsletter.store import Store, SubscriberRow
+from newsletter.webapp import create_app
+from tests.smtpserver import free_port
+
+from .conftest import SEED_ISSUE
+
+KEY = "web-test-key-0123456789abcdef0123"
+SLUG = SEED_ISSUE.stem
+PEOPLE = [("ada@example.org", "Ada Lovelace"), ("grace@example.org", "Grace Hopper"),
+          ("alan@example.org", "Alan Turing")]
+
+
+@dataclass
+class Site:
+    settings: Settings
+    base: str
+    outbox: Outbox
+
+    def messages(self) -> dict[str, EmailMessage]:
+        """The captured messages, by recipient."""
+        found: dict[str, EmailMessage] = {}
+        for path in sorted((self.outbox.maildir / "new").iterdir()):
+            message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+            assert isinstance(message, EmailMessage)
+            found[str(message["Delivered-To"])] = message
+        return found
+
+    def one_click_url(self, address: str) -> str:
+        header = str(self.messages()[address]["List-Unsubscribe"])
+        url = re.search(r"<(https?://[^>]+)>", header)
+        assert url is not None, header
+        return url.group(1)
+
+    def membership(self, address: str) -> str:
+        with Store.open(self.settings.database.path) as store:
+            rows = store.query("SELECT m.status FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id"
+                               " WHERE s.email = ?", (address,))
+        return str(rows[0]["status"])
+
+    def dispatch(self, issue: Path) -> None:
+        report = dispatch(self.settings, DispatchOptions(issue=str(issue)))
+        assert report.exit_code == 0, report
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # a thread can't; the test stops it
+        pass
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    issues = tmp_path / "issues"
+    issues.mkdir()
+    shutil.copy(SEED_ISSUE, issues / SEED_ISSUE.name)
+    outbox = Outbox(tmp_path / "outbox", port=0)
+    outbox.start()
+    settings = Settings(
+        sender=SenderSettings(site_url=base),
+        smtp=SmtpSettings(port=outbox.port, connections=2, timeout=10),
+        database=DatabaseSettings(tmp_path / "news.db"),
+        dispatch=DispatchSettings(wait_for_retries=0),
+        issues_dir=issues,
+        secret_key=Secret(KEY),
+    )
+    with Store.open(settings.database.path) as store:
+        store.upsert_subscribers([SubscriberRow(address, name) for address, name in PEOPLE], list_name="default")
+    server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, access_log=False,
+                                    log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(1000):
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        assert server.started, "uvicorn did not start"
+        result = Site(settings, base, outbox)
+        result.dispatch(issues / SEED_ISSUE.name)
+        yield result
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        outbox.stop()
+
+
+def test_rfc8058_one_click_post_unsubscribes_exactly_that_subscriber(site: Site) -> None:
+    url = site.one_click_url("grace@example.org")
+    assert url.startswith(f"{site.base}/unsubscribe/")
+    response = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200
+    assert "set-cookie" not in response.headers
+    assert site.membership("grace@example.org") == "unsubscribed"
+    assert site.membership("ada@example.org") == site.membership("alan@example.org") == "active"
+    again = httpx.post(url, data={"List-Unsubscribe": "One-Click"})  # idempotent
+    assert again.status_code == 200 and site.membership("grace@example.org") == "unsubscribed"
+
+
+def test_one_click_as_multipart_form_data(site: Site) -> None:
+    url = site.one_click_url("alan@example.org")
+    response = httpx.post(url, files={"List-Unsubscribe": (None, "One-Click")})
+    assert response.status_code == 200
+    assert site.membership("alan@example.org") == "unsubscribed"
+
+
+@pytest.mark.parametrize("forge", ["flip-last", "other-subscriber", "garbage", "other-key", "empty-mac"])
+def test_forged_altered_or_malformed_tokens_get_400_and_change_nothing(site: Site, forge: str) -> None:
+    url = site.one_click_url("ada@example.org")
+    token = url.rsplit("/", 1)[1]
+    subscriber, list_id, signature = token.split("-", 2)
+    forged = {
+        "flip-last": token[:-1] + ("A" if token[-1] != "A" else "B"),
+        "other-subscriber": f"{int(subscriber) + 1}-{list_id}-{signature}",
+        "garbage": "<script>alert(1)<script>",
+        "other-key": f"{subscriber}-{list_id}-{'x' * len(signature)}",
+        "empty-mac": f"{subscriber}-{list_id}-",
+    }[forge]
+    post = httpx.post(f"{site.base}/unsubscribe/{forged}", data={"List-Unsubscribe": "One-Click"})
+    page = httpx.get(f"{site.base}/unsubscribe/{forged}")
+    form = httpx.post(f"{site.base}/unsubscribe/{forged}", data={"action": "unsubscribe"})
+    assert (post.status_code, page.status_code, form.status_code) == (400, 400, 400)
+    assert "<script>alert" not in page.text
+    assert [site.membership(address) for address, _ in PEOPLE] == ["active"] * 3
+
+
+def test_get_only_shows_a_page_and_the_button_unsubscribes_then_resubscribes(site: Site) -> None:
+    url = site.one_click_url("ada@example.org")
+    with httpx.Client() as client:
+        page = client.get(url)
+        assert page.status_code == 200
+        assert "ada@example.org" in page.text and "default" in page.text
+        assert site.membership("ada@example.org") == "active"  # a link scanner's GET changes nothing
+        done = client.post(url, data={"action": "unsubscribe"}, headers={"Sec-Fetch-Site": "same-origin"})
+        assert done.status_code == 200 and "You are unsubscribed" in done.text
+        assert site.membership("ada@example.org") == "unsubscribed"
+        back = client.post(url, data={"action": "resubscribe"}, headers={"Sec-Fetch-Site": "same-origin"})
+        assert back.status_code == 200 and "Welcome back" in back.text
+        assert site.membership("ada@example.org") == "active"
+
+
+def test_cross_site_form_posts_are_refused(site: Site) -> None:
+    url = site.one_click_url("ada@example.org")
+    forged = httpx.post(url, data={"action": "unsubscribe"}, headers={"Sec-Fetch-Site": "cross-site"})
+    by_origin = httpx.post(url, data={"action": "unsubscribe"}, headers={"Origin": "https://evil.example"})
+    assert forged.status_code == by_origin.status_code == 403
+    assert site.membership("ada@example.org") == "active"
+
+
+def test_security_headers_limits_and_no_stack_traces(site: Site) -> None:
+    url = site.one_click_url("ada@example.org")
+    for response in (httpx.get(url), httpx.get(f"{site.base}/issues/"), httpx.get(f"{site.base}/nowhere")):
+        policy_header = response.headers["content-security-policy"]
+        assert "default-src 'none'" in policy_header and "script-src" not in policy_header  # no script at all
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "set-cookie" not in response.headers
+    assert httpx.get(f"{site.base}/nowhere").status_code == 404
+    huge = httpx.post(url, content=b"List-Unsubscribe=One-Click&" + b"x" * 100_000,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert huge.status_code == 413
+    assert site.membership("ada@example.org") == "active"
+    # A broken database: the client gets a plain 500, the log gets the traceback.
+    site.settings.database.path.write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{site.settings.database.path}{suffix}").unlink(missing_ok=True)
+    broken = httpx.get(url)
+    assert broken.status_code == 500
+    assert "Traceback" not in broken.text and "sqlite" not in broken.text.lower() and "File " not in broken.text
+
+
+def test_access_log_never_shows_a_token(site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    url = site.one_click_url("ada@example.org")
+    token = url.rsplit("/", 1)[1]
+    with caplog.at_level(logging.INFO, logger="newsletter.access"):
+        httpx.get(url)
+        httpx.post(url, data={"List-Unsubscribe": "One-Click"})
+    lines = [record.getMessage() for record in caplog.records if record.name == "newsletter.access"]
+    assert len(lines) == 2 and all("/unsubscribe/<token>" in line for line in lines), lines
+    assert not any(token in line or token[-10:] in line for line in lines)
+
+
+def test_the_archive_lists_sent_issues_without_anyone_s_data(site: Site, tmp_path: Path) -> None:
+    index = httpx.get(f"{site.base}/issues/")
+    assert index.status_code == 200
+    assert f'href="/issues/{SLUG}/"' in index.text
+    issue = httpx.get(f"{site.base}/issues/{SLUG}/")
+    assert issue.status_code == 200 and "Face to face" in issue.text
+    delivered = site.messages()["ada@example.org"]
+    token = site.one_click_url("ada@example.org").rsplit("/", 1)[1]
+    for private in ("ada@example.org", "Ada", token, "grace@example.org"):
+        assert private not in issue.text
+    # The "view in browser" link of every email points at this page.
+    html_part = delivered.get_body(("html",))
+    assert html_part is not None
+    assert f'href="{site.base}/issues/{SLUG}/"' in html_part.get_content()
+    assert httpx.get(f"{site.base}/issues/never-sent/").status_code == 404
+    # The static export is the same pages.
+    written = build_static(tmp_path / "public", site.settings)
+    assert {path.relative_to(tmp_path / "public").as_posix() for path in written} == {
+        "issues/index.html", f"issues/{SLUG}/index.html"}
+    assert (tmp_path / "public" / "issues" / SLUG / "index.html").read_text(encoding="utf-8") == issue.text
+    assert f'href="./{SLUG}/"' in (tmp_path / "public" / "issues" / "index.html").read_text(encoding="utf-8")
+
+
+def test_archive_build_command(site: Site, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    config = tmp_path / "site.toml"
+    config.write_text(f'[sender]\nsite_url = "{site.base}"\n\n[database]\npath = "news.db"\n\n[issues]\ndir = "issues"\n',
+                      encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(config), "archive", "build", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "issues" / SLUG / "index.html").is_file()
+
+
+def test_an_unsubscribed_subscriber_is_skipped_by_the_next_issue(site: Site) -> None:
+    httpx.post(site.one_click_url("grace@example.org"), data={"List-Unsubscribe": "One-Click"})
+    second = site.settings.issues_dir / "2017-07-08-second.md"
+    second.write_text(SEED_ISSUE.read_text(encoding="utf-8"), encoding="utf-8")
+    before = len(site.messages())
+    site.dispatch(second)
+    recipients = [str(message["Delivered-To"]) for message in _all_messages(site)][before:]
+    assert sorted(recipients) == ["ada@example.org", "alan@example.org"]
+
+
+def _all_messages(site: Site) -> list[EmailMessage]:
+    found = []
+    for path in sorted((site.outbox.maildir / "new").iterdir(), key=lambda path: path.stat().st_mtime_ns):
+        message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        found.append(message)
+    return found
+
+
+def test_settings_without_a_secret_key_are_refused(tmp_path: Path) -> None:
+    from newsletter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="NEWSLETTER_SECRET_KEY"):
+        create_app(replace(Settings(), database=DatabaseSettings(tmp_path / "x.db")))
+
+
+@pytest.mark.browser
+def test_unsubscribe_in_chromium_from_a_captured_message(site: Site) -> None:
+    """The link in the email's HTML, opened in a real browser: one click, a confirmation, and the
+    database says exactly that subscriber left; the next issue skips them."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, FLAGS
+
+    html_part = site.messages()["alan@example.org"].get_body(("html",))
+    assert html_part is not None
+    links = re.findall(r'href="([^"]+/unsubscribe/[^"]+)"', html_part.get_content())
+    assert len(links) == 1
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(links[0])
+            assert "alan@example.org" in page.inner_text("main")
+            assert site.membership("alan@example.org") == "active"
+            page.get_by_role("button", name="Unsubscribe").click()
+            page.wait_for_selector("text=You are unsubscribed")
+            assert page.get_by_role("button", name=re.compile("Subscribe again")).is_visible()
+        finally:
+            browser.close()
+    assert [site.membership(address) for address, _ in PEOPLE] == ["active", "active", "unsubscribed"]
+    second = site.settings.issues_dir / "2017-07-08-second.md"
+    second.write_text(SEED_ISSUE.read_text(encoding="utf-8"), encoding="utf-8")
+    before = len(_all_messages(site))
+    site.dispatch(second)
+    assert sorted(str(m["Delivered-To"]) for m in _all_messages(site)[before:]) == ["ada@example.org",
+                                                                                    "grace@example.org"]
