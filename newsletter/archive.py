@@ -2,8 +2,8 @@
 
 ``newsletter serve`` answers ``/issues/`` and ``/issues/<slug>/`` with these; ``newsletter
 archive build DIR`` writes the same pages as static files. An issue's web version is its
-email with no recipient in it: no name, no address, no unsubscribe token (the footer's link
-goes to a page that explains where the real one is).
+email with no recipient in it: no name, no address, no unsubscribe link (the template's
+``web`` flag swaps the footer for a link to all issues).
 """
 
 from __future__ import annotations
@@ -93,14 +93,14 @@ def find_issue_file(issues_dir: Path, slug: str) -> Path | None:
 
 
 def web_recipient(settings: Settings) -> Recipient:
-    """Nobody in particular: what the web version is filled with."""
-    return Recipient(email="your address", name="", unsubscribe_url=f"{settings.sender.site_url}/unsubscribe/")
+    """Nobody in particular: what the web version's merge fields are filled with (their fallbacks)."""
+    return Recipient(email="", name="", unsubscribe_url=f"{settings.sender.site_url}/unsubscribe/")
 
 
 def web_version(issue_file: Path, settings: Settings) -> str:
     """The issue as a web page: the email's HTML with no recipient data in it."""
     issue = load_issue(issue_file)
-    rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
+    rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir, web=True)
     return fill_html(rendered, web_recipient(settings))
 
 

@@ -82,8 +82,13 @@ def render_issue(
     *,
     sender: SenderSettings,
     templates_dir: Path | None = None,
+    web: bool = False,
 ) -> RenderedIssue:
-    """Render ``issue`` once: HTML (inlined CSS) and text, with recipient placeholders."""
+    """Render ``issue`` once: HTML (inlined CSS) and text, with recipient placeholders.
+
+    ``web`` renders the archive's web version instead of the email: templates see
+    ``web`` true and leave out what belongs to one recipient (address, unsubscribe link).
+    """
     folder = templates_dir or default_templates_dir()
     # The prefix is derived from the parsed issue, so the issue can't contain it.
     digest = hashlib.sha256(repr((issue, sender)).encode("utf-8")).hexdigest()[:16]
@@ -92,7 +97,7 @@ def render_issue(
     merge_fields: dict[MergeField, str] = {}
     issue = _with_merge_placeholders(issue, prefix, merge_fields)
     url = view_url(issue, sender)
-    mjml_source = _render_template(issue, folder, _context(issue, sender, url, recipient))
+    mjml_source = _render_template(issue, folder, {**_context(issue, sender, url, recipient), "web": web})
     html = _inline_css(_compile_mjml(mjml_source, issue.template))
     text = render_text(issue, sender=sender, view_url=url, recipient=recipient)
     return RenderedIssue(
