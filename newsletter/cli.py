@@ -21,7 +21,7 @@ import click
 
 from newsletter.config import Settings, load_settings
 from newsletter.dispatch import DispatchOptions, dispatch
-from newsletter.errors import IssueError, NewsletterError, SubscriberError
+from newsletter.errors import IssueError, NewsletterError, StoreError, SubscriberError
 from newsletter.issues import slug_from_path
 from newsletter.jobs import check_files, import_subscribers, message_signer, render_to_files, send_test
 from newsletter.ledger import STATES, Ledger
@@ -55,11 +55,13 @@ def _settings(ctx: click.Context) -> Settings:
 
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[Store]:
-    """The configured database, open; a StoreError (locked, damaged, full) exits 2 with one line."""
+    """The configured database, open; a StoreError (locked, damaged, full) exits 1, bad input 2, with one line."""
     settings = _settings(ctx)
     try:
         with Store.open(settings.database.path) as store:
             yield store
+    except StoreError as exc:
+        _fail(exc, EXIT_ERROR)
     except NewsletterError as exc:
         _fail(exc)
 
@@ -532,7 +534,12 @@ def serve_command(ctx: click.Context, host: str, port: int) -> None:
 
 @main.group("archive")
 def archive_group() -> None:
-    """The archive of sent issues as static files."""
+    """The archive of sent issues as static files (`newsletter serve` shows the same pages).
+
+    \b
+    Example:
+      newsletter archive build public/
+    """
 
 
 @archive_group.command("build")

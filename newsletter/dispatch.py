@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import random
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -30,7 +31,7 @@ from typing import Protocol
 
 from newsletter.compose import MessageTemplate, compile_message, personalise
 from newsletter.config import DispatchSettings, Settings
-from newsletter.errors import ComposeError, DeliveryError, IssueError, NewsletterError
+from newsletter.errors import ComposeError, DeliveryError, IssueError, NewsletterError, StoreError
 from newsletter.issues import load_issue
 from newsletter.ledger import Delivery, IssueRecord, Ledger, Result
 from newsletter.models import Issue, Recipient
@@ -427,20 +428,34 @@ class _IssueRun:
         try:
             await self._run(record, run_id, template)
         finally:
-            elsewhere = self.ledger.held_elsewhere(record.id, run_id)
-            self.ledger.finish_run(run_id, lock)
             summary.elapsed = time.monotonic() - started
-            counts = self.ledger.counts(record.id)
-            summary.audience = sum(counts.values())
-            summary.deferred = counts["deferred"]
-            # Rows another live run is sending are its business, not something this run left undone.
-            summary.waiting = max(0, counts["pending"] + counts["sending"] - elsewhere)
-            if elsewhere:
-                summary.notes.append(f"{elsewhere} being sent by another run")
-            summary.uncertain = counts["uncertain"]
-            summary.skipped = counts["skipped"]
-            summary.complete = self.ledger.complete_if_done(record.id)
+            in_flight = sys.exc_info()[1]
+            closing: StoreError | None = None
+            try:
+                elsewhere = self.ledger.held_elsewhere(record.id, run_id)
+            except StoreError as exc:
+                elsewhere, closing = 0, exc
+            try:
+                self.ledger.finish_run(run_id, lock)  # releases the run's lock even when its write fails
+            except StoreError as exc:
+                closing = closing or exc
+            # The summary still gets printed when the database fails now (reads work while it is
+            # locked or full): what was sent is on record, and the user should see it.
+            with suppress(StoreError):
+                counts = self.ledger.counts(record.id)
+                summary.audience = sum(counts.values())
+                summary.deferred = counts["deferred"]
+                # Rows another live run is sending are its business, not something this run left undone.
+                summary.waiting = max(0, counts["pending"] + counts["sending"] - elsewhere)
+                if elsewhere:
+                    summary.notes.append(f"{elsewhere} being sent by another run")
+                summary.uncertain = counts["uncertain"]
+                summary.skipped = counts["skipped"]
+                if closing is None:
+                    summary.complete = self.ledger.complete_if_done(record.id)
             self.progress.finish(summary)
+            if closing is not None and in_flight is None:
+                raise closing
         if self.fatal is not None:
             raise self.fatal
 

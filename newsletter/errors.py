@@ -64,7 +64,10 @@ class ComposeError(NewsletterError):
 
 
 class StoreError(NewsletterError):
-    """The database can't be opened, read or written (locked, full disk, damaged file)."""
+    """The database can't be opened, read or written (locked, full disk, read-only, damaged file).
+
+    ``str(error)`` is one line: the database's path, what is wrong and what to do about it.
+    """
 
 
 class SubscriberError(NewsletterError):

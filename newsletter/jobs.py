@@ -219,11 +219,11 @@ def _known_subscribers(settings: Settings, list_name: str, emails: Sequence[str]
         return {}
     with Store.open(settings.database.path) as store:
         people = store.subscribers(emails=emails)
-        list_row = store.connection.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()
-    tokens = TokenSigner(split_keys(settings.secret_key.reveal())) if settings.secret_key and list_row else None
+        list_id = store.find_list(list_name)
+    tokens = TokenSigner(split_keys(settings.secret_key.reveal())) if settings.secret_key and list_id else None
     found: dict[str, Recipient] = {}
     for person in people:
-        token = tokens.make(person.id, int(list_row[0])) if tokens is not None else "test"
+        token = tokens.make(person.id, list_id) if tokens is not None and list_id is not None else "test"
         url, mailto = unsubscribe_links(settings.sender.site_url, settings.sender.unsubscribe_address, token)
         found[person.email.lower()] = Recipient(email=person.email, name=person.name, unsubscribe_url=url,
                                                 unsubscribe_mailto=mailto, fields=person.fields)

@@ -22,6 +22,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -105,9 +106,13 @@ class RunLock:
     def release(self) -> None:
         """Unlock and remove the file."""
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self._fd)  # closing drops the lock
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                # A file left behind (its folder turned read-only) is harmless: unlocked, it reads as dead.
+                with suppress(OSError):
+                    self.path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)  # closing drops the lock
 
     @staticmethod
     def is_alive(folder: Path, run_id: int) -> bool:
@@ -229,28 +234,41 @@ class Ledger:
     def start_run(self) -> tuple[int, RunLock]:
         """Register this process as a run and take its lock."""
         now = dt.datetime.now(dt.UTC)
-        with self.store.transaction() as cursor:
-            cursor.execute(
-                "INSERT INTO runs (pid, host, started_at) VALUES (?, ?, ?)",
-                (os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds")),
-            )
-            run_id = int(cursor.lastrowid or 0)
-            lock = RunLock(self.locks_dir, run_id)
-            try:
-                lock.acquire()
-            except OSError as exc:
-                raise StoreError(f"{lock.path}: can't take the run lock: {exc.strerror or exc}") from exc
+        lock: RunLock | None = None
+        try:
+            with self.store.transaction() as cursor:
+                cursor.execute(
+                    "INSERT INTO runs (pid, host, started_at) VALUES (?, ?, ?)",
+                    (os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds")),
+                )
+                run_id = int(cursor.lastrowid or 0)
+                # Locked before the row commits: no other run may ever see this one without its lock.
+                lock = RunLock(self.locks_dir, run_id)
+                try:
+                    lock.acquire()
+                except OSError as exc:
+                    raise StoreError(f"{lock.path}: can't take the run lock: {exc.strerror or exc}") from exc
+        except BaseException:
+            # The COMMIT failed (a full disk, say): the run doesn't exist, so neither may its lock.
+            if lock is not None:
+                lock.release()
+            raise
         return run_id, lock
 
     def finish_run(self, run_id: int, lock: RunLock) -> None:
         """Record the run's end, drop its claims and release its lock."""
-        with self.store.transaction() as cursor:
-            cursor.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (_stamp(), run_id))
-            cursor.execute(
-                f"UPDATE deliveries SET run_id = NULL, claim_until = 0 WHERE run_id = ? AND status IN {_CLAIMABLE}",
-                (run_id,),
-            )
-        lock.release()
+        try:
+            with self.store.transaction() as cursor:
+                cursor.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (_stamp(), run_id))
+                cursor.execute(
+                    f"UPDATE deliveries SET run_id = NULL, claim_until = 0 WHERE run_id = ? AND status IN {_CLAIMABLE}",
+                    (run_id,),
+                )
+        finally:
+            # Released even when the database refused the update (locked, full): the run is over
+            # either way, and a lock kept by a process that goes on (a test, a long-lived caller)
+            # would make the next run think this one still owns its ``sending`` rows.
+            lock.release()
 
     def recover(self, issue_id: int) -> int:
         """Close the books of dead runs: their ``sending`` rows become ``uncertain``, their claims free.
@@ -489,10 +507,7 @@ class Ledger:
         return int(row[0]) if row else 0
 
     def _query(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
-        try:
-            return self.store.connection.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.store.path}: {exc}") from exc
+        return self.store.query(sql, params)
 
     def _query_one(self, sql: str, params: Sequence[object]) -> sqlite3.Row | None:
         rows = self._query(sql, params)

@@ -8,21 +8,29 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsletter.errors import StoreError
 
 __all__ = [
+    "BUSY_TIMEOUT",
     "MIGRATIONS",
     "Store",
     "Subscriber",
     "SubscriberRow",
     "UpsertCounts",
+    "database_error",
 ]
+
+#: seconds a connection waits for another process's write lock before it gives up with
+#: "locked": long enough to sit out another run's commit, a ``subscribers import`` or a
+#: backup, short enough that a stuck lock holder is reported instead of hanging cron.
+BUSY_TIMEOUT = 10.0
 
 #: each entry moves the schema one version up; never edit one that has shipped
 MIGRATIONS: tuple[str, ...] = (
@@ -156,36 +164,67 @@ def _now() -> str:
 
 
 class Store:
-    """The database: open with :meth:`open`, close with :meth:`close` (or use ``with``)."""
+    """The database: open with :meth:`open`, close with :meth:`close` (or use ``with``).
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    Every SQLite error that comes out of a method is a :class:`StoreError` whose text is
+    one line: the database's path, what is wrong (locked, full, read-only, damaged) and
+    what to do about it.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, *, timeout: float = BUSY_TIMEOUT) -> None:
         self.connection = connection
         self.path = path
+        self.timeout = timeout
 
     @classmethod
-    def open(cls, path: str | Path, *, timeout: float = 10.0) -> Store:
-        """Open (creating if needed) and migrate the database at ``path``."""
+    def open(cls, path: str | Path, *, timeout: float | None = None) -> Store:
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        ``timeout`` is how long to wait for another process's lock (default :data:`BUSY_TIMEOUT`).
+        A file that isn't a newsletter database is refused and left exactly as it was.
+        """
         location = Path(path)
+        wait = BUSY_TIMEOUT if timeout is None else timeout
+        connection: sqlite3.Connection | None = None
         try:
             if location.parent and not location.parent.exists():
                 location.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
-            connection = sqlite3.connect(str(location), timeout=timeout, isolation_level=None)
+            connection = sqlite3.connect(str(location), timeout=wait, isolation_level=None)
             connection.row_factory = sqlite3.Row
+            # Look before touching: switching to WAL would rewrite the header of a file that
+            # turns out to be some other program's database. One statement, one snapshot.
+            version, tables = connection.execute(
+                "SELECT (SELECT user_version FROM pragma_user_version),"
+                " (SELECT group_concat(name, ', ') FROM (SELECT name FROM sqlite_master"
+                "  WHERE name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 3))"
+            ).fetchone()
+            if not version and tables:
+                raise _foreign(location, tables)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=ON")
-            store = cls(connection, location)
+            store = cls(connection, location, timeout=wait)
             store.migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{location}: {_describe(exc)}") from exc
-        except OSError as exc:
-            raise StoreError(f"{location}: {exc.strerror or exc}") from exc
+        except BaseException as exc:
+            # Not left open: a failed open in a long-lived process would hold the file (and a
+            # read-only or full mount) busy for good.
+            if connection is not None:
+                with suppress(sqlite3.Error):
+                    connection.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise database_error(location, exc, timeout=wait) from exc
+            if isinstance(exc, OSError):
+                raise StoreError(f"{location}: can't create its folder: {exc.strerror or exc}") from exc
+            raise
         return store
 
     def close(self) -> None:
         """Close the connection."""
-        self.connection.close()
+        # Closing checkpoints the WAL into the database file; when that fails (a full disk)
+        # nothing is lost, the WAL stays and the next open replays it.
+        with suppress(sqlite3.Error):
+            self.connection.close()
 
     def __enter__(self) -> Store:
         return self
@@ -196,18 +235,34 @@ class Store:
     @property
     def schema_version(self) -> int:
         """The migration the database is at."""
-        return int(self.connection.execute("PRAGMA user_version").fetchone()[0])
+        return int(self.query("PRAGMA user_version")[0][0])
 
     def migrate(self) -> None:
-        """Apply the migrations the database hasn't had yet, each in its own transaction."""
-        version = self.schema_version
-        if version > len(MIGRATIONS):
-            raise StoreError(f"{self.path}: schema version {version} is newer than this newsletter knows")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        """Apply the migrations the database hasn't had yet, each in its own transaction.
+
+        An SQLite file of some other program (tables, but no newsletter schema version)
+        is refused rather than given newsletter's tables.
+        """
+        if self.schema_version == len(MIGRATIONS):
+            return  # the usual case: no write lock needed just to open
+        while True:
             with self.transaction() as cursor:
-                for statement in _statements(script):
+                # Read again under the write lock: another process may have migrated meanwhile.
+                version = int(cursor.execute("PRAGMA user_version").fetchone()[0])
+                if version > len(MIGRATIONS):
+                    raise StoreError(f"{self.path}: schema version {version} is newer than this newsletter knows; "
+                                     "upgrade newsletter")
+                if version == len(MIGRATIONS):
+                    return
+                if version == 0:
+                    tables = cursor.execute(
+                        "SELECT group_concat(name, ', ') FROM (SELECT name FROM sqlite_master"
+                        " WHERE name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 3)").fetchone()[0]
+                    if tables:
+                        raise _foreign(self.path, tables)
+                for statement in _statements(MIGRATIONS[version]):
                     cursor.execute(statement)
-                cursor.execute(f"PRAGMA user_version = {number}")
+                cursor.execute(f"PRAGMA user_version = {version + 1}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -219,12 +274,23 @@ class Store:
             cursor.execute("COMMIT")
         except BaseException as exc:
             if self.connection.in_transaction:
-                self.connection.execute("ROLLBACK")
+                # A ROLLBACK that fails too (the file vanished, say) must not hide the first error;
+                # SQLite rolls back a transaction its connection can't finish anyway.
+                with suppress(sqlite3.Error):
+                    self.connection.execute("ROLLBACK")
             if isinstance(exc, sqlite3.DatabaseError):
-                raise StoreError(f"{self.path}: {_describe(exc)}") from exc
+                raise database_error(self.path, exc, timeout=self.timeout) from exc
             raise
         finally:
-            cursor.close()
+            with suppress(sqlite3.Error):
+                cursor.close()
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """The rows of one read-only statement; SQLite errors become StoreError."""
+        try:
+            return self.connection.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise database_error(self.path, exc, timeout=self.timeout) from exc
 
     # --- lists and subscribers -----------------------------------------------------
 
@@ -232,6 +298,11 @@ class Store:
         cursor.execute("INSERT OR IGNORE INTO lists (name) VALUES (?)", (name,))
         row = cursor.execute("SELECT id FROM lists WHERE name = ?", (name,)).fetchone()
         return int(row[0])
+
+    def find_list(self, name: str) -> int | None:
+        """The id of the list ``name``, or None when there is none."""
+        rows = self.query("SELECT id FROM lists WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else None
 
     def upsert_subscribers(self, rows: Sequence[SubscriberRow], *, list_name: str) -> UpsertCounts:
         """Add or update ``rows`` and put them on ``list_name``, all in one transaction.
@@ -334,10 +405,7 @@ class Store:
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY s.id"
-        try:
-            rows = self.connection.execute(query, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {_describe(exc)}") from exc
+        rows = self.query(query, params)
         return [
             Subscriber(
                 int(row["id"]), row["email"], row["name"], json.loads(row["fields"]), row["status"],
@@ -350,15 +418,15 @@ class Store:
         """How many subscribers there are per status (on ``list_name`` if given)."""
         counts = {"active": 0, "unsubscribed": 0, "bounced": 0}
         if list_name is None:
-            rows = self.connection.execute("SELECT status, count(*) FROM subscribers GROUP BY status").fetchall()
+            rows = self.query("SELECT status, count(*) FROM subscribers GROUP BY status")
         else:
-            rows = self.connection.execute(
+            rows = self.query(
                 "SELECT CASE WHEN s.status = 'active' AND m.status = 'unsubscribed' THEN 'unsubscribed'"
                 " ELSE s.status END AS state, count(*)"
                 " FROM memberships m JOIN lists l ON l.id = m.list_id JOIN subscribers s ON s.id = m.subscriber_id"
                 " WHERE l.name = ? GROUP BY state",
                 (list_name,),
-            ).fetchall()
+            )
         for state, number in rows:
             counts[str(state)] = int(number)
         return counts
@@ -379,12 +447,60 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _describe(exc: sqlite3.DatabaseError) -> str:
-    text = str(exc)
-    if "file is not a database" in text or isinstance(exc, sqlite3.DatabaseError) and "malformed" in text:
-        return f"the database file is damaged or not a database ({text})"
-    if "locked" in text:
-        return f"the database is locked by another process ({text}); try again when it is done"
-    if "disk" in text and "full" in text:
-        return f"the disk is full ({text}); nothing was written"
-    return text
+def database_error(path: Path, exc: sqlite3.DatabaseError, *, timeout: float = BUSY_TIMEOUT) -> StoreError:
+    """The StoreError for ``exc`` on the database at ``path``: one line, what is wrong and what to do."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None  # extended codes keep the primary in the low byte
+    text = " ".join(str(exc).split())
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in text:
+        what = (f"the database is locked by another process (waited {timeout:g} s for it); "
+                "run again once that process is done")
+    elif primary == sqlite3.SQLITE_FULL or "disk is full" in text or (
+            primary in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN) and _no_space(path)):
+        # A full disk can also fail the WAL index (-shm) as an I/O error: the same fault, the same fix.
+        what = ("database or disk is full; the change that failed was not written: "
+                f"free some space on {path.parent} and run again")
+    elif primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in text \
+            or "not a database" in text:
+        what = (f"the file is damaged or not a database ({text}); it was left as it is: "
+                "restore it from a backup, or point [database] path at another file")
+    elif primary in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_PERM):
+        what = f"{text}: {_diagnose(path)}"
+    else:
+        what = text
+    return StoreError(f"{path}: {what}")
+
+
+def _no_space(path: Path) -> bool:
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _diagnose(path: Path) -> str:
+    """Why SQLite can't open or write ``path``, as far as the file system tells (for root too)."""
+    folder = path.parent
+    try:
+        stats = os.statvfs(folder)
+        # The file may be a mount of its own (a read-only bind mount).
+        own = os.statvfs(path) if path.exists() else stats
+    except OSError as exc:
+        return f"its folder {folder} can't be used ({exc.strerror or exc})"
+    # Permission bits don't stop root, so ask the file system itself first.
+    if own.f_flag & os.ST_RDONLY:
+        return "the file is on a read-only mount; the database needs it writable"
+    if stats.f_flag & os.ST_RDONLY:
+        return (f"its folder {folder} is on a read-only mount; the database needs it writable "
+                f"(SQLite creates {path.name}-wal and {path.name}-shm beside it)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f"its folder {folder} is not writable (SQLite creates {path.name}-wal and "
+                f"{path.name}-shm beside it): make it writable")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "the file is not readable and writable: fix its permissions"
+    return "check that the file and its folder are readable and writable"
+
+
+def _foreign(path: Path, tables: str) -> StoreError:
+    return StoreError(f"{path}: an SQLite database, but not newsletter's (tables {tables} and no schema version); "
+                      "left as it was: point [database] path at another file")

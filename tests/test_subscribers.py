@@ -123,7 +123,7 @@ def test_damaged_database_is_a_clear_error(tmp_path: Path, config: Path) -> None
     with pytest.raises(StoreError, match="damaged or not a database"):
         Store.open(tmp_path / "data" / "news.db")
     code, _, err = run(config, "subscribers", "count")
-    assert code == 2 and err.startswith("error: ") and "damaged" in err
+    assert code == 1 and err.startswith("error: ") and "damaged" in err
 
 
 def test_import_is_one_transaction(tmp_path: Path) -> None:
