@@ -570,6 +570,34 @@ def archive_build_command(ctx: click.Context, out_dir: str, as_json: bool) -> No
         click.echo(f"wrote {len(written) - 1} issue page(s) and the index to {Path(out_dir) / 'issues'}", err=True)
 
 
+@main.command("preview")
+@click.argument("issue", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8001, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the preview in a web browser.")
+@click.pass_context
+def preview_command(ctx: click.Context, issue: str, host: str, port: int, open_browser: bool) -> None:
+    """Preview ISSUE in a browser while you write it: it reloads on every save.
+
+    Shows the email at phone (375 px) and desktop widths side by side, the plain
+    text, the headers, the size against Gmail's clip and the `check` findings. An
+    error in the file shows on the page, with its line.
+
+    \b
+    Example:
+      newsletter preview issues/2017-07-07-trump-putin.md --open
+    """
+    from newsletter.preview import serve_preview  # starlette, uvicorn, watchfiles: only here
+
+    settings = _settings(ctx)
+    if not Path(issue).is_file():
+        _fail(IssueError(issue, 1, "no such issue file", "check the path"))
+    try:
+        serve_preview(Path(issue), settings, host=host, port=port, open_browser=open_browser)
+    except NewsletterError as exc:
+        _fail(exc, EXIT_ERROR)
+
+
 @main.command("dkim-keygen")
 @click.argument("key_file", type=click.Path(dir_okay=False))
 @click.option("--selector", default="nl", show_default=True, help="The selector the DNS record goes under.")
