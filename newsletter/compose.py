@@ -17,9 +17,7 @@ import datetime as dt
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from email import policy
-from email.headerregistry import Address
-from email.utils import format_datetime
+from email.utils import format_datetime, parseaddr
 from html import escape
 
 from newsletter.config import SenderSettings
@@ -47,13 +45,14 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 # A dot-atom local part at an ASCII (or IDNA-encoded) domain: no quoting, no spaces, no SMTPUTF8.
 _ADDRESS_RE = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _SIMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*$")
+# What a list id may be: the names issue files and the store use for lists.
+_LIST_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _MERGE_KEY_RE = re.compile(r"^m[0-9]+$")
 _MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
 _URL_RE = re.compile(r"^https?://[!#-;=?-~]+$")  # printable ASCII without space, '<' or '>'
 _MAILTO_RE = re.compile(r"^mailto:[!#-;=?-~]+$")
+_MAX_HEADER_VALUE = 990
 
-# refold_source="all": without it, a short non-ASCII value is written raw, not RFC 2047-encoded.
-_HEADERS = policy.SMTP.clone(refold_source="all")
 # Slot names: "h:" a header value, "t:" a field in the text part, "x:" one in the HTML part.
 
 
@@ -117,53 +116,97 @@ def _qp_slot(value: str) -> bytes:
 
 def format_recipient(recipient: Recipient) -> str:
     """The ``To:`` header line (with CRLF) for ``recipient``; raises ComposeError if unsafe."""
-    email = recipient.email
+    return _mailbox_header("To", recipient.name, recipient.email)
+
+
+def _mailbox_header(field: str, name: str, email: str) -> str:
+    """``field: name <email>`` with CRLF; the name sanitised, quoted or encoded as it needs."""
     if not _ADDRESS_RE.match(email) or len(email) > 254:
-        raise ComposeError(f"invalid recipient address {email!r}")
+        raise ComposeError(f"invalid {field} address {email!r}")
     # Control characters (CR, LF among them) can't reach a header: they become spaces.
-    name = one_line(recipient.name)
-    if not name:
-        return f"To: {email}\r\n"
-    if _SIMPLE_NAME_RE.match(name) and len(name) + len(email) < 66:
-        return f"To: {name} <{email}>\r\n"
-    # Anything else (non-ASCII, specials, long) goes out as RFC 2047 encoded words,
-    # one per folded line: always valid, and cheaper than the email package's folder.
-    return f"To: {_encoded_words(name[:200])}\r\n <{email}>\r\n"
+    name = one_line(name, 200)
+    return _fold(field, [*_phrase(name), f"<{email}>"] if name else [email])
 
 
-def _encoded_words(text: str) -> str:
-    """``text`` as base64 encoded words of at most 45 octets (75 characters) each, joined by folds."""
+def _phrase(text: str) -> list[str]:
+    """``text`` as the words of an RFC 5322 phrase: atoms, a quoted string, or RFC 2047 encoded words.
+
+    Plain ASCII stays readable and is never encoded: RFC 2047 has decoders drop the space
+    between two encoded words, and Python's address parser puts one in.
+    """
+    if "=?" in text or not text.isascii():  # "=?" would start an encoded word: encode rather than be decoded
+        return _encoded_words(text)
+    if _SIMPLE_NAME_RE.match(text):
+        return text.split(" ")
+    return ('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"').split(" ")
+
+
+def _text_header(field: str, text: str) -> str:
+    """An unstructured header (the subject) with CRLF: the text on one line, encoded where it must be."""
+    text = one_line(text)
+    words = text.split(" ")
+    # Not the email package's folder: it folds a long first word right after the colon,
+    # which reads as a leading space.
+    if text.isascii() and "=?" not in text and max(map(len, words)) <= 900:
+        return _fold(field, words)
+    # Non-ASCII, ASCII that spells an encoded word (it would be decoded as one), or a word
+    # too long for a line of 998 octets: encoded words, which may be cut anywhere.
+    return _fold(field, _encoded_words(text))
+
+
+def _fold(field: str, words: list[str]) -> str:
+    """``field: word word …`` with CRLF, folded before a word that would pass column 78.
+
+    The first word stays on the field's line: a fold right after the colon reads as a
+    leading space. Unfolding only removes the CRLF, so the text is the same either way.
+    """
+    lines: list[str] = []
+    line = f"{field}:"
+    for word in words:
+        if len(line) + 1 + len(word) > 78 and len(line) > len(field) + 1:
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _encoded_words(text: str) -> list[str]:
+    """``text`` as base64 encoded words of at most 39 octets (64 characters) each."""
     words: list[bytes] = []
     chunk = b""
     for char in text:
         data = char.encode("utf-8")
-        if len(chunk) + len(data) > 45:
+        if len(chunk) + len(data) > 39:
             words.append(chunk)
             chunk = b""
         chunk += data
     words.append(chunk)
-    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(word).decode('ascii')}?=" for word in words)
+    return [f"=?utf-8?b?{base64.b64encode(word).decode('ascii')}?=" for word in words]
 
 
 def compile_message(rendered: RenderedIssue, *, sender: SenderSettings, list_id: str = "default") -> MessageTemplate:
     """Encode ``rendered`` once into a :class:`MessageTemplate` for :func:`personalise`."""
     prefix = rendered.placeholder_prefix
     boundary = f"=_nl_{prefix[4:]}"  # "=_" never occurs in quoted-printable text
-    from_header = _HEADERS.fold(
-        "From", str(Address(display_name=sender.from_name, addr_spec=sender.from_email))
-    )
+    if not _LIST_ID_RE.fullmatch(list_id):
+        raise ComposeError(f"invalid list id {list_id!r} (lower-case letters, digits, '-' and '_')")
+    # Every piece of text in a header goes through one_line (in the helpers): no CR or LF can
+    # start a header of its own, and no NUL can pose as the slot marker below.
     headers = [
-        from_header,
+        _mailbox_header("From", sender.from_name, sender.from_email),
         _slot("h:to"),
-        _HEADERS.fold("Subject", rendered.subject),
+        _text_header("Subject", rendered.subject),
         "Date: " + _slot("h:date") + "\r\n",
         "Message-ID: <" + _slot("h:message_id") + ">\r\n",
     ]
     if sender.reply_to:
-        headers.append(_HEADERS.fold("Reply-To", sender.reply_to))
-    list_name = sender.from_name or sender.from_email
+        reply_name, reply_address = parseaddr(sender.reply_to)
+        headers.append(_mailbox_header("Reply-To", reply_name, reply_address))
+    list_name = one_line(sender.from_name or sender.from_email, 200)
     headers += [
-        _HEADERS.fold("List-Id", f"{list_name} <{list_id}.{sender.domain}>"),
+        # A name with "<" must not look like the list id: it is quoted (or encoded) as a phrase.
+        _fold("List-Id", [*_phrase(list_name), f"<{list_id}.{sender.domain}>"]),
         # Built here, not by the email package, which would RFC 2047-encode a long one and break it.
         "List-Unsubscribe:\r\n <" + _slot("h:unsubscribe_url") + ">" + _slot("h:unsubscribe_mailto") + "\r\n",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
@@ -229,9 +272,11 @@ def personalise(template: MessageTemplate, recipient: Recipient, *, message_id: 
     if not _MESSAGE_ID_RE.match(message_id):
         raise ComposeError(f"invalid Message-ID {message_id!r}")
     url = recipient.unsubscribe_url
-    if not _URL_RE.match(url):
+    # Each goes on a header line of its own, which may not pass 998 octets (RFC 5322).
+    if not _URL_RE.match(url) or len(url) > _MAX_HEADER_VALUE:
         raise ComposeError(f"invalid unsubscribe URL for {recipient.email!r}")
-    if recipient.unsubscribe_mailto and not _MAILTO_RE.match(recipient.unsubscribe_mailto):
+    mailto = recipient.unsubscribe_mailto
+    if mailto and (not _MAILTO_RE.match(mailto) or len(mailto) > _MAX_HEADER_VALUE):
         raise ComposeError(f"invalid unsubscribe mailto for {recipient.email!r}")
     values = _SlotValues(recipient, message_id, date, template.merge_fields)
     out: list[bytes] = []

@@ -59,14 +59,22 @@ FRONT_MATTER_KEYS: dict[str, bool] = {
     "credit": False,
 }
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Used with fullmatch: "$" would also let a value end in a line break through.
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SIZE_RE = re.compile(r"^\s*(\d{1,4})\s*[x×]\s*(\d{1,4})\s*$")
 # A trailing "[Outlet / Author]" at the end of a text run (no nested brackets).
 _TRAILING_SOURCE_RE = re.compile(r"\s*\[([^\[\]\n]+)\]\s*$")
 # {{ field }} or {{ field | fallback }}; field names as subscriber CSV columns allow them.
 _MERGE_RE = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]{0,63})\s*(?:\|([^{}\n]{0,200}))?\}\}")
 _FENCE_RE = re.compile(r"^(---|\.\.\.)\s*$")
+# What can't be in an issue: control characters but tab and line breaks (a pasted vertical
+# tab, Word's manual line break, made MJML fail with no line to show), the non-characters
+# U+FFFE/U+FFFF (not allowed in XML either) and lone surrogates (not encodable as UTF-8).
+_FORBIDDEN_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+#: how deep emphasis, strong and links may nest in each other (markdown-it limits blocks to 20)
+_MAX_INLINE_DEPTH = 20
 
 # html=False: raw HTML in the Markdown stays text, and is escaped by every renderer.
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})
@@ -91,7 +99,9 @@ def load_issue(path: str | Path) -> Issue:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        # Count lines as parse_issue does: CRLF, LF and a lone CR each end one.
+        before = data[: exc.start].replace(b"\r\n", b"\n")
+        line = before.count(b"\n") + before.count(b"\r") + 1
         raise IssueError(source, line, "the file is not valid UTF-8", "save it as UTF-8") from exc
     return parse_issue(text, source=source)
 
@@ -99,6 +109,10 @@ def load_issue(path: str | Path) -> Issue:
 def parse_issue(text: str, *, source: str = "<issue>") -> Issue:
     """Parse the text of an issue file; ``source`` names it in errors and gives the slug."""
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    bad = _FORBIDDEN_RE.search(text)
+    if bad is not None:
+        raise IssueError(source, text.count("\n", 0, bad.start()) + 1, _describe_character(bad.group()),
+                         "remove it; pasted text can carry invisible characters")
     lines = text.split("\n")
     if not lines or not _FENCE_RE.match(lines[0]) or lines[0].startswith("..."):
         raise IssueError(
@@ -165,6 +179,18 @@ def inline_text(content: Sequence[Inline]) -> str:
     return "".join(parts)
 
 
+def _describe_character(char: str) -> str:
+    """What is wrong with a character _FORBIDDEN_RE matched, for an error message."""
+    code = ord(char)
+    if 0xD800 <= code <= 0xDFFF:
+        return f"a lone surrogate U+{code:04X} is not a character (the text is not valid Unicode)"
+    if code in (0xFFFE, 0xFFFF):
+        return f"U+{code:04X} is not a character"
+    if code == 0x0B:
+        return "a vertical tab (U+000B, Word's manual line break) can't be in an issue; use a new line"
+    return f"the control character U+{code:04X} can't be in an issue"
+
+
 # --- front matter --------------------------------------------------------------
 
 _EXAMPLES = {
@@ -182,8 +208,15 @@ def _parse_front_matter(text: str, source: str) -> tuple[dict[str, str], dict[st
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 2 if mark is not None else 2
         raise IssueError(source, line, f"bad YAML in the front matter: {exc.problem or exc}") from exc
+    except RecursionError as exc:  # PyYAML composes nested collections recursively
+        raise IssueError(
+            source, _first_nested_line(text), "the front matter nests lists or mappings too deep",
+            "it must be 'key: value' lines",
+        ) from exc
     except yaml.YAMLError as exc:
-        raise IssueError(source, 2, f"bad YAML in the front matter: {exc}") from exc
+        position = getattr(exc, "position", None)  # a ReaderError knows where, but not the line
+        line = text.count("\n", 0, position) + 2 if isinstance(position, int) else 2
+        raise IssueError(source, line, f"bad YAML in the front matter: {exc}") from exc
     if node is None:
         raise IssueError(source, 1, "the front matter is empty", _EXAMPLES["subject"])
     if not isinstance(node, yaml.MappingNode):
@@ -204,9 +237,39 @@ def _parse_front_matter(text: str, source: str) -> tuple[dict[str, str], dict[st
             raise IssueError(source, line, f"'{key}' is given twice", "keep one")
         if not isinstance(value_node, yaml.ScalarNode):
             raise IssueError(source, line, f"'{key}' must be text, not a list or a mapping")
-        fields[key] = str(value_node.value)
+        fields[key] = _escaped_text(str(value_node.value), key, source, line)
         key_lines[key] = line
     return fields, key_lines
+
+
+def _first_nested_line(text: str) -> int:
+    """The file line of the first list or mapping inside a front-matter value (its event stream is flat)."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.BaseLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth == 2 and event.start_mark is not None:
+                    return int(event.start_mark.line) + 2
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return 2
+
+
+def _escaped_text(value: str, key: str, source: str, line: int) -> str:
+    """A scalar after YAML's escapes: "\\ud83d\\ude00" (as JSON writes an emoji) joined into one character.
+
+    PyYAML decodes each half of an escaped surrogate pair on its own; the lone halves can't
+    be encoded later. What an escape produced is checked like the file's own text.
+    """
+    if any("\ud800" <= char <= "\udfff" for char in value):
+        value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    bad = _FORBIDDEN_RE.search(value)
+    if bad is not None:
+        raise IssueError(source, line, f"{key}: {_describe_character(bad.group())}", "remove it")
+    return value
 
 
 def _one_line(value: str, key: str, source: str, key_lines: dict[str, int]) -> str:
@@ -218,7 +281,7 @@ def _one_line(value: str, key: str, source: str, key_lines: dict[str, int]) -> s
 
 
 def _parse_date(value: str, source: str, line: int) -> dt.date:
-    if not _DATE_RE.match(value):
+    if not _DATE_RE.fullmatch(value):
         raise IssueError(source, line, f"date '{value}' is not YYYY-MM-DD", "e.g. date: 2017-07-07")
     try:
         return dt.date.fromisoformat(value)
@@ -243,7 +306,7 @@ def _parse_send_at(value: str, source: str, line: int) -> dt.datetime:
 
 
 def _name(value: str, key: str, source: str, key_lines: dict[str, int]) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise IssueError(
             source, key_lines.get(key, 1), f"{key} '{value}' is not a valid name",
             "use lower-case letters, digits, '-' and '_'",
@@ -349,7 +412,7 @@ class _BodyParser:
             out.append(self.inline(stream, line))
         return _merge_text(out)
 
-    def inline(self, stream: _Stream, line: int) -> Inline:
+    def inline(self, stream: _Stream, line: int, depth: int = 0) -> Inline:
         token = stream.next()
         kind = token.type
         if kind == "text":
@@ -361,10 +424,16 @@ class _BodyParser:
         if kind == "code_inline":
             return Code(token.content)
         if kind in ("em_open", "strong_open", "link_open"):
+            if depth >= _MAX_INLINE_DEPTH:
+                # markdown-it nests "**" * 3000 1500 deep; every later stage walks it recursively.
+                raise IssueError(
+                    self.source, line, f"emphasis and links nest more than {_MAX_INLINE_DEPTH} deep",
+                    "simplify the markup",
+                )
             close = kind.replace("_open", "_close")
             children: list[Inline] = []
             while stream.peek().type != close:
-                children.append(self.inline(stream, line))
+                children.append(self.inline(stream, line, depth + 1))
             stream.next()
             merged = _merge_text(children)
             if kind == "em_open":

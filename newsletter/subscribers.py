@@ -20,6 +20,7 @@ from newsletter.store import Subscriber, SubscriberRow
 
 __all__ = [
     "ImportResult",
+    "decode_csv",
     "export_csv",
     "export_json",
     "normalise_address",
@@ -29,7 +30,7 @@ __all__ = [
 
 MAX_NAME = 200
 MAX_FIELD = 1000
-_FIELD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_FIELD_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 
 
 @dataclass(frozen=True)
@@ -63,38 +64,87 @@ def subscriber_row(email: str, name: str = "", fields: dict[str, str] | None = N
     return SubscriberRow(normalise_address(email), one_line(name, MAX_NAME), clean_fields)
 
 
+def decode_csv(data: bytes, *, source: str) -> str:
+    """The text of a CSV file's bytes (UTF-8, with or without a BOM); SubscriberError naming the line if not UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SubscriberError(f"{source}:1: the file is UTF-16, not UTF-8 (save it as 'CSV UTF-8')")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        # Lines as the CSV reader counts them: CRLF, LF and a lone CR each end one.
+        before = data[: exc.start].replace(b"\r\n", b"\n")
+        line = before.count(b"\n") + before.count(b"\r") + 1
+        raise SubscriberError(
+            f"{source}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as 'CSV UTF-8'"
+        ) from exc
+
+
 def parse_csv(text: str, *, source: str) -> ImportResult:
-    """Rows of a CSV with an ``email`` column (``name`` optional, other columns merge fields)."""
-    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
-    header = [name.strip().lower() for name in (reader.fieldnames or [])]
-    if "email" not in header:
-        raise SubscriberError(f"{source}:1: no 'email' column (the first line must name the columns)")
-    reader.fieldnames = header
+    """Rows of a CSV with an ``email`` column (``name`` optional, other columns merge fields).
+
+    A bad header (no ``email`` column, a column twice, a column name that can't be a merge
+    field) is a SubscriberError for the whole file; a bad row is reported with its first
+    line and the others are still read.
+    """
+    # strict: a stray quote is an error of its row, not a quietly different cell; an unclosed
+    # one would otherwise swallow every later row into one cell without a word.
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
+    try:
+        header = [name.strip().lower() for name in next(reader, [])]
+    except csv.Error as exc:
+        raise SubscriberError(f"{source}:1: bad CSV in the header line: {_csv_problem(exc)}") from exc
+    _check_header(header, source)
     rows: list[SubscriberRow] = []
     errors: list[SubscriberError] = []
     seen: dict[str, int] = {}
-    line = 1
-    try:
-        for record in reader:
-            line = reader.line_num
-            if None in record:
-                errors.append(SubscriberError(f"{source}:{line}: more cells than columns"))
-                continue
-            extra = {k: v or "" for k, v in record.items() if k not in ("email", "name") and k}
-            try:
-                row = subscriber_row(record.get("email") or "", record.get("name") or "", extra)
-            except SubscriberError as exc:
-                errors.append(SubscriberError(f"{source}:{line}: {exc}"))
-                continue
-            key = row.email.lower()
-            if key in seen:  # a later row for the same address wins, merged into one
-                rows[seen[key]] = row
-                continue
-            seen[key] = len(rows)
-            rows.append(row)
-    except csv.Error as exc:
-        errors.append(SubscriberError(f"{source}:{reader.line_num or line}: bad CSV: {exc}"))
+    while True:
+        line = reader.line_num + 1  # where the next row starts (a quoted cell may span lines)
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            errors.append(SubscriberError(f"{source}:{line}: bad CSV: {_csv_problem(exc)}"))
+            continue
+        if not cells:  # a blank line
+            continue
+        if len(cells) > len(header):
+            errors.append(SubscriberError(f"{source}:{line}: more cells than columns"))
+            continue
+        record = dict(zip(header, cells, strict=False))
+        extra = {key: value for key, value in record.items() if key not in ("email", "name") and key}
+        try:
+            row = subscriber_row(record.get("email", ""), record.get("name", ""), extra)
+        except SubscriberError as exc:
+            errors.append(SubscriberError(f"{source}:{line}: {exc}"))
+            continue
+        key = row.email.lower()
+        if key in seen:  # a later row for the same address wins, merged into one
+            rows[seen[key]] = row
+            continue
+        seen[key] = len(rows)
+        rows.append(row)
     return ImportResult(rows, errors)
+
+
+def _check_header(header: list[str], source: str) -> None:
+    if "email" not in header:
+        raise SubscriberError(f"{source}:1: no 'email' column (the first line must name the columns)")
+    named = [name for name in header if name]  # an unnamed column (a trailing comma) is ignored
+    for name in named:
+        if named.count(name) > 1:
+            raise SubscriberError(f"{source}:1: column '{name}' appears twice; keep one")
+        if name not in ("email", "name") and not _FIELD_NAME_RE.match(name):
+            raise SubscriberError(
+                f"{source}:1: column {one_line(name)!r} can't be a merge field: use letters, digits and '_'"
+                ", starting with a letter"
+            )
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    if "unexpected end of data" in str(exc):
+        return "a quoted cell is never closed (the rest of the file was read into it)"
+    return one_line(str(exc))
 
 
 def _cell(value: str) -> str:
@@ -107,7 +157,9 @@ def export_csv(subscribers: Iterable[Subscriber]) -> str:
     people = list(subscribers)
     extra = sorted({key for person in people for key in person.fields})
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # CRLF as RFC 4180 has it: the writer quotes a cell holding any character of the line
+    # terminator, and with "\n" alone a bare CR in a cell went out unquoted and split its row.
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["email", "name", "status", "lists", *extra])
     for person in people:
         writer.writerow([_cell(person.email), _cell(person.name), person.status, " ".join(person.lists),

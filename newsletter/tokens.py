@@ -25,7 +25,10 @@ __all__ = [
     "unsubscribe_links",
 ]
 
-_TOKEN_RE = re.compile(r"^([1-9][0-9]{0,17})-([1-9][0-9]{0,17})-([A-Za-z0-9_-]{4})([A-Za-z0-9_-]{22})$")
+# Used with fullmatch ("$" would let a trailing line break through); ids are SQLite rowids,
+# so up to 19 digits, and at most _MAX_ID.
+_TOKEN_RE = re.compile(r"([1-9][0-9]{0,18})-([1-9][0-9]{0,18})-([A-Za-z0-9_-]{4})([A-Za-z0-9_-]{22})")
+_MAX_ID = 2**63 - 1
 _MIN_KEY_LENGTH = 16
 
 
@@ -39,7 +42,12 @@ class UnsubscribeToken:
 
 def split_keys(value: str) -> list[bytes]:
     """The keys in ``NEWSLETTER_SECRET_KEY``: one, or several separated by commas, newest first."""
-    keys = [part.strip().encode("utf-8") for part in value.split(",") if part.strip()]
+    try:
+        # surrogateescape: a value that isn't UTF-8 reaches Python as lone surrogates; these
+        # are its bytes as they were set.
+        keys = [part.strip().encode("utf-8", "surrogateescape") for part in value.split(",") if part.strip()]
+    except UnicodeEncodeError as exc:
+        raise ConfigError("NEWSLETTER_SECRET_KEY: holds characters that are not text") from exc
     for key in keys:
         if len(key) < _MIN_KEY_LENGTH:
             raise ConfigError(
@@ -76,17 +84,19 @@ class TokenSigner:
 
     def make(self, subscriber_id: int, list_id: int) -> str:
         """The token for ``subscriber_id`` on ``list_id``."""
-        if subscriber_id <= 0 or list_id <= 0:
-            raise ValueError("ids are positive")
+        if not (0 < subscriber_id <= _MAX_ID and 0 < list_id <= _MAX_ID):
+            raise ValueError("ids are positive 64-bit integers")
         key_id = self._signing_id
         return f"{subscriber_id}-{list_id}-{key_id}{_mac(self._keys[key_id], subscriber_id, list_id)}"
 
     def verify(self, token: str) -> UnsubscribeToken | None:
         """Who ``token`` names, or None if it is malformed, forged, altered or from an unknown key."""
-        match = _TOKEN_RE.match(token)
+        match = _TOKEN_RE.fullmatch(token)
         if match is None:
             return None
         subscriber_id, list_id = int(match[1]), int(match[2])
+        if subscriber_id > _MAX_ID or list_id > _MAX_ID:
+            return None
         key = self._keys.get(match[3])
         if key is None:
             return None

@@ -56,3 +56,20 @@ def write_issue(folder: Path, body: str, *, front: str | None = None, name: str 
     path = folder / name
     path.write_text(f"---\n{front}---\n{body}", encoding="utf-8")
     return path
+
+
+# --- hypothesis: the "fuzz" profile of tests/test_fuzz.py -------------------------
+# Deterministic (derandomize, no example database) so that a CI run is reproducible and
+# the same on every machine; no deadline, because the first example pays for imports and
+# a shared CI core is slow at times. Each property sets its own max_examples on top.
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+hypothesis_settings.register_profile(
+    "fuzz",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
