@@ -8,8 +8,10 @@ records the result of its previous one, so a crash leaves at most one row per co
 ``sending``; the next run turns those into ``uncertain`` and leaves them alone unless told
 otherwise, so nobody gets an issue twice.
 
-Whether a run is alive is told by a lock it holds on ``<database>.locks/run-<id>.lock``
-(``flock``): the kernel drops it when the process dies, however it dies.
+Whether a run is alive is told by a lock it holds: on SQLite an ``flock`` on
+``<database>.locks/run-<id>.lock``, on PostgreSQL a session advisory lock on a connection
+of its own. The kernel (or the database server) drops it when the process dies, however it
+dies. On PostgreSQL several processes claim rows at once with ``FOR UPDATE SKIP LOCKED``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from newsletter.errors import StoreError
-from newsletter.store import Store
+from newsletter.store import Cursor, Store
+
+if TYPE_CHECKING:
+    from newsletter.postgres import RunLock as PgRunLock
 
 __all__ = [
     "Delivery",
@@ -43,6 +48,8 @@ __all__ = [
 STATES = ("pending", "sending", "sent", "deferred", "failed", "uncertain", "skipped")
 
 _CLAIMABLE = "('pending', 'deferred')"
+#: the advisory lock key that serializes opening issues on PostgreSQL
+_OPEN_ISSUE_LOCK = 0x6E6C_6F69  # "nloi"
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ class Result(NamedTuple):  # a tuple: made for every message, and cheap to make
 
 
 class RunLock:
-    """The lock that says a run is alive: held from :meth:`acquire` until :meth:`release` or death."""
+    """The lock that says a run is alive (SQLite): held from :meth:`acquire` until :meth:`release` or death."""
 
     def __init__(self, folder: Path, run_id: int) -> None:
         self.path = folder / f"run-{run_id}.lock"
@@ -158,6 +165,7 @@ class Ledger:
         """
         now = _stamp()
         with self.store.transaction() as cursor:
+            self.store.serialize(cursor, _OPEN_ISSUE_LOCK)  # two workers starting together make it once
             row = cursor.execute(
                 "SELECT i.id, i.list_id, i.list_name, i.content_hash, i.completed_at FROM issues i WHERE slug = ?",
                 (slug,),
@@ -166,12 +174,11 @@ class Ledger:
                 return _issue_record(row, slug)
             cursor.execute("INSERT OR IGNORE INTO lists (name) VALUES (?)", (list_name,))
             list_id = int(cursor.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()[0])
-            cursor.execute(
+            issue_id = int(cursor.execute(
                 "INSERT INTO issues (slug, list_name, list_id, subject, content_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (slug, list_name, list_id, subject, content_hash, now),
-            )
-            issue_id = int(cursor.lastrowid or 0)
+            ).fetchone()[0])
             # The Message-ID is fixed here, so a resend (after --resend-uncertain) carries the
             # same one and a receiving system can tell it is the same message.
             cursor.execute(
@@ -231,23 +238,22 @@ class Ledger:
 
     # --- runs -------------------------------------------------------------------------
 
-    def start_run(self) -> tuple[int, RunLock]:
+    def start_run(self) -> tuple[int, RunLock | PgRunLock]:
         """Register this process as a run and take its lock."""
         now = dt.datetime.now(dt.UTC)
-        lock: RunLock | None = None
+        lock: RunLock | PgRunLock | None = None
         try:
             with self.store.transaction() as cursor:
-                cursor.execute(
-                    "INSERT INTO runs (pid, host, started_at) VALUES (?, ?, ?)",
+                run_id = int(cursor.execute(
+                    "INSERT INTO runs (pid, host, started_at) VALUES (?, ?, ?) RETURNING id",
                     (os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds")),
-                )
-                run_id = int(cursor.lastrowid or 0)
+                ).fetchone()[0])
                 # Locked before the row commits: no other run may ever see this one without its lock.
-                lock = RunLock(self.locks_dir, run_id)
+                lock = self._run_lock(run_id)
                 try:
                     lock.acquire()
                 except OSError as exc:
-                    raise StoreError(f"{lock.path}: can't take the run lock: {exc.strerror or exc}") from exc
+                    raise StoreError(f"{self.locks_dir}: can't take the run lock: {exc.strerror or exc}") from exc
         except BaseException:
             # The COMMIT failed (a full disk, say): the run doesn't exist, so neither may its lock.
             if lock is not None:
@@ -255,7 +261,23 @@ class Ledger:
             raise
         return run_id, lock
 
-    def finish_run(self, run_id: int, lock: RunLock) -> None:
+    def _run_lock(self, run_id: int) -> RunLock | PgRunLock:
+        if self.store.postgres:
+            from newsletter.postgres import RunLock as PgRunLock
+
+            return PgRunLock(self.store.url, run_id, timeout=self.store.timeout)
+        return RunLock(self.locks_dir, run_id)
+
+    def run_is_alive(self, run_id: int) -> bool:
+        """Whether the run ``run_id`` still holds its lock."""
+        if self.store.postgres:
+            from newsletter.postgres import PgConnection, run_is_alive
+
+            assert isinstance(self.store.connection, PgConnection)
+            return run_is_alive(self.store.connection, run_id)
+        return RunLock.is_alive(self.locks_dir, run_id)
+
+    def finish_run(self, run_id: int, lock: RunLock | PgRunLock) -> None:
         """Record the run's end, drop its claims and release its lock."""
         try:
             with self.store.transaction() as cursor:
@@ -279,7 +301,7 @@ class Ledger:
         # Inside the write transaction, so no run can mark a row between the check and the update.
         with self.store.transaction() as cursor:
             runs = cursor.execute("SELECT id FROM runs WHERE finished_at IS NULL").fetchall()
-            dead = [int(row["id"]) for row in runs if not RunLock.is_alive(self.locks_dir, int(row["id"]))]
+            dead = [int(row["id"]) for row in runs if not self.run_is_alive(int(row["id"]))]
             for run_id in dead:
                 cursor.execute("UPDATE runs SET finished_at = ? WHERE id = ? AND finished_at IS NULL",
                                (f"{now} (died)", run_id))
@@ -287,16 +309,16 @@ class Ledger:
                     f"UPDATE deliveries SET run_id = NULL, claim_until = 0 WHERE run_id = ? AND status IN {_CLAIMABLE}",
                     (run_id,),
                 )
-            live = [int(row["id"]) for row in runs if int(row["id"]) not in dead]
-            marks = ",".join("?" * len(live))
+            # Not the rows of runs still going, read at the moment of the update: on PostgreSQL a
+            # run may start (and mark rows) while this transaction runs, and it is alive.
             result = cursor.execute(
                 "UPDATE deliveries SET status = 'uncertain', run_id = NULL, claim_until = 0, updated_at = ?,"
                 " last_text = 'the run sending it stopped before the server answered; not resent'"
                 " WHERE issue_id = ? AND status = 'sending'"
-                + (f" AND (run_id IS NULL OR run_id NOT IN ({marks}))" if live else ""),
-                (now, issue_id, *live),
+                " AND (run_id IS NULL OR run_id NOT IN (SELECT id FROM runs WHERE finished_at IS NULL))",
+                (now, issue_id),
             )
-            changed = result.rowcount  # read before COMMIT, which resets it
+            changed = int(result.rowcount)  # read before COMMIT, which resets it
         return changed
 
     def release_uncertain(self, issue_id: int) -> int:
@@ -307,7 +329,7 @@ class Ledger:
                 " updated_at = ? WHERE issue_id = ? AND status = 'uncertain'",
                 (_stamp(), issue_id),
             )
-            changed = result.rowcount
+            changed = int(result.rowcount)
         return changed
 
     def give_up_expired(self, issue_id: int, *, before: float) -> int:
@@ -319,7 +341,7 @@ class Ledger:
                 " WHERE issue_id = ? AND status = 'deferred' AND first_attempt_at < ?",
                 (_stamp(), issue_id, before),
             )
-            changed = result.rowcount
+            changed = int(result.rowcount)
         return changed
 
     # --- sending ------------------------------------------------------------------------
@@ -327,6 +349,8 @@ class Ledger:
     def claim(self, issue_id: int, run_id: int, *, now: float, limit: int, lease: float) -> list[Delivery]:
         """Reserve up to ``limit`` due rows for ``run_id`` (a soft claim other runs respect until ``lease`` ends)."""
         until = now + lease
+        # PostgreSQL: rows another worker is claiming right now are passed over, not waited for.
+        skip_locked = " FOR UPDATE OF d SKIP LOCKED" if self.store.postgres else ""
         with self.store.transaction() as cursor:
             rows: list[sqlite3.Row] = []
             # One status at a time, each through its partial index (deliveries_deferred,
@@ -339,7 +363,7 @@ class Ledger:
                     f" WHERE d.issue_id = ? AND d.status = '{status}' AND d.next_attempt_at <= ?"
                     # Not the rows this run holds already (they are in its queue), nor another's.
                     " AND (d.run_id IS NULL OR d.claim_until < ?)"
-                    " ORDER BY d.next_attempt_at LIMIT ?",
+                    " ORDER BY d.next_attempt_at LIMIT ?" + skip_locked,
                     (issue_id, now, now, limit - len(rows)),
                 ).fetchall()
                 if len(rows) >= limit:
@@ -418,7 +442,7 @@ class Ledger:
         return granted
 
     @staticmethod
-    def _write_result(cursor: sqlite3.Cursor, run_id: int, result: Result, stamp: str) -> None:
+    def _write_result(cursor: Cursor, run_id: int, result: Result, stamp: str) -> None:
         key = (result.issue_id, result.subscriber_id)
         guard = "WHERE issue_id = ? AND subscriber_id = ? AND status = 'sending' AND run_id = ?"
         if result.status == "sent":

@@ -1,7 +1,11 @@
-"""The SQLite store: schema and migrations, subscribers, lists and memberships.
+"""The store: schema and migrations, subscribers, lists and memberships.
 
-One file, WAL mode, versioned migrations (``PRAGMA user_version``). Every write that
-belongs together happens in one transaction, so a failure leaves nothing half-written.
+SQLite by default (one file, WAL mode, versioned migrations in ``PRAGMA user_version``),
+or PostgreSQL when the location is a ``postgresql://`` URL (:mod:`newsletter.postgres`:
+the same migrations in its types, the version in a ``schema_version`` table), so that
+several dispatch processes on several machines can share one ledger. The SQL is written
+once; every write that belongs together happens in one transaction, so a failure leaves
+nothing half-written.
 """
 
 from __future__ import annotations
@@ -10,16 +14,21 @@ import datetime as dt
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from newsletter.errors import StoreError
+
+if TYPE_CHECKING:
+    from newsletter.postgres import PgConnection
 
 __all__ = [
     "BUSY_TIMEOUT",
     "MIGRATIONS",
+    "Cursor",
     "Store",
     "Subscriber",
     "SubscriberRow",
@@ -129,6 +138,29 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+class Cursor(Protocol):
+    """What the store's transactions hand out: an :class:`sqlite3.Cursor`, or its PostgreSQL twin."""
+
+    @property
+    def rowcount(self) -> int:
+        """Rows the last statement changed."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any:
+        """Run one statement."""
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any:
+        """Run one statement per parameter tuple."""
+
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+
+    def fetchall(self) -> list[Any]:
+        """The remaining rows."""
+
+    def close(self) -> None:
+        """Close it."""
+
+
 @dataclass(frozen=True)
 class Subscriber:
     """A subscriber as stored."""
@@ -171,20 +203,28 @@ class Store:
     what to do about it.
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, *, timeout: float = BUSY_TIMEOUT) -> None:
+    def __init__(self, connection: sqlite3.Connection | PgConnection, path: Path, *,
+                 timeout: float = BUSY_TIMEOUT, url: str = "") -> None:
         self.connection = connection
         self.path = path
         self.timeout = timeout
+        #: the PostgreSQL URL, or "" for an SQLite file
+        self.url = url
+        self.postgres = bool(url)
+        #: how messages name the database: the file, or the URL without its password
+        self.label = str(path)
 
     @classmethod
     def open(cls, path: str | Path, *, timeout: float | None = None) -> Store:
-        """Open (creating if needed) and migrate the database at ``path``.
+        """Open (creating if needed) and migrate the database at ``path`` (a file, or a postgresql:// URL).
 
         ``timeout`` is how long to wait for another process's lock (default :data:`BUSY_TIMEOUT`).
         A file that isn't a newsletter database is refused and left exactly as it was.
         """
-        location = Path(path)
         wait = BUSY_TIMEOUT if timeout is None else timeout
+        if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+            return cls._open_postgres(path, wait)
+        location = Path(path)
         connection: sqlite3.Connection | None = None
         try:
             if location.parent and not location.parent.exists():
@@ -219,11 +259,29 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def _open_postgres(cls, url: str, wait: float) -> Store:
+        from newsletter import postgres
+
+        label = postgres.redacted(url)
+        try:
+            connection = postgres.connect(url, timeout=wait)
+        except Exception as exc:  # psycopg.Error, or a malformed URL
+            raise StoreError(f"{label}: can't connect: {_first_line(exc)}") from exc
+        store = cls(connection, Path("postgresql"), timeout=wait, url=url)
+        store.label = label
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
     def close(self) -> None:
         """Close the connection."""
         # Closing checkpoints the WAL into the database file; when that fails (a full disk)
         # nothing is lost, the WAL stays and the next open replays it.
-        with suppress(sqlite3.Error):
+        with suppress(Exception):
             self.connection.close()
 
     def __enter__(self) -> Store:
@@ -235,66 +293,131 @@ class Store:
     @property
     def schema_version(self) -> int:
         """The migration the database is at."""
+        if self.postgres:
+            if not self.query("SELECT to_regclass('schema_version') IS NOT NULL")[0][0]:
+                return 0
+            rows = self.query("SELECT version FROM schema_version")
+            return int(rows[0][0]) if rows else 0
         return int(self.query("PRAGMA user_version")[0][0])
 
     def migrate(self) -> None:
         """Apply the migrations the database hasn't had yet, each in its own transaction.
 
-        An SQLite file of some other program (tables, but no newsletter schema version)
+        A database of some other program (tables, but no newsletter schema version)
         is refused rather than given newsletter's tables.
         """
-        if self.schema_version == len(MIGRATIONS):
+        migrations = self._migrations()
+        if self.schema_version == len(migrations):
             return  # the usual case: no write lock needed just to open
         while True:
             with self.transaction() as cursor:
                 # Read again under the write lock: another process may have migrated meanwhile.
-                version = int(cursor.execute("PRAGMA user_version").fetchone()[0])
-                if version > len(MIGRATIONS):
-                    raise StoreError(f"{self.path}: schema version {version} is newer than this newsletter knows; "
+                version = self._locked_version(cursor)
+                if version > len(migrations):
+                    raise StoreError(f"{self.label}: schema version {version} is newer than this newsletter knows; "
                                      "upgrade newsletter")
-                if version == len(MIGRATIONS):
+                if version == len(migrations):
                     return
                 if version == 0:
-                    tables = cursor.execute(
-                        "SELECT group_concat(name, ', ') FROM (SELECT name FROM sqlite_master"
-                        " WHERE name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 3)").fetchone()[0]
+                    tables = self._other_tables(cursor)
                     if tables:
-                        raise _foreign(self.path, tables)
-                for statement in _statements(MIGRATIONS[version]):
+                        raise _foreign(self.label, tables)
+                for statement in _statements(migrations[version]):
                     cursor.execute(statement)
-                cursor.execute(f"PRAGMA user_version = {version + 1}")
+                if self.postgres:
+                    cursor.execute("DELETE FROM schema_version")
+                    cursor.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+                else:
+                    cursor.execute(f"PRAGMA user_version = {version + 1}")
+
+    def _migrations(self) -> tuple[str, ...]:
+        if self.postgres:
+            from newsletter.postgres import MIGRATIONS as PG_MIGRATIONS
+
+            return PG_MIGRATIONS
+        return MIGRATIONS
+
+    def _locked_version(self, cursor: Cursor) -> int:
+        if not self.postgres:
+            return int(cursor.execute("PRAGMA user_version").fetchone()[0])
+        # One migrating process at a time (released at COMMIT); the others wait, then find it done.
+        cursor.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = cursor.execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def _other_tables(self, cursor: Cursor) -> str:
+        if self.postgres:
+            row = cursor.execute(
+                "SELECT string_agg(name, ', ') FROM (SELECT table_name AS name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() AND table_name <> 'schema_version'"
+                " ORDER BY table_name LIMIT 3) t"
+            ).fetchone()
+        else:
+            row = cursor.execute(
+                "SELECT group_concat(name, ', ') FROM (SELECT name FROM sqlite_master"
+                " WHERE name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 3)").fetchone()
+        return str(row[0] or "") if row else ""
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error; SQLite errors become StoreError."""
+    def transaction(self) -> Iterator[Cursor]:
+        """``BEGIN`` (SQLite: ``BEGIN IMMEDIATE``) … ``COMMIT``, rolled back on any error.
+
+        Database errors become StoreError.
+        """
         cursor = self.connection.cursor()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
             yield cursor
             cursor.execute("COMMIT")
         except BaseException as exc:
             if self.connection.in_transaction:
                 # A ROLLBACK that fails too (the file vanished, say) must not hide the first error;
                 # SQLite rolls back a transaction its connection can't finish anyway.
-                with suppress(sqlite3.Error):
+                with suppress(Exception):
                     self.connection.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise database_error(self.path, exc, timeout=self.timeout) from exc
+            error = self._error(exc)
+            if error is not None:
+                raise error from exc
             raise
         finally:
-            with suppress(sqlite3.Error):
+            with suppress(Exception):
                 cursor.close()
 
-    def query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-        """The rows of one read-only statement; SQLite errors become StoreError."""
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        """The rows of one read-only statement; database errors become StoreError."""
         try:
             return self.connection.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise database_error(self.path, exc, timeout=self.timeout) from exc
+        except Exception as exc:
+            error = self._error(exc)
+            if error is not None:
+                raise error from exc
+            raise
+
+    def serialize(self, cursor: Cursor, key: int) -> None:
+        """Make transactions that call this with the same ``key`` run one at a time (until COMMIT).
+
+        SQLite's ``BEGIN IMMEDIATE`` already lets one writer in at a time; PostgreSQL's
+        transactions run side by side, so a read-then-write that must not interleave (two
+        workers opening the same issue) takes a transaction advisory lock.
+        """
+        if self.postgres:
+            cursor.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+
+    def _error(self, exc: BaseException) -> StoreError | None:
+        """The StoreError for a database exception (None for anything else)."""
+        if isinstance(exc, sqlite3.DatabaseError):
+            return database_error(self.path, exc, timeout=self.timeout)
+        if self.postgres:
+            import psycopg
+
+            if isinstance(exc, psycopg.Error):
+                return _postgres_error(self.label, exc, timeout=self.timeout)
+        return None
 
     # --- lists and subscribers -----------------------------------------------------
 
-    def _list_id(self, cursor: sqlite3.Cursor, name: str) -> int:
+    def _list_id(self, cursor: Cursor, name: str) -> int:
         cursor.execute("INSERT OR IGNORE INTO lists (name) VALUES (?)", (name,))
         row = cursor.execute("SELECT id FROM lists WHERE name = ?", (name,)).fetchone()
         return int(row[0])
@@ -320,12 +443,11 @@ class Store:
                     "SELECT id, status, fields FROM subscribers WHERE email_key = ?", (key,)
                 ).fetchone()
                 if existing is None:
-                    cursor.execute(
+                    subscriber_id = int(cursor.execute(
                         "INSERT INTO subscribers (email, email_key, name, fields, created_at, updated_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                         (row.email, key, row.name, json.dumps(dict(row.fields), sort_keys=True), now, now),
-                    )
-                    subscriber_id = int(cursor.lastrowid or 0)
+                    ).fetchone()[0])
                     added += 1
                 else:
                     subscriber_id = int(existing["id"])
@@ -369,7 +491,7 @@ class Store:
                 " WHERE subscriber_id = ? AND list_id = (SELECT id FROM lists WHERE name = ?)",
                 (now, row["id"], list_name),
             )
-            return result.rowcount > 0
+            return bool(result.rowcount > 0)
 
     def mark_bounced(self, subscriber_id: int) -> None:
         """Never mail this subscriber again (a permanent unknown-user failure)."""
@@ -400,7 +522,7 @@ class Store:
             params.append(status)
         if emails is not None:
             keys = sorted({email.lower() for email in emails})
-            where.append(f"s.email_key IN ({','.join('?' * len(keys))})" if keys else "0")
+            where.append(f"s.email_key IN ({','.join('?' * len(keys))})" if keys else "1 = 0")
             params.extend(keys)
         if where:
             query += " WHERE " + " AND ".join(where)
@@ -501,6 +623,30 @@ def _diagnose(path: Path) -> str:
     return "check that the file and its folder are readable and writable"
 
 
-def _foreign(path: Path, tables: str) -> StoreError:
-    return StoreError(f"{path}: an SQLite database, but not newsletter's (tables {tables} and no schema version); "
-                      "left as it was: point [database] path at another file")
+def _foreign(path: Path | str, tables: str) -> StoreError:
+    return StoreError(f"{path}: a database, but not newsletter's (tables {tables} and no schema version); "
+                      "left as it was: point [database] at another one")
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+#: the advisory lock key that serializes migrations on PostgreSQL
+_MIGRATION_LOCK = 0x6E6C_6D69  # "nlmi"
+
+
+def _postgres_error(label: str, exc: BaseException, *, timeout: float) -> StoreError:
+    """The StoreError for a psycopg error: one line, what is wrong and what to do."""
+    import psycopg.errors
+
+    text = _first_line(exc)
+    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+        what = f"a lock another process holds wasn't released in {timeout:g} s; run again once it is done"
+    elif isinstance(exc, psycopg.errors.DiskFull):
+        what = f"the database server is out of disk space ({text}); nothing of the failed change was written"
+    elif isinstance(exc, psycopg.OperationalError):
+        what = f"the connection to the database failed ({text}); nothing of the failed change was written"
+    else:
+        what = text
+    return StoreError(f"{label}: {what}")

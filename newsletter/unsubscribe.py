@@ -65,7 +65,7 @@ def unsubscribe(database: Path, membership: Membership) -> bool:
             " WHERE subscriber_id = ? AND list_id = ? AND status = 'active'",
             (_now(), membership.subscriber_id, membership.list_id),
         ).rowcount
-    return changed > 0
+    return bool(changed > 0)
 
 
 def resubscribe(database: Path, membership: Membership) -> bool:
@@ -86,4 +86,4 @@ def resubscribe(database: Path, membership: Membership) -> bool:
             " WHERE subscriber_id = ? AND list_id = ? AND status = 'unsubscribed'",
             (now, membership.subscriber_id, membership.list_id),
         ).rowcount
-    return person + joined > 0
+    return bool(person + joined > 0)
