@@ -69,9 +69,9 @@ def page(template: str, settings: Settings, **values: object) -> str:
     )
 
 
-def sent_issues(database: Path) -> list[ArchiveEntry]:
-    """Issues that at least one subscriber got, newest first."""
-    if not database.exists():
+def sent_issues(database: str | Path) -> list[ArchiveEntry]:
+    """Issues that at least one subscriber got, newest first (``database``: a file or a postgresql:// URL)."""
+    if isinstance(database, Path) and not database.exists():
         return []
     with Store.open(database) as store:
         rows = store.query(
@@ -117,7 +117,7 @@ def build_static(out_dir: Path, settings: Settings) -> list[Path]:
     file leaves ``out_dir`` as it was. Sent issues whose file is gone are left out of the
     index. Returns the files written.
     """
-    entries = sent_issues(settings.database.path)
+    entries = sent_issues(settings.database.location)
     pages: dict[Path, str] = {}
     kept: list[ArchiveEntry] = []
     for entry in entries:

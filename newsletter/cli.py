@@ -58,7 +58,7 @@ def _store(ctx: click.Context) -> Iterator[Store]:
     """The configured database, open; a StoreError (locked, damaged, full) exits 1, bad input 2, with one line."""
     settings = _settings(ctx)
     try:
-        with Store.open(settings.database.path) as store:
+        with Store.open(settings.database.location) as store:
             yield store
     except StoreError as exc:
         _fail(exc, EXIT_ERROR)
@@ -472,6 +472,35 @@ def status_command(ctx: click.Context, issue: str | None, as_json: bool, error_c
         for error in errors:
             click.echo(f"  {error['at']} {error['email']}: {error['status']} after {error['attempts']} "
                        f"attempt(s): {error['code'] or ''} {error['text']}".rstrip())
+
+
+@main.command("workers")
+@click.option("--json", "as_json", is_flag=True, help="JSON: one object per live worker.")
+@click.pass_context
+def workers_command(ctx: click.Context, as_json: bool) -> None:
+    """List the dispatch processes working on the database now, their claims and rates.
+
+    With PostgreSQL ([database] url) several `newsletter dispatch` processes, on one
+    machine or many, share the work; each appears here while it runs (a worker that
+    died disappears at once: its lock went with its connection).
+
+    \b
+    Example:
+      NEWSLETTER_DATABASE_URL=postgresql://news@db/news newsletter workers
+    """
+    with _store(ctx) as store:
+        live = Ledger(store).workers()
+    if as_json:
+        click.echo(json.dumps([worker.as_dict() for worker in live], indent=2))
+        return
+    if not live:
+        click.echo("no dispatch is running", err=True)
+        return
+    click.echo(f"{'run':>5}  {'host':<20} {'pid':>7}  {'started (UTC)':<25} {'claimed':>8} {'sending':>8} "
+               f"{'sent':>9} {'msg/s':>7}")
+    for worker in live:
+        click.echo(f"{worker.run_id:>5}  {worker.host[:20]:<20} {worker.pid:>7}  {worker.started_at:<25} "
+                   f"{worker.claimed:>8} {worker.sending:>8} {worker.sent:>9} {worker.rate:>7.1f}")
 
 
 @main.command("outbox")

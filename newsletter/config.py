@@ -17,7 +17,7 @@ from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from newsletter.errors import ConfigError
 
@@ -134,9 +134,27 @@ class DkimSettings:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    """Where the SQLite database lives."""
+    """Where the database lives: an SQLite file, or a PostgreSQL server (``url``) shared by several workers."""
 
     path: Path = Path("newsletter.db")
+    #: ``postgresql://user@host/db`` (from [database] url or NEWSLETTER_DATABASE_URL); "" means SQLite at ``path``
+    url: str = field(default="", repr=False)
+
+    @property
+    def location(self) -> str | Path:
+        """What :meth:`newsletter.store.Store.open` takes: the URL, or the file."""
+        return self.url or self.path
+
+    @property
+    def label(self) -> str:
+        """How to name it in messages (never with a password)."""
+        if not self.url:
+            return str(self.path)
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, ""))
 
 
 @dataclass(frozen=True)
@@ -159,7 +177,7 @@ _KNOWN: dict[str, set[str]] = {
     "sender": {"from", "reply_to", "postal_address", "site_url", "unsubscribe_mailto"},
     "smtp": {"host", "port", "security", "username", "timeout", "final_reply_timeout", "connections", "rate",
              "max_per_hour", "ca_file", "tls_skip_verify_for"},
-    "database": {"path"},
+    "database": {"path", "url"},
     "dispatch": {"retry_initial", "retry_max", "give_up_after_hours", "wait_for_retries"},
     "dkim": {"selector", "domain"},
     "issues": {"dir"},
@@ -257,6 +275,13 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         domain=_str(dkim_data, "domain", config_path, "dkim") or sender.domain,
     )
     db_path = Path(_str(data.get("database", {}), "path", config_path, "database", "newsletter.db"))
+    database_url = env.get("NEWSLETTER_DATABASE_URL") or _str(data.get("database", {}), "url", config_path, "database")
+    if database_url and not database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{config_path}: [database] url must start with postgresql:// (SQLite is [database] path)")
+    if _str(data.get("database", {}), "url", config_path, "database") and urlsplit(
+            _str(data.get("database", {}), "url", config_path, "database")).password:
+        raise ConfigError(f"{config_path}: [database] url holds a password; put the URL in NEWSLETTER_DATABASE_URL"
+                          " (or the password in ~/.pgpass) instead of the config file")
     issues_dir = Path(_str(data.get("issues", {}), "dir", config_path, "issues", "issues"))
     templates = data.get("templates", {})
     templates_dir = Path(_str(templates, "dir", config_path, "templates")) if "dir" in templates else None
@@ -264,7 +289,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     return Settings(
         sender=sender,
         smtp=smtp,
-        database=DatabaseSettings(base / db_path),
+        database=DatabaseSettings(base / db_path, url=database_url),
         dispatch=dispatch,
         dkim=dkim_settings,
         issues_dir=base / issues_dir,

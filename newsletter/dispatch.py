@@ -16,6 +16,7 @@ exist.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import hashlib
 import random
@@ -47,6 +48,7 @@ __all__ = [
     "IssueSummary",
     "Progress",
     "RateLimiter",
+    "SharedRateLimiter",
     "dispatch",
     "dispatch_async",
     "due_issues",
@@ -183,6 +185,32 @@ class RateLimiter:
             await self._sleep(slot - now)
 
 
+class SharedRateLimiter(RateLimiter):
+    """``rate`` sends a second across every process on the database, evenly spaced.
+
+    Slots are reserved from the ledger a quarter of a second's worth at a time (one small
+    transaction), so the processes' slots interleave instead of adding up.
+    """
+
+    def __init__(self, rate: float, reserve: Callable[[int, float], float], *,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        super().__init__(rate, clock=clock, sleep=sleep)
+        self._reserve = reserve
+        self._chunk = max(1, int(rate / 4))
+        self._slots: collections.deque[float] = collections.deque()
+
+    async def wait(self) -> None:
+        """Return when this process's next reserved slot comes."""
+        if not self._slots:
+            start = self._reserve(self._chunk, self.interval)
+            self._slots.extend(start + number * self.interval for number in range(self._chunk))
+        slot = self._slots.popleft()
+        now = self._clock()
+        if slot > now:
+            await self._sleep(slot - now)
+
+
 def due_issues(settings: Settings, now: dt.datetime, *, only: str | None = None
                ) -> tuple[list[tuple[Path, Issue]], list[IssueError]]:
     """The issue files whose ``send_at`` has passed (or ``only``, which is due when it has none).
@@ -231,7 +259,7 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
     if not due:
         return report
     signer = None if options.dry_run else TokenSigner(split_keys(settings.secret_key.reveal()))
-    with Store.open(settings.database.path) as store:
+    with Store.open(settings.database.location) as store:
         ledger = Ledger(store)
         stop = _StopSignal()
         stop.install()
@@ -477,7 +505,8 @@ class _IssueRun:
         self.progress.start(self.issue.slug, counts["pending"] + counts["deferred"])
         committer = _Committer(ledger, run_id, record.list_id, lambda: self.progress.update(summary))
         committer.start()
-        limiter = RateLimiter(settings.smtp.rate)
+        limiter = (SharedRateLimiter(settings.smtp.rate, self.ledger.reserve_sends) if settings.smtp.rate
+                   else RateLimiter(0))
         workers = [
             asyncio.create_task(self._worker(SmtpConnection(settings.smtp), committer, limiter, template))
             for _ in range(settings.smtp.connections)

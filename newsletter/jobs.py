@@ -154,7 +154,7 @@ def import_subscribers(csv_path: str | Path, list_name: str, settings: Settings,
     result = parse_csv(text, source=source)
     if result.errors and all_or_nothing:
         return ImportReport(None, result.errors)
-    with Store.open(settings.database.path) as store:
+    with Store.open(settings.database.location) as store:
         counts = store.upsert_subscribers(result.rows, list_name=list_name)
     return ImportReport(counts, result.errors)
 
@@ -215,9 +215,9 @@ def send_test(issue_path: str | Path, addresses: Sequence[str], settings: Settin
 
 def _known_subscribers(settings: Settings, list_name: str, emails: Sequence[str]) -> dict[str, Recipient]:
     """Recipients for the addresses that are subscribers of ``list_name`` (only if the database exists already)."""
-    if not settings.database.path.exists():
+    if not settings.database.url and not settings.database.path.exists():
         return {}
-    with Store.open(settings.database.path) as store:
+    with Store.open(settings.database.location) as store:
         people = store.subscribers(emails=emails)
         list_id = store.find_list(list_name)
     tokens = TokenSigner(split_keys(settings.secret_key.reveal())) if settings.secret_key and list_id else None

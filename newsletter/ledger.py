@@ -42,6 +42,7 @@ __all__ = [
     "Result",
     "RunLock",
     "STATES",
+    "Worker",
 ]
 
 #: every state a delivery can be in, in the order reports show them
@@ -94,6 +95,29 @@ class Result(NamedTuple):  # a tuple: made for every message, and cheap to make
     text: str = ""
     next_attempt_at: float = 0.0
     bounced: bool = False
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A live run (a ``newsletter dispatch`` process) as ``newsletter workers`` shows it."""
+
+    run_id: int
+    host: str
+    pid: int
+    started_at: str
+    #: rows it has claimed and not started yet
+    claimed: int
+    #: rows it is sending now
+    sending: int
+    #: rows it has sent since it started
+    sent: int
+    #: messages a second over the last minute
+    rate: float
+
+    def as_dict(self) -> dict[str, object]:
+        """For ``--json``."""
+        return {"run": self.run_id, "host": self.host, "pid": self.pid, "started_at": self.started_at,
+                "claimed": self.claimed, "sending": self.sending, "sent": self.sent, "rate": round(self.rate, 1)}
 
 
 class RunLock:
@@ -523,6 +547,50 @@ class Ledger:
             {"email": row["email"], "status": row["status"], "attempts": row["attempts"], "code": row["last_code"],
              "text": row["last_text"] or "", "at": row["updated_at"]}
             for row in rows
+        ]
+
+    def reserve_sends(self, count: int, interval: float) -> float:
+        """Reserve ``count`` sending slots ``interval`` seconds apart; returns when the first one is (unix time).
+
+        The slots of every process on this database follow one another, so ``[smtp] rate``
+        holds for all of them together. On PostgreSQL the database server's clock decides
+        (machines' clocks differ); the answer is converted to this machine's clock.
+        """
+        span = count * interval
+        with self.store.transaction() as cursor:
+            if self.store.postgres:
+                row = cursor.execute(
+                    "UPDATE throttle SET next_at = greatest(next_at, extract(epoch from clock_timestamp())) + ?"
+                    " WHERE name = 'send' RETURNING next_at - ?, extract(epoch from clock_timestamp())",
+                    (span, span),
+                ).fetchone()
+                start, server_now = float(row[0]), float(row[1])
+                return time.time() + (start - server_now)
+            now = time.time()
+            row = cursor.execute(
+                "UPDATE throttle SET next_at = max(next_at, ?) + ? WHERE name = 'send' RETURNING next_at - ?",
+                (now, span, span),
+            ).fetchone()
+            return float(row[0])
+
+    def workers(self, *, window: float = 60.0) -> list[Worker]:
+        """The runs alive now, with what each holds and its rate over the last ``window`` seconds."""
+        since = _stamp(time.time() - window)
+        rows = self._query(
+            "SELECT r.id, r.host, r.pid, r.started_at,"
+            " (SELECT count(*) FROM deliveries d WHERE d.run_id = r.id AND d.status IN ('pending', 'deferred'))"
+            "   AS claimed,"
+            " (SELECT count(*) FROM deliveries d WHERE d.run_id = r.id AND d.status = 'sending') AS sending,"
+            " (SELECT count(*) FROM deliveries d WHERE d.run_id = r.id AND d.status = 'sent') AS sent,"
+            " (SELECT count(*) FROM deliveries d WHERE d.run_id = r.id AND d.status = 'sent' AND d.sent_at >= ?)"
+            "   AS recent"
+            " FROM runs r WHERE r.finished_at IS NULL ORDER BY r.id",
+            (since,),
+        )
+        return [
+            Worker(int(row["id"]), str(row["host"]), int(row["pid"]), str(row["started_at"]), int(row["claimed"]),
+                   int(row["sending"]), int(row["sent"]), int(row["recent"]) / window)
+            for row in rows if self.run_is_alive(int(row["id"]))
         ]
 
     def sent_since(self, moment: float) -> int:

@@ -110,6 +110,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_run ON deliveries (run_id) WHERE run_id IS NOT NULL;
     ALTER TABLE issues ADD COLUMN list_id BIGINT REFERENCES lists(id);
     """,
+    """
+    CREATE TABLE throttle (
+        name     TEXT PRIMARY KEY,
+        next_at  DOUBLE PRECISION NOT NULL DEFAULT 0
+    );
+    INSERT INTO throttle (name, next_at) VALUES ('send', 0);
+    """,
 )
 
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUSY_TIMEOUT",
-    "MIGRATIONS",
     "Cursor",
+    "MIGRATIONS",
     "Store",
     "Subscriber",
     "SubscriberRow",
@@ -134,6 +134,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_deferred ON deliveries (issue_id, next_attempt_at) WHERE status = 'deferred';
     CREATE INDEX deliveries_sent_at ON deliveries (sent_at) WHERE sent_at IS NOT NULL;
     ALTER TABLE issues ADD COLUMN list_id INTEGER REFERENCES lists(id);
+    """,
+    # 3: [smtp] rate is shared by every process on the database: each reserves its sending slots here.
+    """
+    CREATE TABLE throttle (
+        name     TEXT PRIMARY KEY,
+        next_at  REAL NOT NULL DEFAULT 0    -- unix time of the first slot nobody has reserved
+    );
+    INSERT INTO throttle (name, next_at) VALUES ('send', 0);
     """,
 )
 

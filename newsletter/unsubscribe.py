@@ -38,7 +38,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def find_membership(database: Path, signer: TokenSigner, token: str) -> Membership | None:
+def find_membership(database: str | Path, signer: TokenSigner, token: str) -> Membership | None:
     """The membership ``token`` names, or None when the token is forged, altered or unknown."""
     verified = signer.verify(token)
     if verified is None:
@@ -57,7 +57,7 @@ def find_membership(database: Path, signer: TokenSigner, token: str) -> Membersh
                       row["status"] == "active" and row["person"] == "active")
 
 
-def unsubscribe(database: Path, membership: Membership) -> bool:
+def unsubscribe(database: str | Path, membership: Membership) -> bool:
     """End ``membership``; True when it was active until now."""
     with Store.open(database) as store, store.transaction() as cursor:
         changed = cursor.execute(
@@ -68,7 +68,7 @@ def unsubscribe(database: Path, membership: Membership) -> bool:
     return bool(changed > 0)
 
 
-def resubscribe(database: Path, membership: Membership) -> bool:
+def resubscribe(database: str | Path, membership: Membership) -> bool:
     """Put ``membership`` back; True when it changed. A bounced address stays bounced.
 
     Someone who left every list (``newsletter subscribers unsubscribe EMAIL``) and now asks

@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
     async def unsubscribe_page(request: Request) -> Response:
         token = request.path_params["token"]
-        membership = await run_in_threadpool(unsubscribe.find_membership, settings.database.path, web.signer, token)
+        membership = await run_in_threadpool(unsubscribe.find_membership, settings.database.location, web.signer, token)
         if membership is None:
             return web.invalid_token()
         return web.page("unsubscribe.html", email=membership.email, list_name=membership.list_name,
@@ -104,31 +104,31 @@ def create_app(settings: Settings) -> ASGIApp:
         await form.close()
         if not one_click and _cross_site(request, site_origin):
             return PlainTextResponse("Cross-site form posts are not accepted.\n", status_code=403)
-        membership = await run_in_threadpool(unsubscribe.find_membership, settings.database.path, web.signer, token)
+        membership = await run_in_threadpool(unsubscribe.find_membership, settings.database.location, web.signer, token)
         if membership is None:
             if one_click:
                 return PlainTextResponse("Invalid unsubscribe token.\n", status_code=400)
             return web.invalid_token()
         if one_click or action == "unsubscribe":
-            await run_in_threadpool(unsubscribe.unsubscribe, settings.database.path, membership)
+            await run_in_threadpool(unsubscribe.unsubscribe, settings.database.location, membership)
             if one_click:
                 return PlainTextResponse("Unsubscribed.\n")
             return web.page("unsubscribed.html", email=membership.email, list_name=membership.list_name,
                             action=f"/unsubscribe/{token}")
         if action == "resubscribe":
-            await run_in_threadpool(unsubscribe.resubscribe, settings.database.path, membership)
+            await run_in_threadpool(unsubscribe.resubscribe, settings.database.location, membership)
             return web.page("resubscribed.html", email=membership.email, list_name=membership.list_name,
                             action=f"/unsubscribe/{token}")
         return web.message(400, "Nothing to do", "The form was incomplete. Please use the button on the page.")
 
     async def archive_index(request: Request) -> Response:
-        entries = await run_in_threadpool(archive.sent_issues, settings.database.path)
+        entries = await run_in_threadpool(archive.sent_issues, settings.database.location)
         kept = [entry for entry in entries if archive.find_issue_file(settings.issues_dir, entry.slug)]
         return HTMLResponse(archive.index_page(kept, settings))
 
     async def archive_issue(request: Request) -> Response:
         slug = request.path_params["slug"]
-        entries = await run_in_threadpool(archive.sent_issues, settings.database.path)
+        entries = await run_in_threadpool(archive.sent_issues, settings.database.location)
         source = archive.find_issue_file(settings.issues_dir, slug) if any(
             entry.slug == slug for entry in entries) else None
         if source is None:
