@@ -4,20 +4,24 @@
 # with --browser Debian's Chromium for the browser tests, with --smtp-sink Postfix's
 # smtp-sink test server (the postfix package, installed without configuring or starting
 # the mail daemon), and with --spamassassin Debian's SpamAssassin for the deliverability
-# test (the rules the package ships; no daemon started, no sa-update run). Safe to run
-# again: it only installs what is missing.
+# test (the rules the package ships; no daemon started, no sa-update run), and with
+# --postgres Debian's PostgreSQL server binaries for tests/pgserver.py (no cluster created,
+# no service started: the tests run their own throwaway server). Safe to run again: it only
+# installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_browser=0
 want_sink=0
 want_spam=0
+want_pg=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
     --smtp-sink) want_sink=1 ;;
     --spamassassin) want_spam=1 ;;
-    *) echo "usage: scripts/bootstrap.sh [--browser] [--smtp-sink] [--spamassassin]" >&2; exit 2 ;;
+    --postgres) want_pg=1 ;;
+    *) echo "usage: scripts/bootstrap.sh [--browser] [--smtp-sink] [--spamassassin] [--postgres]" >&2; exit 2 ;;
   esac
 done
 
@@ -85,6 +89,28 @@ if [ $want_spam = 1 ] && [ ! -x /usr/bin/spamassassin ]; then
   if command -v gpgconf >/dev/null 2>&1 && [ -d $sa_keys ]; then
     $SUDO runuser -u "$(stat -c %U $sa_keys)" -- gpgconf --homedir $sa_keys --kill gpg-agent || true
   fi
+fi
+
+if [ $want_pg = 1 ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  # On a first install the server package's postinst creates a "main" cluster (for its init
+  # script to start) unless createcluster.conf says create_main_cluster = false. That file is
+  # the package's (ucf-managed), so the setting goes into a drop-in of the createcluster.d
+  # directory it includes; the policy-rc.d keeps the init script from starting anything.
+  echo "installing postgresql (apt) for the PostgreSQL tests; no cluster is created or started" >&2
+  $SUDO mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false  # scripts/bootstrap.sh: tests run their own servers" \
+    | $SUDO tee /etc/postgresql-common/createcluster.d/no-main-cluster.conf >/dev/null
+  clusters_before=$(ls -d /etc/postgresql/*/* 2>/dev/null || true)
+  apt_install_no_daemons postgresql
+  # Should a cluster have been made all the same, drop the one(s) this install made (never
+  # one that was there before), without starting them.
+  for conf in /etc/postgresql/*/*; do
+    [ -d "$conf" ] || continue
+    if ! grep -qxF "$conf" <<<"$clusters_before"; then
+      echo "dropping the cluster $conf that the package created" >&2
+      $SUDO pg_dropcluster --stop "$(basename "$(dirname "$conf")")" "$(basename "$conf")"
+    fi
+  done
 fi
 
 if [ $want_browser = 1 ] && ! command -v chromium >/dev/null 2>&1; then

@@ -2,7 +2,7 @@
 # Set up, then run the linters and the whole test suite (what CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh --browser --smtp-sink --spamassassin
+bash scripts/bootstrap.sh --browser --smtp-sink --spamassassin --postgres
 .venv/bin/ruff check newsletter tests benchmarks scripts
 .venv/bin/mypy --strict newsletter
 .venv/bin/pytest "$@"

@@ -45,6 +45,8 @@ class StormServer:
     seed: int = 0
     #: advertise PIPELINING (RFC 2920); without it the client must go command by command
     pipelining: bool = True
+    #: keep each message's bytes (False: only who got one, for runs of many thousands)
+    keep_data: bool = True
     port: int = 0
     delivered: list[Delivered] = field(default_factory=list)
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -221,15 +223,18 @@ class StormServer:
             if not writer.is_closing():
                 writer.close()
 
-    @staticmethod
-    async def _read_data(reader: asyncio.StreamReader, *, drop: bool) -> bytes | None:
-        lines: list[bytes] = []
-        while True:
-            line = await reader.readline()
-            if not line:
-                return None
-            if line == b".\r\n":
-                return b"".join(lines)
-            if drop and len(lines) >= 3:
-                return None  # the connection goes mid-message
-            lines.append(line[1:] if line.startswith(b".") else line)
+    async def _read_data(self, reader: asyncio.StreamReader, *, drop: bool) -> bytes | None:
+        if drop:
+            for _ in range(3):  # a few lines of the message, then the connection goes
+                if not await reader.readline():
+                    break
+            return None
+        try:
+            body = await reader.readuntil(b"\r\n.\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        body = body[:-3]  # the final ".\r\n"; the CRLF before it ends the last line
+        if not self.keep_data:
+            return b""
+        unstuffed = body.replace(b"\r\n..", b"\r\n.")
+        return unstuffed[1:] if unstuffed.startswith(b"..") else unstuffed
