@@ -442,7 +442,9 @@ class _BodyParser:
                 return Strong(merged)
             return Link(str(token.attrs.get("href", "")), merged, str(token.attrs.get("title", "") or ""))
         if kind == "image":
-            alt = token.content.strip()
+            # The alt text as a reader sees it (escapes, entities and emphasis resolved), not the
+            # Markdown source that token.content holds: "![Caf&eacute; \\*1\\*](…)" is "Café *1*".
+            alt = " ".join(_plain_text(token.children or []).split())
             if not alt:
                 raise IssueError(
                     self.source, line, "image has no alt text",
@@ -454,6 +456,19 @@ class _BodyParser:
             return Image(str(token.attrs.get("src", "")), alt, width, height, "" if size else title)
         # Anything else markdown-it may add later degrades to its text, never to markup.
         return Text(token.content)
+
+
+def _plain_text(tokens: Sequence[Token]) -> str:
+    """The text of inline tokens without their markup (what markdown-it puts in an ``alt``)."""
+    parts: list[str] = []
+    for token in tokens:
+        if token.type in ("text", "code_inline"):
+            parts.append(token.content)
+        elif token.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+        elif token.type == "image":
+            parts.append(_plain_text(token.children or []))
+    return "".join(parts)
 
 
 class _Stream:
