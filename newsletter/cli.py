@@ -23,7 +23,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.dispatch import DispatchOptions, dispatch
 from newsletter.errors import IssueError, NewsletterError, StoreError, SubscriberError
 from newsletter.issues import slug_from_path
-from newsletter.jobs import check_files, import_subscribers, message_signer, render_to_files, send_test
+from newsletter.jobs import COMPAT_KINDS, check_files, import_subscribers, message_signer, render_to_files, send_test
 from newsletter.ledger import STATES, Ledger
 from newsletter.progress import describe, progress_for
 from newsletter.store import Store
@@ -129,10 +129,28 @@ def render(ctx: click.Context, issue: str, out_dir: str, open_browser: bool, as_
 
 @main.command()
 @click.argument("issues", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as a JSON list.")
+@click.option("--clients", default="gmail,outlook-windows,apple-mail,yahoo", show_default=True, metavar="IDS",
+              help="Email clients to check compatibility for (caniemail.com ids, comma-separated; "
+                   "e.g. outlook-macos, gmail-android, samsung-email).")
+@click.option("--browser", is_flag=True, help="Also check dark mode in Chromium (rendered, not just computed).")
+@click.option("--screenshots", type=click.Path(file_okay=False), metavar="DIR",
+              help="Save light, dark and 375 px screenshots here (implies --browser).")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Print info findings too (JSON always has them).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.pass_context
-def check(ctx: click.Context, issues: tuple[str, ...], as_json: bool) -> None:
-    """Check ISSUES before sending: schema, subject, preheader, links, images, size, text width.
+def check(ctx: click.Context, issues: tuple[str, ...], clients: str, browser: bool, screenshots: str | None,
+          show_all: bool, as_json: bool) -> None:
+    """Check ISSUES before sending: the file, the rendered email, client support, accessibility.
+
+    \b
+    - the file: schema, subject, preheader, links, images, size against Gmail's clip, text width;
+    - client compatibility: every CSS property, value, selector, at-rule and HTML element
+      or attribute the final HTML uses that a chosen client doesn't support or supports
+      partly (caniemail.com data, shipped with the tool), where it is used, and the page
+      that explains it; the built-in template's deliberate choices are shown as info;
+    - accessibility: lang and dir, layout tables, heading order, alt text, link text,
+      text contrast (WCAG AA 4.5:1) in the light and the dark scheme, font sizes, and a
+      plain-text part that reads on its own; --browser checks dark mode in Chromium too.
 
     Exit 0 when clean, 1 when there are findings (warnings or errors; info doesn't
     count), 2 when a file can't be parsed at all.
@@ -140,10 +158,17 @@ def check(ctx: click.Context, issues: tuple[str, ...], as_json: bool) -> None:
     \b
     Examples:
       newsletter check issues/2017-07-07-trump-putin.md
+      newsletter check --clients gmail,outlook-windows,samsung-email --screenshots build/shots issues/*.md
       newsletter check --json issues/*.md | jq '.[] | select(.severity == "error")'
     """
     settings = _settings(ctx)
-    report = check_files(issues, settings)
+    try:
+        report = check_files(issues, settings, clients=[name.strip() for name in clients.split(",") if name.strip()],
+                             browser=browser, screenshots=Path(screenshots) if screenshots else None)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--clients") from exc
+    except NewsletterError as exc:
+        _fail(exc, EXIT_ERROR)
     if as_json:
         rows = [
             {"source": err.source, "line": err.line, "severity": "error", "code": "invalid",
@@ -151,14 +176,35 @@ def check(ctx: click.Context, issues: tuple[str, ...], as_json: bool) -> None:
             for err in report.errors
         ] + [finding.as_dict() for finding in report.findings]
         click.echo(json.dumps(rows, indent=2))
-    else:
-        for err in report.errors:
-            click.echo(str(err), err=True)
-        for finding in report.findings:
+        sys.exit(report.exit_code)
+    for err in report.errors:
+        click.echo(str(err), err=True)
+    for finding in report.findings:
+        if finding.counts or show_all:
             click.echo(str(finding))
-        counted = sum(1 for finding in report.findings if finding.counts)
-        if not report.errors:
-            click.echo(f"{len(issues)} file(s) checked, {counted} finding(s)", err=True)
+    for source, table in report.compat.items():
+        click.echo(f"{source}: email-client compatibility (caniemail.com):")
+        click.echo(f"  {'client':<18}" + "".join(f"{kind:>12}" for kind in COMPAT_KINDS))
+        for client, counts in table.items():
+            click.echo(f"  {client:<18}" + "".join(f"{counts[kind]:>12}" for kind in COMPAT_KINDS))
+        own = [finding for finding in report.findings if finding.source == source]
+        accessibility = sum(1 for finding in own if finding.code.startswith(("a11y-", "image-alt")) and finding.counts)
+        dark = sum(1 for finding in own if finding.code.startswith("darkmode-") and finding.counts)
+        checked = report.checked.get(source, [])
+        static = ", ".join(item for item in checked if not item.startswith(("dark", "screenshot")))
+        click.echo(f"  accessibility: {accessibility} finding(s) ({static})")
+        if any(item.startswith("dark") for item in checked):
+            shots = [item.removeprefix("screenshot ") for item in checked if item.startswith("screenshot ")]
+            click.echo(f"  dark mode in Chromium: {dark} finding(s)"
+                       + (f"; screenshots: {', '.join(shots)}" if shots else ""))
+        else:
+            click.echo("  dark mode: contrast computed from the dark-scheme CSS (above);"
+                       " --browser renders it in Chromium")
+    counted = sum(1 for finding in report.findings if finding.counts)
+    hidden = sum(1 for finding in report.findings if not finding.counts)
+    if not report.errors:
+        click.echo(f"{len(issues)} file(s) checked, {counted} finding(s)"
+                   + (f", {hidden} info (-a shows them)" if hidden and not show_all else ""), err=True)
     sys.exit(report.exit_code)
 
 

@@ -171,6 +171,8 @@ class Settings:
     secret_key: Secret = field(default_factory=lambda: Secret(""))
     dkim_key_file: Path | None = None
     config_path: Path | None = None
+    #: the Chromium that `newsletter check --browser` drives (NEWSLETTER_CHROMIUM); "" = find it
+    chromium: str = ""
 
 
 _KNOWN: dict[str, set[str]] = {
@@ -297,6 +299,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         secret_key=Secret(env.get("NEWSLETTER_SECRET_KEY", "")),
         dkim_key_file=Path(dkim) if dkim else None,
         config_path=config_path if config_path.exists() else None,
+        chromium=env.get("NEWSLETTER_CHROMIUM", ""),
     )
 
 

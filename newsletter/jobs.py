@@ -19,6 +19,7 @@ from newsletter.config import Settings
 from newsletter.errors import ConfigError, DeliveryError, IssueError, SubscriberError
 from newsletter.issues import load_issue
 from newsletter.models import Recipient, RenderedIssue
+from newsletter.preflight import PreflightFinding
 from newsletter.render import render_issue
 from newsletter.store import Store, UpsertCounts
 from newsletter.subscribers import normalise_address, parse_csv
@@ -56,6 +57,10 @@ class CheckReport:
 
     findings: list[Finding] = field(default_factory=list)
     errors: list[IssueError] = field(default_factory=list)
+    #: per file: per client, how many compatibility findings of each kind (the table `check` prints)
+    compat: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    #: per file: what the accessibility and dark-mode checks looked at, and the screenshots written
+    checked: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -63,6 +68,10 @@ class CheckReport:
         if self.errors:
             return 2
         return 1 if any(finding.counts for finding in self.findings) else 0
+
+
+#: the kinds of compatibility finding, as the table's columns
+COMPAT_KINDS = ("unsupported", "partial", "untested", "accepted", "unknown")
 
 
 def example_recipient(settings: Settings) -> Recipient:
@@ -99,8 +108,20 @@ def render_to_files(issue_path: str | Path, out_dir: str | Path, settings: Setti
     return RenderedFiles(paths[0], paths[1], paths[2], len(html), len(message))
 
 
-def check_files(paths: Iterable[str | Path], settings: Settings) -> CheckReport:
-    """Check each issue file: parse it, render it, and collect the findings."""
+def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Sequence[str] | None = None,
+                browser: bool = False, screenshots: Path | None = None) -> CheckReport:
+    """Check each issue file: parse it, render it, and collect the findings.
+
+    Besides the file's own checks: email-client compatibility for ``clients`` (caniemail.com
+    data; default Gmail, Outlook for Windows, Apple Mail, Yahoo), accessibility (light and
+    dark scheme), and with ``browser`` (or ``screenshots``) the dark-mode check in Chromium,
+    which also saves light, dark and 375 px screenshots into ``screenshots``. Raises
+    ValueError for an unknown client, ConfigError when the browser check can't run.
+    """
+    from newsletter.accessibility import check_accessibility
+    from newsletter.compat import BRIEFING_CHOICES, DEFAULT_CLIENTS, check_compat, resolve_clients
+
+    chosen = [client.id for client in resolve_clients(clients or DEFAULT_CLIENTS)]
     report = CheckReport()
     for path in paths:
         try:
@@ -112,11 +133,48 @@ def check_files(paths: Iterable[str | Path], settings: Settings) -> CheckReport:
             report.errors.append(exc)
             continue
         recipient = example_recipient(settings)
+        html, text = fill_html(rendered, recipient), fill_text(rendered, recipient)
         report.findings.extend(check_issue(issue))
-        report.findings.extend(
-            check_rendered(issue.source, fill_html(rendered, recipient), fill_text(rendered, recipient))
-        )
+        report.findings.extend(check_rendered(issue.source, html, text))
+        # The built-in template's deliberate choices (e.g. @media, which Outlook for Windows
+        # ignores) are explained as info; a template of one's own gets no such pass.
+        accepted = BRIEFING_CHOICES if settings.templates_dir is None and issue.template == "briefing" else ()
+        table: dict[str, dict[str, int]] = {}
+        for client in chosen:
+            counts = dict.fromkeys(COMPAT_KINDS, 0)
+            for finding in check_compat(html, clients=[client], accepted=accepted):
+                counts[_compat_kind(finding.check, finding.message)] += 1
+            table[client] = counts
+        report.compat[issue.source] = table
+        report.findings.extend(_finding(issue.source, finding)
+                               for finding in check_compat(html, clients=chosen, accepted=accepted))
+        # image-alt (check_rendered) already says what a11y-alt would.
+        report.findings.extend(_finding(issue.source, finding) for finding in check_accessibility(html, text)
+                               if finding.check != "a11y-alt")
+        checked = ["lang/dir", "layout tables", "heading order", "alt text", "link text",
+                   "contrast light+dark (static)", "font size", "plain text"]
+        if browser or screenshots is not None:
+            from newsletter.darkmode import check_dark_mode, find_chromium
+
+            dark = check_dark_mode(html, chromium=find_chromium({"NEWSLETTER_CHROMIUM": settings.chromium}),
+                                   screenshots=screenshots, name=issue.slug if screenshots else "")
+            report.findings.extend(_finding(issue.source, finding) for finding in dark.findings)
+            checked.append("dark mode in Chromium")
+            checked.extend(f"screenshot {shot}" for shot in dark.screenshots)
+        report.checked[issue.source] = checked
     return report
+
+
+def _compat_kind(check: str, message: str) -> str:
+    if check == "compat-unknown":
+        return "unknown"
+    if ": accepted, " in message:
+        return "accepted"
+    return {"compat-unsupported": "unsupported", "compat-partial": "partial"}.get(check, "untested")
+
+
+def _finding(source: str, finding: PreflightFinding) -> Finding:
+    return Finding(source, 1, finding.severity, finding.check, str(finding))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -142,3 +142,38 @@ def test_the_installed_command_flushes_its_output_and_keeps_exit_codes(tmp_path:
     checked = subprocess.run([*command, "check", str(broken)], capture_output=True, text=True, check=False)
     assert checked.returncode == 2
     assert str(broken) in checked.stderr
+
+
+def test_check_prints_the_client_table_and_accessibility_and_exits_0_on_the_seed() -> None:
+    code, out, err = run("check", str(SEED_ISSUE))
+    assert code == 0, out + err
+    lines = out.splitlines()
+    header = next(line for line in lines if line.strip().startswith("client"))
+    assert header.split() == ["client", "unsupported", "partial", "untested", "accepted", "unknown"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  ") and line.split()[0] in (
+        "gmail", "outlook-windows", "apple-mail", "yahoo")}
+    assert set(rows) == {"gmail", "outlook-windows", "apple-mail", "yahoo"}
+    assert all(row[0] == "0" for row in rows.values())  # nothing unsupported that isn't a deliberate choice
+    assert int(rows["outlook-windows"][3]) > 0  # @media and friends: accepted, and said so
+    assert "accessibility: 0 finding(s)" in out
+    assert "info (-a shows them)" in err
+
+
+def test_check_json_has_the_caniemail_pages_and_other_clients_can_be_chosen() -> None:
+    code, out, _ = run("check", "--json", "--clients", "outlook-macos,samsung-email", str(SEED_ISSUE))
+    rows = json.loads(out)
+    compat = [row for row in rows if row["code"].startswith("compat-")]
+    assert compat and any("https://www.caniemail.com/features/" in row["message"] for row in compat)
+    assert all("Gmail" not in row["message"] for row in compat)  # only the clients asked for
+    code, _, _ = run("check", "--clients", "no-such-client", str(SEED_ISSUE))
+    assert code == 2
+
+
+@pytest.mark.browser
+def test_check_screenshots_in_chromium(tmp_path: Path) -> None:
+    code, out, err = run("check", "--screenshots", str(tmp_path), str(SEED_ISSUE))
+    assert code == 0, out + err
+    assert "dark mode in Chromium: 0 finding(s)" in out
+    shots = sorted(path.name for path in tmp_path.glob("*.png"))
+    assert shots == [f"{SEED_ISSUE.stem}-{kind}.png" for kind in ("375", "dark", "light")]
+    assert all(path.stat().st_size > 10_000 for path in tmp_path.glob("*.png"))
