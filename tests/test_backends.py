@@ -259,3 +259,15 @@ def test_sending_slots_are_shared_by_every_process(database: str | Path) -> None
     assert windows[2] - windows[1] == pytest.approx(5 * interval, abs=2e-3)
     first.store.close()
     second.store.close()
+
+
+def test_the_same_address_twice_in_one_import_merges_like_two_imports(database: str | Path) -> None:
+    with Store.open(database) as store:
+        counts = store.upsert_subscribers([SubscriberRow("Ada@example.org", "Ada", {"a": "1"}),
+                                           SubscriberRow("ada@EXAMPLE.org", "Ada L.", {"b": "2"}),
+                                           SubscriberRow("bob@example.org", "")], list_name="news")
+        assert (counts.added, counts.updated, counts.kept_out) == (2, 1, 0)
+        (ada,) = store.subscribers(emails=["ada@example.org"])
+        assert (ada.email, ada.name, dict(ada.fields), ada.lists) == ("Ada@example.org", "Ada L.",
+                                                                      {"a": "1", "b": "2"}, ("news",))
+        assert store.count(list_name="news") == {"active": 2, "unsubscribed": 0, "bounced": 0}
