@@ -167,3 +167,21 @@ def test_no_secret_appears_in_what_a_failing_run_prints(tmp_path: Path) -> None:
         assert recorder.received() == []
     finally:
         controller.stop()
+
+
+def test_a_database_url_password_never_shows(tmp_path: Path) -> None:
+    """A PostgreSQL URL with a password (from the environment only) that fails: named, never revealed."""
+    password = "dbpw-Kq2-unique-4410"
+    port = free_port()  # nothing listens there
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NEWSLETTER_")}
+    env["NEWSLETTER_DATABASE_URL"] = f"postgresql://news:{password}@127.0.0.1:{port}/news"
+    done = subprocess.run([sys.executable, "-m", "newsletter", "status", "--json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "can't connect" in done.stderr and "postgresql://news:***@127.0.0.1" in done.stderr
+    assert password not in done.stdout + done.stderr
+    config = tmp_path / "newsletter.toml"
+    config.write_text(f'[database]\nurl = "postgresql://news:{password}@db.example.com/news"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="NEWSLETTER_DATABASE_URL") as refused:
+        load_settings(config, environ={})
+    assert password not in str(refused.value)
