@@ -23,7 +23,15 @@ from newsletter.config import Settings, load_settings
 from newsletter.dispatch import DispatchOptions, dispatch
 from newsletter.errors import IssueError, NewsletterError, StoreError, SubscriberError
 from newsletter.issues import slug_from_path
-from newsletter.jobs import COMPAT_KINDS, check_files, import_subscribers, message_signer, render_to_files, send_test
+from newsletter.jobs import (
+    COMPAT_KINDS,
+    check_files,
+    check_list_name,
+    import_subscribers,
+    message_signer,
+    render_to_files,
+    send_test,
+)
 from newsletter.ledger import STATES, Ledger
 from newsletter.progress import describe, progress_for
 from newsletter.store import Store
@@ -281,6 +289,10 @@ def add_command(ctx: click.Context, email: str, name: str, list_name: str, field
     except NewsletterError as exc:
         _fail(exc)
     with _store(ctx) as store:
+        try:
+            check_list_name(list_name)
+        except SubscriberError as exc:
+            _fail(exc)
         counts = store.upsert_subscribers([row], list_name=list_name)
     state = "added" if counts.added else "updated"
     note = " (stays unsubscribed or bounced)" if counts.kept_out else ""

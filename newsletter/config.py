@@ -316,12 +316,18 @@ def _check_keys(data: dict[str, Any], path: Path) -> None:
             )
 
 
+#: control characters other than tab (a TOML escape can put one in a value; no header or page wants it)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _str(data: Mapping[str, Any], key: str, path: Path, table: str, default: str = "") -> str:
     value = data.get(key, default)
     if not isinstance(value, str):
         raise ConfigError(f"{path}: [{table}] {key} must be a string")
     if "\n" in value or "\r" in value:
         raise ConfigError(f"{path}: [{table}] {key} must be one line")
+    if _CONTROL.search(value):
+        raise ConfigError(f"{path}: [{table}] {key} contains a control character; remove it")
     return value
 
 

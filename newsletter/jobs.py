@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -22,16 +23,18 @@ from newsletter.models import Recipient, RenderedIssue
 from newsletter.preflight import PreflightFinding
 from newsletter.render import render_issue
 from newsletter.store import Store, UpsertCounts
-from newsletter.subscribers import normalise_address, parse_csv
+from newsletter.subscribers import decode_csv, normalise_address, parse_csv
 from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
 from newsletter.transport import SendResult, SmtpConnection
 
 __all__ = [
+    "COMPAT_KINDS",
     "CheckReport",
     "ImportReport",
     "RenderedFiles",
     "SentTest",
     "check_files",
+    "check_list_name",
     "example_recipient",
     "import_subscribers",
     "message_signer",
@@ -205,16 +208,28 @@ def import_subscribers(csv_path: str | Path, list_name: str, settings: Settings,
     With ``all_or_nothing`` a single bad row means nothing is imported.
     """
     source = str(csv_path)
+    check_list_name(list_name)
     try:
-        text = Path(csv_path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SubscriberError(f"{source}: can't read it: {exc}") from exc
-    result = parse_csv(text, source=source)
+        data = Path(csv_path).read_bytes()
+    except OSError as exc:
+        raise SubscriberError(f"{source}: can't read it: {exc.strerror or exc}") from exc
+    result = parse_csv(decode_csv(data, source=source), source=source)
     if result.errors and all_or_nothing:
         return ImportReport(None, result.errors)
     with Store.open(settings.database.location) as store:
         counts = store.upsert_subscribers(result.rows, list_name=list_name)
     return ImportReport(counts, result.errors)
+
+
+#: what a list may be called: what an issue's ``list:`` accepts (it becomes part of List-Id)
+_LIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def check_list_name(name: str) -> None:
+    """Raise SubscriberError unless ``name`` is a list name an issue can address."""
+    if not _LIST_NAME.fullmatch(name):
+        raise SubscriberError(f"list name {name!r}: use lower-case letters, digits, '-' and '_' "
+                              "(up to 64, starting with a letter or digit), as an issue's list: does")
 
 
 def message_signer(settings: Settings) -> Callable[[bytes], bytes] | None:

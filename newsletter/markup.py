@@ -7,6 +7,7 @@ The classes (``nl-…``) are styled by the template and inlined by premailer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from html import escape
 
@@ -42,6 +43,19 @@ __all__ = [
 #: the widest an image may be drawn: the 600 px body less its side padding
 MAX_IMAGE_WIDTH = 552
 
+# What may stand as itself in an attribute value: printable ASCII but the backslash.
+_NOT_PLAIN_ASCII = re.compile(r"[^ -\[\]-~]")
+
+
+def _attribute(value: str) -> str:
+    """``value`` escaped for a double-quoted attribute, in printable ASCII.
+
+    Everything else goes out as a character reference: mjml-python writes attribute values
+    the way Rust debug-prints a string, so a raw backslash came out doubled and an accent
+    typed as a combining mark (``a`` + U+0301), a soft hyphen or a tab came out as ``\\u{301}``.
+    """
+    return _NOT_PLAIN_ASCII.sub(lambda match: f"&#{ord(match.group())};", escape(value))
+
 
 def inline_html(content: Sequence[Inline]) -> str:
     """Inline content as HTML."""
@@ -58,8 +72,8 @@ def _inline(node: Inline) -> str:
     if isinstance(node, Code):
         return f'<code class="nl-code">{escape(node.text)}</code>'
     if isinstance(node, Link):
-        title = f' title="{escape(node.title)}"' if node.title else ""
-        return f'<a class="nl-link" href="{escape(node.url)}"{title}>{inline_html(node.children)}</a>'
+        title = f' title="{_attribute(node.title)}"' if node.title else ""
+        return f'<a class="nl-link" href="{_attribute(node.url)}"{title}>{inline_html(node.children)}</a>'
     if isinstance(node, Image):
         return _image(node)
     if isinstance(node, LineBreak):
@@ -75,9 +89,9 @@ def _image(image: Image) -> str:
     if width and height and width > MAX_IMAGE_WIDTH:
         width, height = MAX_IMAGE_WIDTH, round(height * MAX_IMAGE_WIDTH / width)
     size = f' width="{width}" height="{height}"' if width and height else f' width="{MAX_IMAGE_WIDTH}"'
-    title = f' title="{escape(image.title)}"' if image.title else ""
+    title = f' title="{_attribute(image.title)}"' if image.title else ""
     return (
-        f'<img class="nl-image" src="{escape(image.url)}" alt="{escape(image.alt)}"{size}{title}'
+        f'<img class="nl-image" src="{_attribute(image.url)}" alt="{_attribute(image.alt)}"{size}{title}'
         ' style="display:block;max-width:100%;height:auto;border:0">'
     )
 
@@ -88,7 +102,7 @@ def citation_html(citation: Citation | None) -> str:
         return ""
     label = escape(f"[{citation.text}]")
     if citation.url:
-        label = f'<a class="nl-citation-link" href="{escape(citation.url)}">{label}</a>'
+        label = f'<a class="nl-citation-link" href="{_attribute(citation.url)}">{label}</a>'
     return f' <span class="nl-citation">{label}</span>'
 
 

@@ -177,3 +177,22 @@ def test_check_screenshots_in_chromium(tmp_path: Path) -> None:
     shots = sorted(path.name for path in tmp_path.glob("*.png"))
     assert shots == [f"{SEED_ISSUE.stem}-{kind}.png" for kind in ("375", "dark", "light")]
     assert all(path.stat().st_size > 10_000 for path in tmp_path.glob("*.png"))
+
+
+def test_a_list_name_no_issue_could_address_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "n.toml"
+    config.write_text('[database]\npath = "n.db"\n', encoding="utf-8")
+    code, _, err = run("--config", str(config), "subscribers", "add", "ann@example.org", "--list", "Morning News")
+    assert code == 2 and "list name 'Morning News'" in err
+    people = tmp_path / "p.csv"
+    people.write_text("email\nann@example.org\n", encoding="utf-8")
+    code, _, err = run("--config", str(config), "subscribers", "import", str(people), "--list", "x\ny")
+    assert code == 2 and "list name" in err
+    assert not (tmp_path / "n.db").exists() or "ann@" not in (tmp_path / "n.db").read_bytes().decode("latin-1")
+
+
+def test_a_control_character_in_the_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "n.toml"
+    config.write_text('[sender]\npostal_address = "1 Main St\\u000bSpringfield"\n', encoding="utf-8")
+    code, _, err = run("--config", str(config), "render", str(SEED_ISSUE), "-o", str(tmp_path / "out"))
+    assert code == 2 and "postal_address contains a control character" in err
