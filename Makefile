@@ -1,9 +1,10 @@
 # Benchmarks (issue 4). Each writes its figures into its own section of BENCHMARKS.md;
 # bench-quick is a smoke run of every path that writes build/BENCHMARKS.quick.md instead.
+# --postgres: the workers benchmark runs a throwaway PostgreSQL (tests/pgserver.py).
 .PHONY: bench bench-quick
 
 bench:
-	bash scripts/bootstrap.sh --smtp-sink && .venv/bin/python -m benchmarks
+	bash scripts/bootstrap.sh --smtp-sink --postgres && .venv/bin/python -m benchmarks
 
 bench-quick:
-	bash scripts/bootstrap.sh --smtp-sink && .venv/bin/python -m benchmarks --quick
+	bash scripts/bootstrap.sh --smtp-sink --postgres && .venv/bin/python -m benchmarks --quick

@@ -1,10 +1,11 @@
 """``python -m benchmarks [BENCHMARK] [options]``: run the project's benchmarks.
 
-``all`` (the default) runs render, throughput, latency, startup and memory in that
-order; ``--quick`` makes it a fast smoke run of every path (small sizes, figures written
+``all`` (the default) runs render, throughput, latency, workers, startup and memory in
+that order; ``--quick`` makes it a fast smoke run of every path (small sizes, figures written
 to ``build/BENCHMARKS.quick.md`` instead of ``BENCHMARKS.md`` unless ``--output`` is given).
 The delivery benchmarks need Postfix's smtp-sink and smtp-source and the project's
-virtualenv: missing ones are installed first with ``bash scripts/bootstrap.sh --smtp-sink``.
+virtualenv: missing ones are installed first with ``bash scripts/bootstrap.sh --smtp-sink``
+(``workers`` also needs PostgreSQL's server binaries: ``--postgres``, run when missing).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks import delivery, netns, render, startup
+from benchmarks import delivery, netns, render, startup, workers
 from benchmarks.report import ROOT, command_line
 from benchmarks.servers import ensure_ready
 
@@ -23,11 +24,12 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, str], int]] = {
     "render": render.run,
     "throughput": delivery.run_throughput,
     "latency": netns.run,
+    "workers": workers.run,
     "startup": startup.run,
     "memory": delivery.run_memory,
 }
 #: the ones that run `newsletter` against smtp-sink
-NEED_SMTP_TOOLS = {"throughput", "latency", "startup", "memory"}
+NEED_SMTP_TOOLS = {"throughput", "latency", "workers", "startup", "memory"}
 QUICK_OUTPUT = ROOT / "build" / "BENCHMARKS.quick.md"
 
 
@@ -52,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     render.add_arguments(parser)
     delivery.add_arguments(parser)
     netns.add_arguments(parser)
+    workers.add_arguments(parser)
     startup.add_arguments(parser)
     args = parser.parse_args(arguments)
     if args.quick:
