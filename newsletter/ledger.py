@@ -392,10 +392,16 @@ class Ledger:
                 ).fetchall()
                 if len(rows) >= limit:
                     break
-            cursor.executemany(
-                "UPDATE deliveries SET run_id = ?, claim_until = ? WHERE issue_id = ? AND subscriber_id = ?",
-                [(run_id, until, issue_id, row["subscriber_id"]) for row in rows],
-            )
+            if self.store.postgres:  # one statement for the batch: each is a round trip and a plan there
+                cursor.execute(
+                    "UPDATE deliveries SET run_id = ?, claim_until = ? WHERE issue_id = ? AND subscriber_id = ANY(?)",
+                    (run_id, until, issue_id, [int(row["subscriber_id"]) for row in rows]),
+                )
+            else:
+                cursor.executemany(
+                    "UPDATE deliveries SET run_id = ?, claim_until = ? WHERE issue_id = ? AND subscriber_id = ?",
+                    [(run_id, until, issue_id, row["subscriber_id"]) for row in rows],
+                )
         return [
             Delivery(issue_id, int(row["subscriber_id"]), row["email"], row["name"],
                      json.loads(row["fields"]) if row["fields"] != "{}" else {},
@@ -416,11 +422,24 @@ class Ledger:
         with self.store.transaction() as cursor:
             sent = [result for result in results if result.status == "sent"]
             if sent:  # the common case, in one statement
-                cursor.executemany(
-                    "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '', updated_at = ?"
-                    " WHERE issue_id = ? AND subscriber_id = ? AND status = 'sending' AND run_id = ?",
-                    [(stamp, result.code, stamp, result.issue_id, result.subscriber_id, run_id) for result in sent],
-                )
+                if self.store.postgres:  # one statement per reply code (nearly always just 250)
+                    by_code: dict[tuple[int, int | None], list[int]] = {}
+                    for result in sent:
+                        by_code.setdefault((result.issue_id, result.code), []).append(result.subscriber_id)
+                    for (issue_id, code), ids in by_code.items():
+                        cursor.execute(
+                            "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '',"
+                            " updated_at = ? WHERE issue_id = ? AND subscriber_id = ANY(?) AND status = 'sending'"
+                            " AND run_id = ?",
+                            (stamp, code, stamp, issue_id, ids, run_id),
+                        )
+                else:
+                    cursor.executemany(
+                        "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '',"
+                        " updated_at = ? WHERE issue_id = ? AND subscriber_id = ? AND status = 'sending'"
+                        " AND run_id = ?",
+                        [(stamp, result.code, stamp, result.issue_id, result.subscriber_id, run_id) for result in sent],
+                    )
             for result in results:
                 if result.status != "sent":
                     self._write_result(cursor, run_id, result, stamp)
@@ -430,20 +449,23 @@ class Ledger:
             if any(delivery.issue_id != issue_id for delivery in marks):
                 raise ValueError("marks of one record() call belong to one issue")
             ids = [delivery.subscriber_id for delivery in marks]
-            places = ",".join("?" * len(ids))
+            # PostgreSQL: one array parameter, so the statement's text (and plan) is the same
+            # whatever the group's size; SQLite has no arrays.
+            members, id_values = ("= ANY(?)", [ids]) if self.store.postgres else (
+                f"IN ({','.join('?' * len(ids))})", ids)
             # One statement for the whole group; RETURNING says which rows this run may send.
             granted_ids = {
                 int(row[0]) for row in cursor.execute(
                     "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, run_id = ?,"
                     " first_attempt_at = coalesce(first_attempt_at, ?), updated_at = ?"
-                    f" WHERE issue_id = ? AND subscriber_id IN ({places}) AND status IN {_CLAIMABLE}"
+                    f" WHERE issue_id = ? AND subscriber_id {members} AND status IN {_CLAIMABLE}"
                     " AND next_attempt_at <= ? AND (run_id IS NULL OR run_id = ? OR claim_until < ?)"
                     " AND EXISTS (SELECT 1 FROM subscribers s WHERE s.id = deliveries.subscriber_id"
                     "             AND s.status = 'active')"
                     " AND EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = deliveries.subscriber_id"
                     "             AND m.list_id = ? AND m.status = 'active')"
                     " RETURNING subscriber_id",
-                    (run_id, now, stamp, issue_id, *ids, now, run_id, now, list_id),
+                    (run_id, now, stamp, issue_id, *id_values, now, run_id, now, list_id),
                 ).fetchall()
             }
             for subscriber_id in ids:
