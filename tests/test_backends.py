@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -31,12 +32,26 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
     return str(request.getfixturevalue("pg_url"))
 
 
-def open_ledger(database: str | Path, count: int = 5) -> tuple[Ledger, int, int]:
-    store = Store.open(database)
-    store.upsert_subscribers([SubscriberRow(f"r{n}@example.org") for n in range(count)], list_name="default")
-    ledger = Ledger(store)
-    record = ledger.open_issue(slug="s", list_name="default", subject="S", content_hash="h", domain="example.com")
-    return ledger, record.id, record.list_id
+OpenLedger = Callable[..., tuple[Ledger, int, int]]
+
+
+@pytest.fixture
+def open_ledger() -> Iterator[OpenLedger]:
+    """``open_ledger(database, count)``: a ledger over ``count`` subscribers and one issue; closed at the end
+    even when the test fails (an open PostgreSQL connection would warn in a later test)."""
+    stores: list[Store] = []
+
+    def make(database: str | Path, count: int = 5) -> tuple[Ledger, int, int]:
+        store = Store.open(database)
+        stores.append(store)
+        store.upsert_subscribers([SubscriberRow(f"r{n}@example.org") for n in range(count)], list_name="default")
+        ledger = Ledger(store)
+        record = ledger.open_issue(slug="s", list_name="default", subject="S", content_hash="h", domain="example.com")
+        return ledger, record.id, record.list_id
+
+    yield make
+    for store in stores:
+        store.close()
 
 
 # --- the store ---------------------------------------------------------------------------
@@ -115,7 +130,7 @@ def test_someone_elses_database_is_refused_and_left_alone(database: str | Path) 
 # --- the ledger ----------------------------------------------------------------------------
 
 
-def test_a_run_does_not_claim_what_it_already_holds(database: str | Path) -> None:
+def test_a_run_does_not_claim_what_it_already_holds(database: str | Path, open_ledger: OpenLedger) -> None:
     ledger, issue_id, _ = open_ledger(database)
     run_id, lock = ledger.start_run()
     now = time.time()
@@ -127,10 +142,9 @@ def test_a_run_does_not_claim_what_it_already_holds(database: str | Path) -> Non
     ledger.finish_run(run_id, lock)
     assert len(ledger.claim(issue_id, other, now=now, limit=10, lease=600)) == 5  # released at its end
     ledger.finish_run(other, other_lock)
-    ledger.store.close()
 
 
-def test_the_same_row_twice_in_one_group_is_granted_once(database: str | Path) -> None:
+def test_the_same_row_twice_in_one_group_is_granted_once(database: str | Path, open_ledger: OpenLedger) -> None:
     ledger, issue_id, list_id = open_ledger(database, 2)
     run_id, lock = ledger.start_run()
     first, second = ledger.claim(issue_id, run_id, now=time.time(), limit=2, lease=600)
@@ -140,10 +154,9 @@ def test_the_same_row_twice_in_one_group_is_granted_once(database: str | Path) -
     assert ledger.record(run_id, list_id, done, [first], now=time.time()) == [False]  # sent: never again
     assert ledger.counts(issue_id)["sent"] == 2
     ledger.finish_run(run_id, lock)
-    ledger.store.close()
 
 
-def test_a_deferred_row_comes_back_to_any_run_when_due(database: str | Path) -> None:
+def test_a_deferred_row_comes_back_to_any_run_when_due(database: str | Path, open_ledger: OpenLedger) -> None:
     ledger, issue_id, list_id = open_ledger(database, 1)
     run_id, lock = ledger.start_run()
     now = time.time()
@@ -155,23 +168,21 @@ def test_a_deferred_row_comes_back_to_any_run_when_due(database: str | Path) -> 
     (again,) = ledger.claim(issue_id, run_id, now=now + 6, limit=1, lease=600)
     assert again.attempts == 1 and again.first_attempt_at is not None
     ledger.finish_run(run_id, lock)
-    ledger.store.close()
 
 
-def test_an_unsubscribed_row_is_skipped_not_granted(database: str | Path) -> None:
+def test_an_unsubscribed_row_is_skipped_not_granted(database: str | Path, open_ledger: OpenLedger) -> None:
     ledger, issue_id, list_id = open_ledger(database, 2)
     run_id, lock = ledger.start_run()
-    first, second = ledger.claim(issue_id, run_id, now=time.time(), limit=2, lease=600)
+    first, second = sorted(ledger.claim(issue_id, run_id, now=time.time(), limit=2, lease=600),
+                           key=lambda delivery: delivery.email)  # claims come in due order, ties any way
     ledger.store.unsubscribe("r0@example.org")
     assert ledger.record(run_id, list_id, [], [first, second], now=time.time()) == [False, True]
     assert ledger.counts(issue_id)["skipped"] == 1
     ledger.finish_run(run_id, lock)
-    ledger.store.close()
 
 
-def test_two_workers_claiming_at_once_get_disjoint_rows(database: str | Path) -> None:
+def test_two_workers_claiming_at_once_get_disjoint_rows(database: str | Path, open_ledger: OpenLedger) -> None:
     ledger, issue_id, _ = open_ledger(database, 40)
-    ledger.store.close()
     claims: dict[int, list[int]] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -217,7 +228,8 @@ time.sleep(600)
 """
 
 
-def test_a_killed_worker_is_dead_at_once_and_its_sending_rows_become_uncertain(database: str | Path) -> None:
+def test_a_killed_worker_is_dead_at_once_and_its_sending_rows_become_uncertain(database: str | Path,
+                                                                                open_ledger: OpenLedger) -> None:
     ledger, issue_id, _ = open_ledger(database, 5)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(database)], stdout=subprocess.PIPE, text=True,
@@ -244,21 +256,18 @@ def test_a_killed_worker_is_dead_at_once_and_its_sending_rows_become_uncertain(d
             child.wait()
         if child.stdout is not None:
             child.stdout.close()
-        ledger.store.close()
 
 
 def test_sending_slots_are_shared_by_every_process(database: str | Path) -> None:
-    first = Ledger(Store.open(database))
-    second = Ledger(Store.open(database))
-    interval = 0.01
-    windows = sorted([first.reserve_sends(5, interval), second.reserve_sends(5, interval),
-                      first.reserve_sends(5, interval)])
+    with Store.open(database) as first_store, Store.open(database) as second_store:
+        first, second = Ledger(first_store), Ledger(second_store)
+        interval = 0.01
+        windows = sorted([first.reserve_sends(5, interval), second.reserve_sends(5, interval),
+                          first.reserve_sends(5, interval)])
     # Three windows of five slots, back to back: never two processes on the same slot. (On
     # PostgreSQL the server's clock is converted to ours on each call: a little jitter.)
     assert windows[1] - windows[0] == pytest.approx(5 * interval, abs=2e-3)
     assert windows[2] - windows[1] == pytest.approx(5 * interval, abs=2e-3)
-    first.store.close()
-    second.store.close()
 
 
 def test_the_same_address_twice_in_one_import_merges_like_two_imports(database: str | Path) -> None:
