@@ -11,14 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
 from newsletter.compose import fill_html
 from newsletter.config import Settings
-from newsletter.issues import load_issue, slug_from_path
+from newsletter.issues import parse_issue, slug_from_path
 from newsletter.models import Recipient
 from newsletter.render import render_issue
 from newsletter.store import Store
@@ -28,6 +28,7 @@ __all__ = [
     "build_static",
     "find_issue_file",
     "index_page",
+    "issue_source",
     "page",
     "sent_issues",
     "web_recipient",
@@ -51,6 +52,8 @@ class ArchiveEntry:
     subject: str
     #: when its first message went out (ISO 8601, UTC)
     first_sent: str
+    #: the issue file as it was sent (None for issues dispatched before the ledger kept it)
+    source_text: str | None = field(default=None, repr=False)
 
     @property
     def date(self) -> str:
@@ -75,11 +78,25 @@ def sent_issues(database: str | Path) -> list[ArchiveEntry]:
         return []
     with Store.open(database) as store:
         rows = store.query(
-            "SELECT i.slug, i.subject, min(d.sent_at) AS first_sent FROM issues i"
+            "SELECT i.slug, i.subject, min(d.sent_at) AS first_sent, i.source_text FROM issues i"
             " JOIN deliveries d ON d.issue_id = i.id AND d.status = 'sent'"
-            " GROUP BY i.id ORDER BY first_sent DESC, i.slug"
+            " GROUP BY i.id, i.slug, i.subject, i.source_text ORDER BY first_sent DESC, i.slug"
         )
-    return [ArchiveEntry(str(row["slug"]), str(row["subject"]), str(row["first_sent"])) for row in rows]
+    return [ArchiveEntry(str(row["slug"]), str(row["subject"]), str(row["first_sent"]), row["source_text"])
+            for row in rows]
+
+
+def issue_source(entry: ArchiveEntry, issues_dir: Path) -> tuple[str, str] | None:
+    """The text of ``entry``'s issue and a name for it: as sent (kept in the ledger), else its file now."""
+    if entry.source_text is not None:
+        return entry.source_text, f"{entry.slug}.md"
+    path = find_issue_file(issues_dir, entry.slug)
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def find_issue_file(issues_dir: Path, slug: str) -> Path | None:
@@ -97,9 +114,9 @@ def web_recipient(settings: Settings) -> Recipient:
     return Recipient(email="", name="", unsubscribe_url=f"{settings.sender.site_url}/unsubscribe/")
 
 
-def web_version(issue_file: Path, settings: Settings) -> str:
-    """The issue as a web page: the email's HTML with no recipient data in it."""
-    issue = load_issue(issue_file)
+def web_version(text: str, source: str, settings: Settings) -> str:
+    """The issue (``text``, named ``source``) as a web page: the email's HTML with no recipient data in it."""
+    issue = parse_issue(text, source=source)
     rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir, web=True)
     return fill_html(rendered, web_recipient(settings))
 
@@ -114,17 +131,17 @@ def build_static(out_dir: Path, settings: Settings) -> list[Path]:
     """Write the archive as static files: ``issues/index.html`` and ``issues/<slug>/index.html``.
 
     Everything is rendered first, then written (each file atomically), so a broken issue
-    file leaves ``out_dir`` as it was. Sent issues whose file is gone are left out of the
-    index. Returns the files written.
+    file leaves ``out_dir`` as it was. An issue is shown as it was sent (the ledger keeps
+    its text); one sent before the ledger did, and whose file is gone, is left out. Returns the files written.
     """
     entries = sent_issues(settings.database.location)
     pages: dict[Path, str] = {}
     kept: list[ArchiveEntry] = []
     for entry in entries:
-        source = find_issue_file(settings.issues_dir, entry.slug)
-        if source is None:
+        found = issue_source(entry, settings.issues_dir)
+        if found is None:
             continue
-        pages[Path("issues") / entry.slug / "index.html"] = web_version(source, settings)
+        pages[Path("issues") / entry.slug / "index.html"] = web_version(*found, settings)
         kept.append(entry)
     # Relative links, so that the folder works wherever it is served from.
     pages[Path("issues") / "index.html"] = index_page(kept, settings, prefix="./")

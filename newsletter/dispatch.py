@@ -287,10 +287,6 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
     return report
 
 
-def _content_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _dry_run(ledger: Ledger, settings: Settings, issue: Issue, summary: IssueSummary) -> None:
     # Render anyway: a dry run must fail the way the real run would.
     render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
@@ -429,13 +425,16 @@ class _IssueRun:
         started = time.monotonic()
         rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
         template = compile_message(rendered, sender=settings.sender, list_id=issue.list_name)
-        content_hash = _content_hash(self.path)
+        data = self.path.read_bytes()
+        content_hash = hashlib.sha256(data).hexdigest()
+        source_text = data.decode("utf-8", "replace")  # it parsed, so it is UTF-8: kept for the web archive
         if self.ledger.find_issue(issue.slug) is None and not self.ledger.audience(issue.list_name):
             # Recording it now would mark it complete with nobody on it, for good.
             raise IssueError(str(self.path), issue.line_of("list"),
                              f"list '{issue.list_name}' has no active subscribers; nothing was sent",
                              f"add some first: newsletter subscribers import FILE.csv --list {issue.list_name}")
         record = self.ledger.open_issue(slug=issue.slug, list_name=issue.list_name, subject=issue.subject,
+                                        source_text=source_text,
                                         content_hash=content_hash, domain=settings.sender.domain)
         if record.completed_at is not None and self.options.resend_uncertain \
                 and self.ledger.counts(record.id)["uncertain"]:
@@ -451,7 +450,7 @@ class _IssueRun:
             if not self.options.allow_changed:
                 raise IssueError(str(self.path), 1, "the file changed after sending began",
                                  "the rest would get a different issue; pass --allow-changed to send it anyway")
-            self.ledger.update_content_hash(record.id, content_hash)
+            self.ledger.update_content_hash(record.id, content_hash, source_text)
         run_id, lock = self.ledger.start_run()
         try:
             await self._run(record, run_id, template)

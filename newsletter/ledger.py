@@ -180,8 +180,8 @@ class Ledger:
 
     # --- issues ---------------------------------------------------------------------
 
-    def open_issue(self, *, slug: str, list_name: str, subject: str, content_hash: str, domain: str
-                   ) -> IssueRecord:
+    def open_issue(self, *, slug: str, list_name: str, subject: str, content_hash: str, domain: str,
+                   source_text: str | None = None) -> IssueRecord:
         """The issue ``slug``; on first sight, record it and one pending row per active list member.
 
         Creating the issue and its rows is one transaction: the audience is fixed then,
@@ -199,9 +199,9 @@ class Ledger:
             cursor.execute("INSERT OR IGNORE INTO lists (name) VALUES (?)", (list_name,))
             list_id = int(cursor.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()[0])
             issue_id = int(cursor.execute(
-                "INSERT INTO issues (slug, list_name, list_id, subject, content_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (slug, list_name, list_id, subject, content_hash, now),
+                "INSERT INTO issues (slug, list_name, list_id, subject, content_hash, created_at, source_text)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (slug, list_name, list_id, subject, content_hash, now, source_text),
             ).fetchone()[0])
             # The Message-ID is fixed here, so a resend (after --resend-uncertain) carries the
             # same one and a receiving system can tell it is the same message.
@@ -226,10 +226,11 @@ class Ledger:
         rows = self._query("SELECT slug, completed_at FROM issues ORDER BY id", ())
         return [(row["slug"], row["completed_at"]) for row in rows]
 
-    def update_content_hash(self, issue_id: int, content_hash: str) -> None:
-        """Accept a changed issue file for the deliveries still to come."""
+    def update_content_hash(self, issue_id: int, content_hash: str, source_text: str | None = None) -> None:
+        """Accept a changed issue file for the deliveries still to come (and for the archive)."""
         with self.store.transaction() as cursor:
-            cursor.execute("UPDATE issues SET content_hash = ? WHERE id = ?", (content_hash, issue_id))
+            cursor.execute("UPDATE issues SET content_hash = ?, source_text = coalesce(?, source_text) WHERE id = ?",
+                           (content_hash, source_text, issue_id))
 
     def audience(self, list_name: str) -> int:
         """How many active subscribers ``list_name`` has now (what a first dispatch would create)."""

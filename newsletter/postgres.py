@@ -117,6 +117,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO throttle (name, next_at) VALUES ('send', 0);
     """,
+    """
+    ALTER TABLE issues ADD COLUMN source_text TEXT;
+    """,
 )
 
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)

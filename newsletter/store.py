@@ -143,6 +143,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO throttle (name, next_at) VALUES ('send', 0);
     """,
+    # 4: the issue file as it was sent, for the web archive (the file may change or go later).
+    """
+    ALTER TABLE issues ADD COLUMN source_text TEXT;
+    """,
 )
 
 

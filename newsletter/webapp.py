@@ -20,6 +20,7 @@ click POST, which mail providers send from their servers, needs only the token.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -56,8 +57,8 @@ ONE_CLICK = ("List-Unsubscribe", "One-Click")
 class _Web:
     settings: Settings
     signer: TokenSigner
-    #: slug -> (file's mtime_ns and size, the web version), so an edit shows without a restart
-    pages: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)
+    #: slug -> (a digest of the issue's text, its web version): rendered once per version
+    pages: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def page(self, template: str, status: int = 200, **values: object) -> HTMLResponse:
         return HTMLResponse(archive.page(template, self.settings, **values), status_code=status)
@@ -123,23 +124,23 @@ def create_app(settings: Settings) -> ASGIApp:
 
     async def archive_index(request: Request) -> Response:
         entries = await run_in_threadpool(archive.sent_issues, settings.database.location)
-        kept = [entry for entry in entries if archive.find_issue_file(settings.issues_dir, entry.slug)]
+        kept = [entry for entry in entries if archive.issue_source(entry, settings.issues_dir) is not None]
         return HTMLResponse(archive.index_page(kept, settings))
 
     async def archive_issue(request: Request) -> Response:
         slug = request.path_params["slug"]
         entries = await run_in_threadpool(archive.sent_issues, settings.database.location)
-        source = archive.find_issue_file(settings.issues_dir, slug) if any(
-            entry.slug == slug for entry in entries) else None
-        if source is None:
+        entry = next((entry for entry in entries if entry.slug == slug), None)
+        found = archive.issue_source(entry, settings.issues_dir) if entry is not None else None
+        if found is None:
             return web.message(404, "No such issue", "This issue was never sent, or it is no longer online.",
                                "/issues/", "All issues")
-        stat = source.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        text, source = found
+        stamp = hashlib.sha256(text.encode("utf-8")).hexdigest()
         cached = web.pages.get(slug)
         if cached is None or cached[0] != stamp:
             try:
-                html = await run_in_threadpool(archive.web_version, source, settings)
+                html = await run_in_threadpool(archive.web_version, text, source, settings)
             except NewsletterError as exc:
                 log.error("archive: %s", exc)
                 return web.message(503, "This issue can't be shown right now", "Please try again later.")

@@ -302,3 +302,13 @@ def test_unsubscribe_in_chromium_from_a_captured_message(site: Site) -> None:
     site.dispatch(second)
     assert sorted(str(m["Delivered-To"]) for m in _all_messages(site)[before:]) == ["ada@example.org",
                                                                                     "grace@example.org"]
+
+
+def test_the_archive_shows_an_issue_as_it_was_sent_even_after_its_file_changed(site: Site) -> None:
+    source = site.settings.issues_dir / SEED_ISSUE.name
+    source.write_text(source.read_text(encoding="utf-8").replace("Face to face", "Edited later"), encoding="utf-8")
+    page = httpx.get(f"{site.base}/issues/{SLUG}/")
+    assert page.status_code == 200 and "Face to face" in page.text and "Edited later" not in page.text
+    source.unlink()
+    assert "Face to face" in httpx.get(f"{site.base}/issues/{SLUG}/").text
+    assert f'href="/issues/{SLUG}/"' in httpx.get(f"{site.base}/issues/").text
