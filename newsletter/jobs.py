@@ -19,7 +19,7 @@ from newsletter.compose import compile_message, fill_html, fill_text, now_header
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, DeliveryError, IssueError, SubscriberError
 from newsletter.issues import load_issue
-from newsletter.models import Recipient, RenderedIssue
+from newsletter.models import Issue, Recipient, RenderedIssue
 from newsletter.preflight import PreflightFinding
 from newsletter.render import render_issue
 from newsletter.store import Store, UpsertCounts
@@ -32,12 +32,14 @@ __all__ = [
     "CheckReport",
     "ImportReport",
     "RenderedFiles",
+    "Sample",
     "SentTest",
     "check_files",
     "check_list_name",
     "example_recipient",
     "import_subscribers",
     "message_signer",
+    "render_sample",
     "render_to_files",
     "send_test",
 ]
@@ -86,12 +88,20 @@ def example_recipient(settings: Settings) -> Recipient:
     )
 
 
-def render_to_files(issue_path: str | Path, out_dir: str | Path, settings: Settings) -> RenderedFiles:
-    """Render an issue file into ``out_dir/<slug>.html``, ``.txt`` and ``.eml``.
+@dataclass(frozen=True)
+class Sample:
+    """An issue rendered for the example reader: what ``render``, ``preview`` and ``check`` look at."""
 
-    Everything is rendered before anything is written, and each file is replaced
-    atomically, so a bad issue leaves ``out_dir`` as it was.
-    """
+    issue: Issue
+    rendered: RenderedIssue
+    #: the whole message (headers and both parts), as a subscriber would get it
+    message: bytes
+    html: str
+    text: str
+
+
+def render_sample(issue_path: str | Path, settings: Settings) -> Sample:
+    """Parse and render ``issue_path`` and personalise it for :func:`example_recipient`."""
     issue = load_issue(issue_path)
     rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
     recipient = example_recipient(settings)
@@ -101,8 +111,18 @@ def render_to_files(issue_path: str | Path, out_dir: str | Path, settings: Setti
         message_id=f"{issue.slug}.preview@{settings.sender.domain}",
         date=now_header_date(),
     )
-    html = fill_html(rendered, recipient).encode("utf-8")
-    text = fill_text(rendered, recipient).encode("utf-8")
+    return Sample(issue, rendered, message, fill_html(rendered, recipient), fill_text(rendered, recipient))
+
+
+def render_to_files(issue_path: str | Path, out_dir: str | Path, settings: Settings) -> RenderedFiles:
+    """Render an issue file into ``out_dir/<slug>.html``, ``.txt`` and ``.eml``.
+
+    Everything is rendered before anything is written, and each file is replaced
+    atomically, so a bad issue leaves ``out_dir`` as it was.
+    """
+    sample = render_sample(issue_path, settings)
+    issue, message = sample.issue, sample.message
+    html, text = sample.html.encode("utf-8"), sample.text.encode("utf-8")
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = (folder / f"{issue.slug}.html", folder / f"{issue.slug}.txt", folder / f"{issue.slug}.eml")

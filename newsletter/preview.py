@@ -44,12 +44,10 @@ from watchfiles import Change, DefaultFilter, awatch
 from newsletter.accessibility import check_accessibility
 from newsletter.checks import GMAIL_CLIP_BYTES, Finding, check_issue, check_rendered
 from newsletter.compat import BRIEFING_CHOICES, check_compat
-from newsletter.compose import compile_message, fill_html, fill_text, now_header_date, personalise
 from newsletter.config import Settings, is_loopback
 from newsletter.errors import ConfigError, IssueError, NewsletterError
-from newsletter.issues import load_issue
-from newsletter.jobs import example_recipient
-from newsletter.render import default_templates_dir, render_issue
+from newsletter.jobs import render_sample
+from newsletter.render import default_templates_dir
 from newsletter.websecurity import SecurityHeaders, page_policy
 
 __all__ = [
@@ -287,17 +285,8 @@ def _render_for_preview(issue_path: Path, settings: Settings) -> _Render:
     Raises what they raise: :class:`IssueError` for the file, other
     :class:`NewsletterError` for templates and the toolchain.
     """
-    issue = load_issue(issue_path)
-    rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir)
-    recipient = example_recipient(settings)
-    message = personalise(
-        compile_message(rendered, sender=settings.sender, list_id=issue.list_name),
-        recipient,
-        message_id=f"{issue.slug}.preview@{settings.sender.domain}",
-        date=now_header_date(),
-    )
-    html = fill_html(rendered, recipient)
-    text = fill_text(rendered, recipient)
+    sample = render_sample(issue_path, settings)
+    issue, rendered, message, html, text = sample.issue, sample.rendered, sample.message, sample.html, sample.text
     findings = [*check_issue(issue), *check_rendered(issue.source, html, text)]
     # What `newsletter check` adds (client support, accessibility), warnings and errors only:
     # the info findings (the template's accepted choices, partial support) would drown them.
