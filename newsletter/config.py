@@ -17,7 +17,7 @@ from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from newsletter.errors import ConfigError
 
@@ -145,16 +145,6 @@ class DatabaseSettings:
         """What :meth:`newsletter.store.Store.open` takes: the URL, or the file."""
         return self.url or self.path
 
-    @property
-    def label(self) -> str:
-        """How to name it in messages (never with a password)."""
-        if not self.url:
-            return str(self.path)
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, ""))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from newsletter.models import (
 __all__ = [
     "FRONT_MATTER_KEYS",
     "inline_text",
+    "is_valid_name",
     "load_issue",
     "parse_issue",
     "slug_from_path",
@@ -326,8 +327,13 @@ def _parse_send_at(value: str, source: str, line: int) -> dt.datetime:
     return moment
 
 
+def is_valid_name(value: str) -> bool:
+    """Whether ``value`` may name a list or a template (it becomes part of List-Id)."""
+    return _NAME_RE.fullmatch(value) is not None
+
+
 def _name(value: str, key: str, source: str, key_lines: dict[str, int]) -> str:
-    if not _NAME_RE.fullmatch(value):
+    if not is_valid_name(value):
         raise IssueError(
             source, key_lines.get(key, 1), f"{key} '{value}' is not a valid name",
             "use lower-case letters, digits, '-' and '_'",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +17,7 @@ from newsletter.checks import Finding, check_issue, check_rendered
 from newsletter.compose import compile_message, fill_html, fill_text, now_header_date, personalise
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, DeliveryError, IssueError, SubscriberError
-from newsletter.issues import load_issue
+from newsletter.issues import is_valid_name, load_issue
 from newsletter.models import Issue, Recipient, RenderedIssue
 from newsletter.preflight import PreflightFinding
 from newsletter.render import render_issue
@@ -241,13 +240,9 @@ def import_subscribers(csv_path: str | Path, list_name: str, settings: Settings,
     return ImportReport(counts, result.errors)
 
 
-#: what a list may be called: what an issue's ``list:`` accepts (it becomes part of List-Id)
-_LIST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-
-
 def check_list_name(name: str) -> None:
     """Raise SubscriberError unless ``name`` is a list name an issue can address."""
-    if not _LIST_NAME.fullmatch(name):
+    if not is_valid_name(name):
         raise SubscriberError(f"list name {name!r}: use lower-case letters, digits, '-' and '_' "
                               "(up to 64, starting with a letter or digit), as an issue's list: does")
 

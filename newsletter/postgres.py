@@ -32,7 +32,6 @@ __all__ = [
     "PgRow",
     "RunLock",
     "connect",
-    "is_url",
     "redacted",
     "run_is_alive",
     "translate",
@@ -124,11 +123,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
-
-
-def is_url(location: object) -> bool:
-    """Whether ``location`` names a PostgreSQL database rather than an SQLite file."""
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
 
 
 def redacted(url: str) -> str:

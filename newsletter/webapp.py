@@ -37,12 +37,11 @@ from newsletter import archive, unsubscribe
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.tokens import TokenSigner, split_keys
-from newsletter.websecurity import SecurityHeaders, page_policy
+from newsletter.websecurity import SecurityHeaders, page_policy, redact_path
 
 __all__ = [
     "AccessLog",
     "create_app",
-    "redact",
     "serve",
 ]
 
@@ -214,16 +213,8 @@ class AccessLog:
             await self.app(scope, receive, recording)
         finally:
             client = scope.get("client") or ("-", 0)
-            access_log.info('%s "%s %s" %d %.1f ms', client[0], scope.get("method", "-"), redact(scope),
+            access_log.info('%s "%s %s" %d %.1f ms', client[0], scope.get("method", "-"), redact_path(scope),
                             status, (time.perf_counter() - started) * 1000)
-
-
-def redact(scope: Scope) -> str:
-    """The path for a log: ``/unsubscribe/<token>`` whatever the token, and no query string."""
-    path = str(scope.get("path", ""))
-    if path.startswith("/unsubscribe/") and path != "/unsubscribe/":
-        return "/unsubscribe/<token>"
-    return path
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "SecurityHeaders",
     "page_policy",
+    "redact_path",
 ]
 
 log = logging.getLogger("newsletter.web")
@@ -98,7 +99,7 @@ class SecurityHeaders:
             if not started:
                 await _plain(send, 413, "Request body too large", self.headers)
         except Exception:  # never a traceback to the client: the log has it
-            log.exception("error while serving %s %s", scope.get("method"), _safe_path(scope))
+            log.exception("error while serving %s %s", scope.get("method"), redact_path(scope))
             if not started:
                 await _plain(send, 500, "Something went wrong on our side. Please try again later.", self.headers)
 
@@ -117,10 +118,10 @@ def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _safe_path(scope: Scope) -> str:
-    """The request path with any unsubscribe token cut out (tokens are credentials)."""
+def redact_path(scope: Scope) -> str:
+    """The request path for a log: ``/unsubscribe/<token>`` whatever the token (tokens are credentials)."""
     path = str(scope.get("path", ""))
-    if path.startswith("/unsubscribe/"):
+    if path.startswith("/unsubscribe/") and path != "/unsubscribe/":
         return "/unsubscribe/<token>"
     return path
 
