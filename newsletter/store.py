@@ -532,6 +532,48 @@ class Store:
             )
             return bool(result.rowcount > 0)
 
+    def membership(self, subscriber_id: int, list_id: int) -> tuple[str, str, bool] | None:
+        """(address, list name, whether they get it now) of one membership, or None when there is none."""
+        rows = self.query(
+            "SELECT s.email, l.name, m.status, s.status AS person FROM memberships m"
+            " JOIN subscribers s ON s.id = m.subscriber_id JOIN lists l ON l.id = m.list_id"
+            " WHERE m.subscriber_id = ? AND m.list_id = ?",
+            (subscriber_id, list_id),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return str(row["email"]), str(row["name"]), row["status"] == "active" and row["person"] == "active"
+
+    def leave_list(self, subscriber_id: int, list_id: int) -> bool:
+        """End one membership (an unsubscribe link); True when it was active until now."""
+        with self.transaction() as cursor:
+            changed = cursor.execute(
+                "UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
+                " WHERE subscriber_id = ? AND list_id = ? AND status = 'active'",
+                (_now(), subscriber_id, list_id),
+            ).rowcount
+        return bool(changed > 0)
+
+    def rejoin_list(self, subscriber_id: int, list_id: int) -> bool:
+        """Put one membership back (the re-subscribe button); True when something changed.
+
+        Someone who left every list and now asks to come back to this one is active again;
+        an address that bounced is not, since mail to it can't arrive.
+        """
+        now = _now()
+        with self.transaction() as cursor:
+            person = cursor.execute(
+                "UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ? AND status = 'unsubscribed'",
+                (now, subscriber_id),
+            ).rowcount
+            joined = cursor.execute(
+                "UPDATE memberships SET status = 'active', updated_at = ?"
+                " WHERE subscriber_id = ? AND list_id = ? AND status = 'unsubscribed'",
+                (now, subscriber_id, list_id),
+            ).rowcount
+        return bool(person + joined > 0)
+
     def mark_bounced(self, subscriber_id: int) -> None:
         """Never mail this subscriber again (a permanent unknown-user failure)."""
         with self.transaction() as cursor:

@@ -280,3 +280,23 @@ def test_the_same_address_twice_in_one_import_merges_like_two_imports(database: 
         assert (ada.email, ada.name, dict(ada.fields), ada.lists) == ("Ada@example.org", "Ada L.",
                                                                       {"a": "1", "b": "2"}, ("news",))
         assert store.count(list_name="news") == {"active": 2, "unsubscribed": 0, "bounced": 0}
+
+
+def test_leaving_and_rejoining_one_list_by_ids(database: str | Path) -> None:
+    with Store.open(database) as store:
+        store.upsert_subscribers([SubscriberRow("ann@example.org", "Ann")], list_name="news")
+        store.upsert_subscribers([SubscriberRow("ann@example.org")], list_name="other")
+        (ann,) = store.subscribers()
+        news = store.find_list("news")
+        assert news is not None
+        assert store.membership(ann.id, news) == ("ann@example.org", "news", True)
+        assert store.leave_list(ann.id, news) and not store.leave_list(ann.id, news)  # once
+        assert store.membership(ann.id, news) == ("ann@example.org", "news", False)
+        assert store.subscribers(list_name="other")[0].email == "ann@example.org"  # other lists untouched
+        store.unsubscribe("ann@example.org")  # from everything, meanwhile
+        assert store.rejoin_list(ann.id, news) and not store.rejoin_list(ann.id, news)
+        assert store.membership(ann.id, news) == ("ann@example.org", "news", True)
+        store.mark_bounced(ann.id)
+        store.rejoin_list(ann.id, news)
+        assert store.membership(ann.id, news) == ("ann@example.org", "news", False)  # bounced stays bounced
+        assert store.membership(ann.id, 999) is None
