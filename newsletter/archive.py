@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -25,6 +25,7 @@ from newsletter.store import Store
 
 __all__ = [
     "ArchiveEntry",
+    "available",
     "build_static",
     "find_issue_file",
     "index_page",
@@ -52,8 +53,8 @@ class ArchiveEntry:
     subject: str
     #: when its first message went out (ISO 8601, UTC)
     first_sent: str
-    #: the issue file as it was sent (None for issues dispatched before the ledger kept it)
-    source_text: str | None = field(default=None, repr=False)
+    #: whether the ledger kept the issue's text as sent (not for issues dispatched before it did)
+    kept: bool = False
 
     @property
     def date(self) -> str:
@@ -78,18 +79,26 @@ def sent_issues(database: str | Path) -> list[ArchiveEntry]:
         return []
     with Store.open(database) as store:
         rows = store.query(
-            "SELECT i.slug, i.subject, min(d.sent_at) AS first_sent, i.source_text FROM issues i"
-            " JOIN deliveries d ON d.issue_id = i.id AND d.status = 'sent'"
-            " GROUP BY i.id, i.slug, i.subject, i.source_text ORDER BY first_sent DESC, i.slug"
+            "SELECT i.slug, i.subject, min(d.sent_at) AS first_sent, i.source_text IS NOT NULL AS kept"
+            " FROM issues i JOIN deliveries d ON d.issue_id = i.id AND d.status = 'sent'"
+            " GROUP BY i.id, i.slug, i.subject ORDER BY first_sent DESC, i.slug"
         )
-    return [ArchiveEntry(str(row["slug"]), str(row["subject"]), str(row["first_sent"]), row["source_text"])
+    return [ArchiveEntry(str(row["slug"]), str(row["subject"]), str(row["first_sent"]), bool(row["kept"]))
             for row in rows]
 
 
-def issue_source(entry: ArchiveEntry, issues_dir: Path) -> tuple[str, str] | None:
+def available(entry: ArchiveEntry, issues_dir: Path) -> bool:
+    """Whether ``entry`` can be shown: its text is in the ledger, or its file is still there."""
+    return entry.kept or find_issue_file(issues_dir, entry.slug) is not None
+
+
+def issue_source(database: str | Path, entry: ArchiveEntry, issues_dir: Path) -> tuple[str, str] | None:
     """The text of ``entry``'s issue and a name for it: as sent (kept in the ledger), else its file now."""
-    if entry.source_text is not None:
-        return entry.source_text, f"{entry.slug}.md"
+    if entry.kept:
+        with Store.open(database) as store:
+            rows = store.query("SELECT source_text FROM issues WHERE slug = ?", (entry.slug,))
+        if rows and rows[0][0] is not None:
+            return str(rows[0][0]), f"{entry.slug}.md"
     path = find_issue_file(issues_dir, entry.slug)
     if path is None:
         return None
@@ -138,7 +147,7 @@ def build_static(out_dir: Path, settings: Settings) -> list[Path]:
     pages: dict[Path, str] = {}
     kept: list[ArchiveEntry] = []
     for entry in entries:
-        found = issue_source(entry, settings.issues_dir)
+        found = issue_source(settings.database.location, entry, settings.issues_dir)
         if found is None:
             continue
         pages[Path("issues") / entry.slug / "index.html"] = web_version(*found, settings)

@@ -123,14 +123,15 @@ def create_app(settings: Settings) -> ASGIApp:
 
     async def archive_index(request: Request) -> Response:
         entries = await run_in_threadpool(archive.sent_issues, settings.database.location)
-        kept = [entry for entry in entries if archive.issue_source(entry, settings.issues_dir) is not None]
+        kept = [entry for entry in entries if archive.available(entry, settings.issues_dir)]
         return HTMLResponse(archive.index_page(kept, settings))
 
     async def archive_issue(request: Request) -> Response:
         slug = request.path_params["slug"]
         entries = await run_in_threadpool(archive.sent_issues, settings.database.location)
         entry = next((entry for entry in entries if entry.slug == slug), None)
-        found = archive.issue_source(entry, settings.issues_dir) if entry is not None else None
+        found = None if entry is None else await run_in_threadpool(
+            archive.issue_source, settings.database.location, entry, settings.issues_dir)
         if found is None:
             return web.message(404, "No such issue", "This issue was never sent, or it is no longer online.",
                                "/issues/", "All issues")
