@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from newsletter.checks import Finding, check_issue, check_rendered
 from newsletter.compose import compile_message, fill_html, fill_text, now_header_date, personalise
@@ -19,12 +20,15 @@ from newsletter.config import Settings
 from newsletter.errors import ConfigError, DeliveryError, IssueError, SubscriberError
 from newsletter.issues import is_valid_name, load_issue
 from newsletter.models import Issue, Recipient, RenderedIssue
-from newsletter.preflight import PreflightFinding
 from newsletter.render import render_issue
 from newsletter.store import Store, UpsertCounts
 from newsletter.subscribers import decode_csv, normalise_address, parse_csv
 from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
 from newsletter.transport import SendResult, SmtpConnection
+
+if TYPE_CHECKING:
+    from newsletter.compat import Accepted
+    from newsletter.preflight import PreflightFinding
 
 __all__ = [
     "COMPAT_KINDS",
@@ -33,11 +37,13 @@ __all__ = [
     "RenderedFiles",
     "Sample",
     "SentTest",
+    "accepted_choices",
     "check_files",
     "check_list_name",
     "example_recipient",
     "import_subscribers",
     "message_signer",
+    "preflight_findings",
     "render_sample",
     "render_to_files",
     "send_test",
@@ -140,8 +146,7 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
     which also saves light, dark and 375 px screenshots into ``screenshots``. Raises
     ValueError for an unknown client, ConfigError when the browser check can't run.
     """
-    from newsletter.accessibility import check_accessibility
-    from newsletter.compat import BRIEFING_CHOICES, DEFAULT_CLIENTS, check_compat, resolve_clients
+    from newsletter.compat import DEFAULT_CLIENTS, check_compat, resolve_clients
 
     chosen = [client.id for client in resolve_clients(clients or DEFAULT_CLIENTS)]
     report = CheckReport()
@@ -158,9 +163,7 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
         html, text = fill_html(rendered, recipient), fill_text(rendered, recipient)
         report.findings.extend(check_issue(issue))
         report.findings.extend(check_rendered(issue.source, html, text))
-        # The built-in template's deliberate choices (e.g. @media, which Outlook for Windows
-        # ignores) are explained as info; a template of one's own gets no such pass.
-        accepted = BRIEFING_CHOICES if settings.templates_dir is None and issue.template == "briefing" else ()
+        accepted = accepted_choices(issue, settings)
         table: dict[str, dict[str, int]] = {}
         for client in chosen:
             counts = dict.fromkeys(COMPAT_KINDS, 0)
@@ -168,11 +171,7 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
                 counts[_compat_kind(finding.check, finding.message)] += 1
             table[client] = counts
         report.compat[issue.source] = table
-        report.findings.extend(_finding(issue.source, finding)
-                               for finding in check_compat(html, clients=chosen, accepted=accepted))
-        # image-alt (check_rendered) already says what a11y-alt would.
-        report.findings.extend(_finding(issue.source, finding) for finding in check_accessibility(html, text)
-                               if finding.check != "a11y-alt")
+        report.findings.extend(preflight_findings(issue, html, text, settings, clients=chosen))
         checked = ["lang/dir", "layout tables", "heading order", "alt text", "link text",
                    "contrast light+dark (static)", "font size", "plain text"]
         if browser or screenshots is not None:
@@ -187,16 +186,36 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
     return report
 
 
+def accepted_choices(issue: Issue, settings: Settings) -> tuple[Accepted, ...]:
+    """The built-in template's deliberate choices (e.g. @media, which Outlook for Windows ignores),
+    reported as info; a template of one's own gets no such pass."""
+    from newsletter.compat import BRIEFING_CHOICES
+
+    return BRIEFING_CHOICES if settings.templates_dir is None and issue.template == "briefing" else ()
+
+
+def preflight_findings(issue: Issue, html: str, text: str, settings: Settings, *,
+                       clients: Sequence[str]) -> list[Finding]:
+    """What client support (for ``clients``) and accessibility find in the rendered email, as check findings."""
+    from newsletter.accessibility import check_accessibility
+    from newsletter.compat import check_compat
+
+    found = [*check_compat(html, clients=clients, accepted=accepted_choices(issue, settings)),
+             # image-alt (check_rendered) already says what a11y-alt would.
+             *(finding for finding in check_accessibility(html, text) if finding.check != "a11y-alt")]
+    return [_finding(issue.source, finding) for finding in found]
+
+
+def _finding(source: str, finding: PreflightFinding) -> Finding:
+    return Finding(source, 1, finding.severity, finding.check, str(finding))
+
+
 def _compat_kind(check: str, message: str) -> str:
     if check == "compat-unknown":
         return "unknown"
     if ": accepted, " in message:
         return "accepted"
     return {"compat-unsupported": "unsupported", "compat-partial": "partial"}.get(check, "untested")
-
-
-def _finding(source: str, finding: PreflightFinding) -> Finding:
-    return Finding(source, 1, finding.severity, finding.check, str(finding))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

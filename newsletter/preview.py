@@ -41,12 +41,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from watchfiles import Change, DefaultFilter, awatch
 
-from newsletter.accessibility import check_accessibility
 from newsletter.checks import GMAIL_CLIP_BYTES, Finding, check_issue, check_rendered
-from newsletter.compat import BRIEFING_CHOICES, check_compat
+from newsletter.compat import DEFAULT_CLIENTS
 from newsletter.config import Settings, is_loopback
 from newsletter.errors import ConfigError, IssueError, NewsletterError
-from newsletter.jobs import render_sample
+from newsletter.jobs import preflight_findings, render_sample
 from newsletter.render import default_templates_dir
 from newsletter.websecurity import SecurityHeaders, page_policy
 
@@ -290,10 +289,8 @@ def _render_for_preview(issue_path: Path, settings: Settings) -> _Render:
     findings = [*check_issue(issue), *check_rendered(issue.source, html, text)]
     # What `newsletter check` adds (client support, accessibility), warnings and errors only:
     # the info findings (the template's accepted choices, partial support) would drown them.
-    accepted = BRIEFING_CHOICES if settings.templates_dir is None and issue.template == "briefing" else ()
-    extra = [*check_compat(html, accepted=accepted), *check_accessibility(html, text)]
-    findings += [Finding(issue.source, 1, finding.severity, finding.check, str(finding))
-                 for finding in extra if finding.counts and finding.check != "a11y-alt"]
+    findings += [finding for finding in preflight_findings(issue, html, text, settings, clients=DEFAULT_CLIENTS)
+                 if finding.counts]
     findings.sort(key=lambda finding: (_SEVERITY_ORDER.get(finding.severity, 3), finding.line))
     return _Render(rendered.subject, html, text, message, tuple(findings), _now())
 
