@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
-def _server(recorder: Recorder, *, starttls: tuple[Path, Path] | None) -> tuple[Controller, int]:
+@contextmanager
+def _server(*, starttls: tuple[Path, Path] | None) -> Iterator[tuple[Recorder, int]]:
+    """A recording aiosmtpd on 127.0.0.1, offering STARTTLS with ``starttls``'s (cert, key) when given."""
+    recorder = Recorder()
     port = free_port()
     options: dict[str, object] = {}
     if starttls is not None:
@@ -43,27 +47,22 @@ def _server(recorder: Recorder, *, starttls: tuple[Path, Path] | None) -> tuple[
         options = {"tls_context": context, "require_starttls": True}
     controller = Controller(recorder, hostname="127.0.0.1", port=port, ready_timeout=10, **options)  # type: ignore[arg-type]
     controller.start()
-    return controller, port
+    try:
+        yield recorder, port
+    finally:
+        controller.stop()
 
 
 @pytest.fixture
 def starttls_server(certificate: tuple[Path, Path]) -> Iterator[tuple[Recorder, int]]:
-    recorder = Recorder()
-    controller, port = _server(recorder, starttls=certificate)
-    try:
-        yield recorder, port
-    finally:
-        controller.stop()
+    with _server(starttls=certificate) as running:
+        yield running
 
 
 @pytest.fixture
 def plain_server() -> Iterator[tuple[Recorder, int]]:
-    recorder = Recorder()
-    controller, port = _server(recorder, starttls=None)
-    try:
-        yield recorder, port
-    finally:
-        controller.stop()
+    with _server(starttls=None) as running:
+        yield running
 
 
 def _send(settings: SmtpSettings) -> SendResult:
