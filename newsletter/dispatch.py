@@ -39,7 +39,7 @@ from newsletter.models import Issue, Recipient
 from newsletter.render import render_issue
 from newsletter.store import Store
 from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
-from newsletter.transport import SendResult, SmtpConnection
+from newsletter.transport import NextMessage, SendResult, SmtpConnection
 
 __all__ = [
     "DispatchOptions",
@@ -59,6 +59,10 @@ __all__ = [
 EXIT_INCOMPLETE = 3
 _CLAIM_LEASE = 600.0  # seconds other runs leave a claimed row alone
 _CONNECT_FAILURES_TO_STOP = 3  # per connection, in a row, with nothing sent in between
+#: seconds the messages in flight get to finish after SIGTERM/SIGINT, before the connections are dropped
+STOP_GRACE = 3.0
+#: seconds between looks at the ledger while other live runs hold the only rows left
+_OTHERS_POLL = 0.5
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class IssueSummary:
     uncertain: int = 0
     #: rows still waiting (a later retry, the hourly cap, or another run holds them)
     waiting: int = 0
+    #: of those, rows another live run holds (claimed or sending) when this run ended
+    elsewhere: int = 0
     audience: int = 0
     elapsed: float = 0.0
     complete: bool = False
@@ -110,9 +116,9 @@ class IssueSummary:
         return {
             "slug": self.slug, "source": self.source, "sent": self.sent, "deferred": self.deferred,
             "retries": self.retries, "failed": self.failed, "skipped": self.skipped, "uncertain": self.uncertain,
-            "waiting": self.waiting, "audience": self.audience, "elapsed": round(self.elapsed, 3),
-            "rate": round(self.rate, 1), "complete": self.complete, "dry_run": self.dry_run, "error": self.error,
-            "notes": self.notes,
+            "waiting": self.waiting, "elsewhere": self.elsewhere, "audience": self.audience,
+            "elapsed": round(self.elapsed, 3), "rate": round(self.rate, 1), "complete": self.complete,
+            "dry_run": self.dry_run, "error": self.error, "notes": self.notes,
         }
 
 
@@ -125,10 +131,11 @@ class DispatchReport:
 
     @property
     def exit_code(self) -> int:
-        """0 all due sent, 3 some deferred/failed/uncertain/waiting, 1 an error."""
+        """0: every due issue complete, all sent; 3: something left (deferred, failed, uncertain, waiting); 1: error."""
         if self.errors or any(summary.error for summary in self.issues):
             return 1
-        if any(s.deferred or s.failed or s.uncertain or s.waiting for s in self.issues if not s.dry_run):
+        if any(not s.complete or s.deferred or s.failed or s.uncertain or s.waiting
+               for s in self.issues if not s.dry_run):
             return EXIT_INCOMPLETE
         return 0
 
@@ -472,10 +479,12 @@ class _IssueRun:
                 counts = self.ledger.counts(record.id)
                 summary.audience = sum(counts.values())
                 summary.deferred = counts["deferred"]
-                # Rows another live run is sending are its business, not something this run left undone.
-                summary.waiting = max(0, counts["pending"] + counts["sending"] - elsewhere)
+                # Rows another live run holds are still to be sent: this run waited for that run while
+                # it could, so they are left only when this one was stopped (or halted) first.
+                summary.waiting = counts["pending"] + counts["sending"]
+                summary.elsewhere = elsewhere
                 if elsewhere:
-                    summary.notes.append(f"{elsewhere} being sent by another run")
+                    summary.notes.append(f"{elsewhere} still held by another run that is going on")
                 summary.uncertain = counts["uncertain"]
                 summary.skipped = counts["skipped"]
                 if closing is None:
@@ -504,13 +513,13 @@ class _IssueRun:
         self.progress.start(self.issue.slug, counts["pending"] + counts["deferred"])
         committer = _Committer(ledger, run_id, record.list_id, lambda: self.progress.update(summary))
         committer.start()
-        limiter = (SharedRateLimiter(settings.smtp.rate, self.ledger.reserve_sends) if settings.smtp.rate
-                   else RateLimiter(0))
-        workers = [
-            asyncio.create_task(self._worker(SmtpConnection(settings.smtp), committer, limiter, template))
-            for _ in range(settings.smtp.connections)
-        ]
+        limiter = (SharedRateLimiter(settings.smtp.rate, self.ledger.reserve_sends, sleep=self._nap)
+                   if settings.smtp.rate else RateLimiter(0))
+        connections = [SmtpConnection(settings.smtp) for _ in range(settings.smtp.connections)]
+        workers = [asyncio.create_task(self._worker(connection, committer, limiter, template))
+                   for connection in connections]
         feeder = asyncio.create_task(self._feed(record, run_id))
+        stopper = asyncio.create_task(self._end_when_stopped(connections, workers))
         try:
             # A worker that fails (the database refused a commit, say) must not leave the
             # feeder waiting for progress that will never come: the first failure ends the run.
@@ -519,12 +528,28 @@ class _IssueRun:
                 error = None if task.cancelled() else task.exception()
                 if error is not None:
                     raise error
-            await asyncio.gather(feeder, *workers)
         finally:
-            for task in (feeder, *workers):
+            for task in (stopper, feeder, *workers):
                 task.cancel()
-            await asyncio.gather(feeder, *workers, return_exceptions=True)
+            await asyncio.gather(stopper, feeder, *workers, return_exceptions=True)
             await committer.stop()
+
+    async def _end_when_stopped(self, connections: list[SmtpConnection], workers: list[asyncio.Task[None]]) -> None:
+        """After a stop signal, give the messages in flight :data:`STOP_GRACE` seconds, then drop the connections.
+
+        A relay that doesn't answer (a 600 s wait for a final reply, a stalled command) must not
+        keep a stopped run alive: the row whose message went out whole becomes ``uncertain``,
+        any other ``deferred``, as a timeout would make them. A worker still not done a second
+        later (opening a connection, say) is cancelled; a row it was sending stays ``sending``
+        and the next run calls it uncertain.
+        """
+        await self.stop.event.wait()
+        await asyncio.sleep(STOP_GRACE)
+        for connection in connections:
+            connection.interrupt()
+        await asyncio.sleep(1.0)
+        for worker in workers:
+            worker.cancel()
 
     async def _feed(self, record: IssueRecord, run_id: int) -> None:
         connections = self.settings.smtp.connections
@@ -541,17 +566,27 @@ class _IssueRun:
                     for delivery in claimed:
                         self.outstanding += 1
                         self.queue.put_nowait(delivery)
-                    # Claim the next batch only once this one is nearly through.
-                    while self.outstanding > connections and not self._stopping():
+                    # Claim the next batch once this one's queue is nearly through. The rows the
+                    # workers hold don't count: a connection stuck on a silent server holds its
+                    # rows until its timeout, and the others must not wait for it.
+                    while self.queue.qsize() > connections and not self._stopping():
                         await self._wait_progress(None)
                     continue
                 if self.outstanding:
                     await self._wait_progress(None)  # results in flight may bring retries
                     continue
                 due = self.ledger.next_due(record.id)
-                if due is None or due <= now:
-                    break  # nothing left, or what is left is held by another live run
-                if due - now > wait_limit:
+                if due is not None and due <= now or self.ledger.held_elsewhere(record.id, run_id):
+                    # Rows due that this run can't claim, or being sent: another run holds them.
+                    # The issue isn't done until they are, so wait while that run lives (it may
+                    # also give rows back); if it died, its claims are free again and its rows
+                    # in flight become uncertain, and this run sends the rest.
+                    uncertain = self.ledger.recover(record.id)
+                    if uncertain:
+                        self.summary.notes.append(f"{uncertain} left uncertain by a run that died")
+                    await self._wait_progress(_OTHERS_POLL)
+                    continue
+                if due is None or due - now > wait_limit:
                     break
                 await self._wait_progress(due - now)
         finally:
@@ -567,6 +602,11 @@ class _IssueRun:
             for task in waits:
                 task.cancel()
 
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, but not past a stop signal (the rate limiter's sleep)."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.event.wait(), seconds)
+
     def _stopping(self) -> bool:
         return self.stop.requested or self.halted
 
@@ -575,8 +615,23 @@ class _IssueRun:
         # A result rides along with the next mark (one transaction for both) while there is
         # more to send; when the queue runs dry it is written at once, so the feeder sees it.
         previous: Result | None = None
-        # The next delivery, taken early so its envelope can go with this message's final dot.
+        # The next delivery, taken as this message's final dot goes out so that its envelope
+        # rides with it (pipelined connections only; not under a rate limit, where the next
+        # message waits for its own slot).
         held: tuple[Delivery, bytes | ComposeError] | None = None
+        ahead: list[tuple[Delivery, bytes | ComposeError]] = []
+
+        def take_ahead() -> tuple[str, int] | None:
+            if self._stopping():
+                return None
+            taken = self._take_now(template)
+            if taken is None:
+                return None
+            ahead.append(taken)
+            delivery, message = taken
+            return None if isinstance(message, ComposeError) else (delivery.email, len(message))
+
+        ride = None if limiter.interval else take_ahead
         try:
             while True:
                 if held is not None and self._stopping():
@@ -589,7 +644,7 @@ class _IssueRun:
                         await committer.submit(previous, None)
                         previous = None
                         self._done_one()
-                    taken = await self._take(limiter, wait=True, template=template)
+                    taken = await self._take(limiter, template)
                     if taken is None:
                         break
                     delivery, message = taken
@@ -597,12 +652,11 @@ class _IssueRun:
                 # (the transport's gate), so a row is always `sending` before its DATA.
                 mark = committer.submit_nowait(previous, delivery)
                 had_previous, previous = previous is not None, None
-                # Under a rate limit the next message waits for its own slot: no ride then.
-                if not self._stopping() and not limiter.interval:
-                    held = await self._take(limiter, wait=False, template=template)
                 try:
-                    result = await self._send_one(connection, delivery, message, gate=mark, then=held)
+                    result = await self._send_one(connection, delivery, message, gate=mark, then=ride)
                 finally:
+                    if ahead:
+                        held = ahead.pop()
                     granted = await mark
                     if had_previous:
                         self._done_one()
@@ -620,41 +674,50 @@ class _IssueRun:
                 self._done_one()
             await connection.close()
 
-    async def _take(self, limiter: RateLimiter, *, wait: bool, template: MessageTemplate
+    async def _take(self, limiter: RateLimiter, template: MessageTemplate
                     ) -> tuple[Delivery, bytes | ComposeError] | None:
-        """The next delivery to send and its message (or why it can't be built); None when there is none.
-
-        With ``wait`` False only what is queued already, and never the end-of-work marker
-        (that is put back for the loop to find).
-        """
+        """The next delivery to send and its message (or why it can't be built); None when the work is over."""
         while True:
-            if wait:
-                delivery = await self.queue.get()
-            elif self.queue.empty():
-                return None
-            else:
-                delivery = self.queue.get_nowait()
+            delivery = await self.queue.get()
             if delivery is None:
-                if not wait:
-                    self.queue.put_nowait(None)
                 return None
-            if self._stopping():
+            if not self._may_send():
                 self._done_one()  # claimed but never marked: the run's end frees the claim
-                if wait:
-                    continue
-                return None
-            if self.hourly_left is not None:
-                if self.hourly_left <= 0:
-                    self._done_one()  # never marked: the run's end frees the claim
-                    if wait:
-                        continue
-                    return None
-                self.hourly_left -= 1
+                continue
             await limiter.wait()
-            try:
-                return delivery, self._message(delivery, template)
-            except ComposeError as exc:
-                return delivery, exc
+            if self._stopping():  # the stop came while it waited for its slot
+                self._done_one()
+                continue
+            return delivery, self._compose(delivery, template)
+
+    def _take_now(self, template: MessageTemplate) -> tuple[Delivery, bytes | ComposeError] | None:
+        """Like :meth:`_take`, but only what is queued already, and without a rate limit."""
+        if self.queue.empty():
+            return None
+        delivery = self.queue.get_nowait()
+        if delivery is None:
+            self.queue.put_nowait(None)  # the end-of-work marker stays for the loop to find
+            return None
+        if not self._may_send():
+            self._done_one()
+            return None
+        return delivery, self._compose(delivery, template)
+
+    def _may_send(self) -> bool:
+        """Whether a delivery taken from the queue may go now (it counts against the hourly cap)."""
+        if self._stopping():
+            return False
+        if self.hourly_left is not None:
+            if self.hourly_left <= 0:
+                return False
+            self.hourly_left -= 1
+        return True
+
+    def _compose(self, delivery: Delivery, template: MessageTemplate) -> bytes | ComposeError:
+        try:
+            return self._message(delivery, template)
+        except ComposeError as exc:
+            return exc
 
     def _done_one(self) -> None:
         """A claimed delivery is finished with: its result (if any) is in the ledger."""
@@ -670,17 +733,14 @@ class _IssueRun:
             self.summary.retries += 1
 
     async def _send_one(self, connection: SmtpConnection, delivery: Delivery, message: bytes | ComposeError, *,
-                        gate: Awaitable[bool], then: tuple[Delivery, bytes | ComposeError] | None) -> Result:
+                        gate: Awaitable[bool], then: NextMessage | None) -> Result:
         key = (delivery.issue_id, delivery.subscriber_id)
         if isinstance(message, ComposeError):
             return Result(*key, "failed", None, str(message))
-        following = None
-        if then is not None and not isinstance(then[1], ComposeError):
-            following = (then[0].email, len(then[1]))
         try:
             # personalise() never starts a line with a dot (quoted-printable encodes it as =2E).
             outcome = await connection.send(self.settings.sender.from_email, delivery.email, message, gate=gate,
-                                            dot_safe=True, then=following)
+                                            dot_safe=True, then=then)
         except DeliveryError as exc:
             if exc.fatal:
                 self.fatal = exc

@@ -540,14 +540,15 @@ class Ledger:
         return float(min(times)) if times else None
 
     def held_elsewhere(self, issue_id: int, run_id: int) -> int:
-        """Rows still pending or sending that another unfinished run holds (it will see to them)."""
-        row = self._query_one(
-            "SELECT count(*) FROM deliveries d JOIN runs r ON r.id = d.run_id"
-            " WHERE d.issue_id = ? AND d.status IN ('pending', 'sending') AND d.run_id <> ?"
-            " AND r.finished_at IS NULL AND (d.status = 'sending' OR d.claim_until > ?)",
+        """Rows not sent yet (claimed, or being sent) that another run holds, and that run is alive."""
+        rows = self._query(
+            "SELECT d.run_id, count(*) FROM deliveries d JOIN runs r ON r.id = d.run_id"
+            " WHERE d.issue_id = ? AND d.status IN ('pending', 'deferred', 'sending') AND d.run_id <> ?"
+            " AND r.finished_at IS NULL AND (d.status = 'sending' OR d.claim_until > ?) GROUP BY d.run_id",
             (issue_id, run_id, time.time()),
         )
-        return int(row[0]) if row else 0
+        # A run that died still looks unfinished until recover() closes its books.
+        return sum(int(row[1]) for row in rows if self.run_is_alive(int(row[0])))
 
     def counts(self, issue_id: int) -> dict[str, int]:
         """How many rows are in each state."""

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable
+import math
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 __all__ = [
+    "Interrupted",
     "PipelinedSession",
     "Reply",
     "TransactionReplies",
 ]
+
+
+class Interrupted(TimeoutError):
+    """A wait for the server cut short on purpose (the run is stopping): handled as a timeout would be."""
 
 
 class Reply(NamedTuple):  # a tuple: made for every message, and cheap to make
@@ -108,7 +114,8 @@ class PipelinedSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail whoever waits for a reply."""
-        self._lost = exc or ConnectionResetError("the server closed the connection")
+        if self._lost is None:  # not after interrupt(): that reason stands
+            self._lost = exc or ConnectionResetError("the server closed the connection")
         self._stop_watchdog()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(self._lost)
@@ -145,9 +152,16 @@ class PipelinedSession(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self._waiter = loop.create_future()
             timeout = timeout if timeout is not None else self.timeout
-            if timeout is not None:
+            if timeout is None:
+                self._deadline = math.inf
+            else:
                 self._deadline = loop.time() + timeout
-                if self._watchdog is None:
+                # The timer is moved later lazily, but never left later than this read's deadline:
+                # a short command wait after a long final-reply wait must still end on time.
+                watchdog = self._watchdog
+                if watchdog is None or watchdog.when() > self._deadline:
+                    if watchdog is not None:
+                        watchdog.cancel()
                     self._watchdog = loop.call_at(self._deadline, self._check_deadline)
             try:
                 await self._waiter
@@ -168,7 +182,7 @@ class PipelinedSession(asyncio.Protocol):
         loop = waiter.get_loop()
         if loop.time() >= self._deadline:
             waiter.set_exception(TimeoutError("no reply from the SMTP server in time"))
-        else:
+        elif self._deadline != math.inf:  # a read with no timeout arms it again when it has one
             self._watchdog = loop.call_at(self._deadline, self._check_deadline)
 
     def _stop_watchdog(self) -> None:
@@ -177,13 +191,15 @@ class PipelinedSession(asyncio.Protocol):
             self._watchdog = None
 
     async def transaction(self, envelope: bytes | None, message: bytes, gate: Awaitable[bool] | None = None, *,
-                          dot_safe: bool = False, then: bytes = b"") -> TransactionReplies:
+                          dot_safe: bool = False, then: bytes | Callable[[], bytes] = b"") -> TransactionReplies:
         """Send one message: ``envelope`` is the ``MAIL``/``RCPT``/``DATA`` commands, ``message`` the bytes.
 
         ``envelope`` None means it went out already (as the ``then`` of the previous
         message): only its three replies are read. ``then`` is the next message's envelope,
         written together with this message's final dot when the message is sent (RFC 2920
-        lets content lead a group), so its replies arrive with this message's final reply.
+        lets content lead a group), so its replies arrive with this message's final reply; a
+        callable is called for it only then (after the gate), so that the next message is
+        not taken while this one can still stall before its final dot.
         ``dot_safe`` says no line of ``message`` starts with a dot (so the ~25 µs search for
         one is skipped). ``gate`` is awaited after ``354`` and before the message; when it
         gives False the message is withheld and the caller must drop the connection.
@@ -218,7 +234,7 @@ class PipelinedSession(asyncio.Protocol):
                         return TransactionReplies(mail, rcpt, data, None, withheld=True)
                 if not dot_safe and (message.startswith(b".") or b"\n." in message):
                     message = _dot_stuffed(message)
-                await self._write(message + b".\r\n" + then)
+                await self._write(message + b".\r\n" + (then() if callable(then) else then))
                 self.awaiting_final = True
                 (final,) = await self._read(1, self.final_timeout)
                 self.awaiting_final = False
@@ -257,6 +273,20 @@ class PipelinedSession(asyncio.Protocol):
             pass
         finally:
             self.abort()
+
+    def interrupt(self) -> None:
+        """Stop waiting for the server and drop the connection.
+
+        The wait under way (or the next one) raises :class:`Interrupted`, a ``TimeoutError``:
+        :attr:`awaiting_final` still tells whether the message had gone out.
+        """
+        if self._lost is None:
+            self._lost = Interrupted("stopped waiting for the server: the run is stopping")
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self._lost)
+        self._writable.set()
+        self.abort()
 
     def abort(self) -> None:
         """Close the connection now."""

@@ -27,17 +27,18 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Literal, NamedTuple
 
 import aiosmtplib
 
 from newsletter.config import SmtpSettings, is_loopback
 from newsletter.errors import DeliveryError
-from newsletter.pipeline import PipelinedSession, Reply
+from newsletter.pipeline import Interrupted, PipelinedSession, Reply
 from newsletter.sanitize import one_line
 
 __all__ = [
+    "NextMessage",
     "Outcome",
     "SendResult",
     "SmtpConnection",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 Outcome = Literal["sent", "deferred", "failed", "uncertain"]
+#: the next message from the same sender as (recipient, size), or a callable that gives it (or None) when asked
+NextMessage = tuple[str, int] | Callable[[], tuple[str, int] | None]
 
 # RFC 3463 enhanced status codes that say the address itself is bad: 5.1.1 bad mailbox,
 # 5.1.0 other address status, 5.1.2 bad domain, 5.1.3 bad syntax, 5.1.6 moved, 5.1.10 null MX.
@@ -105,6 +108,8 @@ class SmtpConnection:
         self._local_hostname = local_hostname
         self._tls_context = tls_context
         self._client: aiosmtplib.SMTP | None = None
+        #: the client while :meth:`connect` is under way (so that :meth:`interrupt` can end it)
+        self._connecting: aiosmtplib.SMTP | None = None
         self._use_pipelining = pipelining
         self._session: PipelinedSession | None = None
         #: (sender, recipient) whose envelope went out with the last message, replies unread
@@ -140,6 +145,7 @@ class SmtpConnection:
             local_hostname=self._local_hostname,
         )
         where = f"{settings.host}:{settings.port}"
+        self._connecting = client
         try:
             await client.connect()
             await _greet(client)  # connect() says EHLO only when AUTH needs it; we need the extensions
@@ -162,6 +168,8 @@ class SmtpConnection:
         except (aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             raise DeliveryError(f"can't connect to {where}: {_reason(exc)}") from exc
+        finally:
+            self._connecting = None
         self._client = client
         # From here on the transactions are ours, pipelined or lock-step: we must know whether
         # a failure came before the message's final dot (safe to send again) or after it.
@@ -172,7 +180,7 @@ class SmtpConnection:
         self._size_option = client.supports_extension("size")
 
     async def send(self, sender: str, recipient: str, message: bytes, *, gate: Awaitable[bool] | None = None,
-                   dot_safe: bool = False, then: tuple[str, int] | None = None) -> SendResult:
+                   dot_safe: bool = False, then: NextMessage | None = None) -> SendResult:
         """Send ``message`` (wire-ready bytes) from ``sender`` to ``recipient``.
 
         Connects first when needed. Returns a :class:`SendResult`; raises DeliveryError
@@ -184,7 +192,9 @@ class SmtpConnection:
         output, signed or not), so the pipelined path need not look for one. ``then``
         (recipient, message size) is the next message from the same sender: on a pipelined
         connection its envelope rides with this message's final dot, so that each message
-        costs one round trip; the next :meth:`send` must be that message.
+        costs one round trip; the next :meth:`send` must be that message. A callable
+        ``then`` is asked for it only as the final dot goes out (and may say None: no next
+        message), so that nothing is taken for a connection stalled before that.
         """
         if not self.connected:
             await self.connect()
@@ -198,7 +208,7 @@ class SmtpConnection:
         return f"MAIL FROM:<{sender}>{option}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")
 
     async def _send_session(self, session: PipelinedSession, sender: str, recipient: str, message: bytes,
-                              gate: Awaitable[bool] | None, dot_safe: bool, then: tuple[str, int] | None
+                              gate: Awaitable[bool] | None, dot_safe: bool, then: NextMessage | None
                               ) -> SendResult:
         if not session.pipelined and gate is not None:
             # Lock-step gains nothing from overlapping the gate: ask first, and say nothing at all
@@ -218,10 +228,22 @@ class SmtpConnection:
         envelope = None if in_flight else self._envelope(sender, recipient, len(message))
         if envelope is None and not in_flight:
             return SendResult("failed", None, f"refusing an address that can't go in an SMTP command: {recipient!r}")
-        following = self._envelope(sender, then[0], then[1]) if then is not None and session.pipelined else None
+        #: the recipient whose envelope went out with the final dot
+        riding: list[str] = []
+
+        def following() -> bytes:
+            upcoming = then() if callable(then) else then
+            if upcoming is None:
+                return b""
+            ahead = self._envelope(sender, *upcoming)
+            if ahead is None:
+                return b""  # its address can't go in a command: its own send() refuses it
+            riding.append(upcoming[0])
+            return ahead
+
         try:
             replies = await session.transaction(envelope, message, gate, dot_safe=dot_safe,
-                                                then=following or b"")
+                                                then=following if then is not None and session.pipelined else b"")
         except TimeoutError as exc:
             if session.awaiting_final:
                 # The whole message went out and the server, still there, gave no verdict in
@@ -234,8 +256,8 @@ class SmtpConnection:
             # The server closed the connection without a final reply: a server that took the
             # message says so first (RFC 5321 4.1.1.4), so this one didn't: send it again.
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
-        if replies.final is not None and following is not None and then is not None:
-            self._in_flight = (sender, then[0])
+        if replies.final is not None and riding:
+            self._in_flight = (sender, riding[0])
         if replies.withheld:
             self.abort()  # after 354 only the connection's end cancels the message
             return SendResult("deferred", None, _WITHHELD, reconnect=True)
@@ -255,6 +277,17 @@ class SmtpConnection:
         if result.reconnect:
             self.abort()
         return result
+
+    def interrupt(self) -> None:
+        """Stop waiting for the server now (the run is stopping) and drop the connection.
+
+        A send under way ends as a timeout would: ``uncertain`` when its message had gone
+        out whole, ``deferred`` before that; a connection being opened fails.
+        """
+        if self._session is not None:
+            self._session.interrupt()
+        if self._connecting is not None:
+            self._connecting.close()
 
     def abort(self) -> None:
         """Drop the connection without QUIT (after an error)."""
@@ -303,6 +336,8 @@ async def _greet(client: aiosmtplib.SMTP) -> None:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Interrupted):
+        return str(exc)
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
         return "timed out"
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):

@@ -4,7 +4,10 @@ Faults are injected on the server side, per recipient address:
 
 - ``fail_rcpt(addr, "451 4.7.1 greylisted", ...)``: answer RCPT with these replies, one per try, then accept;
 - ``fail_data(addr, "550 5.7.1 spam", ...)``: the same for the end of DATA;
-- ``drop_in_data(addr, times)``: close the connection after the first line of the message body.
+- ``drop_in_data(addr, times)``: close the connection after the first line of the message body;
+- ``stall_at_rcpt(addr)``: never answer RCPT for this address (the connection stays open, silent);
+- ``late_then_silent(addr, seconds)``: keep the message, answer its final dot ``seconds`` late,
+  then answer nothing more on that connection (not even QUIT; it stays open).
 
 Every accepted message is kept as (mail from, recipient, bytes).
 """
@@ -53,6 +56,9 @@ class Recorder:
         self.connections = 0
         self.data_started = threading.Event()
         self.accepted_event = threading.Condition(self.lock)
+        self.stalled_rcpts: set[str] = set()
+        self.late_finals: dict[str, float] = {}
+        self.stalls = 0  # sessions that went silent on purpose so far
 
     def fail_rcpt(self, address: str, *replies: str) -> None:
         with self.lock:
@@ -65,6 +71,21 @@ class Recorder:
     def drop_in_data(self, address: str, times: int = 1) -> None:
         with self.lock:
             self.drops[address.lower()] += times
+
+    def stall_at_rcpt(self, address: str) -> None:
+        with self.lock:
+            self.stalled_rcpts.add(address.lower())
+
+    def late_then_silent(self, address: str, seconds: float) -> None:
+        with self.lock:
+            self.late_finals[address.lower()] = seconds
+
+    async def _go_silent(self, session: Session) -> None:
+        """Answer nothing more on this connection; ends when the client leaves or the server stops."""
+        session.silent = True  # type: ignore[attr-defined]
+        with self.lock:
+            self.stalls += 1
+        await asyncio.Event().wait()
 
     def take_drop(self, address: str) -> bool:
         with self.lock:
@@ -86,8 +107,25 @@ class Recorder:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if getattr(session, "silent", False):
+            await self._go_silent(session)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if getattr(session, "silent", False):
+            await self._go_silent(session)
+        return "221 Bye"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        with self.lock:
+            stalled = address.lower() in self.stalled_rcpts
+        if stalled:
+            await self._go_silent(session)
         reply = self._next(self.rcpt_replies, address)
         if reply is not None:
             return reply
@@ -108,6 +146,10 @@ class Recorder:
             for rcpt in envelope.rcpt_tos:
                 self.messages.append(Received(str(envelope.mail_from), rcpt, bytes(content)))
             self.accepted_event.notify_all()
+            late = max((self.late_finals.pop(rcpt.lower(), 0.0) for rcpt in envelope.rcpt_tos), default=0.0)
+        if late:
+            await asyncio.sleep(late)  # the fault itself (a slow final reply), never asserted on
+            session.silent = True  # type: ignore[attr-defined]  # the next command gets no answer
         return "250 2.0.0 OK queued"
 
     def wait_for(self, count: int, timeout: float = 30.0) -> bool:
