@@ -53,8 +53,8 @@ class SecurityHeaders:
     """Adds security headers to every response and hides server errors.
 
     An exception in the application becomes a plain 500 page; the traceback goes to the
-    log only. A client that goes away before its request has arrived whole (it hung up, or
-    the server's deadline closed it) is no error: one line in the log, and nothing is sent.
+    log only. A client that goes away while the application reads its request (it hung up,
+    or the server's deadline closed it) is no error: one line in the log, nothing is sent.
     """
 
     def __init__(self, app: ASGIApp, *, policy: str, frame_options: str = "DENY") -> None:
@@ -98,7 +98,7 @@ class SecurityHeaders:
             await self.app(scope, watched_receive, with_headers)
         except Exception:  # never a traceback to the client: the log has it
             if gone:
-                log.info("the client left before its request arrived: %s %s", scope.get("method"), redact_path(scope))
+                log.info("the client went away during %s %s", scope.get("method"), redact_path(scope))
                 return
             log.exception("error while serving %s %s", scope.get("method"), redact_path(scope))
             if not started:

@@ -42,7 +42,7 @@ class DeadlineH11Protocol(H11Protocol):
     time than one sending nothing. When it passes and the request is still incomplete (the
     client is idle, or still sending the header or the body), the connection is closed; an
     application waiting for that body sees the client disconnect. A request that arrived
-    whole is never cut short, however long the answer takes (the preview's long poll).
+    whole is never cut short, however long the answer takes.
     """
 
     #: seconds for each request to arrive whole; a subclass may change it
