@@ -36,6 +36,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -47,7 +48,7 @@ from newsletter.config import Settings, is_loopback
 from newsletter.errors import ConfigError, IssueError, NewsletterError
 from newsletter.jobs import preflight_findings, render_sample
 from newsletter.render import default_templates_dir
-from newsletter.websecurity import SecurityHeaders, page_policy
+from newsletter.websecurity import MAX_BODY, SecurityHeaders, page_policy
 
 __all__ = [
     "PreviewServer",
@@ -62,6 +63,9 @@ LONG_POLL_SECONDS = 20.0
 #: the widths of the two views of the email: a phone, and a desktop client wider than the 600 px body
 PHONE_WIDTH = 375
 DESKTOP_WIDTH = 700
+#: the names a request may give in its Host header (with any port), besides the address served on:
+#: a page from another site that points its own name at 127.0.0.1 (DNS rebinding) gets 400
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 _NO_STORE = {"cache-control": "no-store"}
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -302,13 +306,16 @@ def _now() -> dt.datetime:
 # --- the app ----------------------------------------------------------------------
 
 
-def preview_app(issue: Path, settings: Settings, *, report: Callable[[str], None] | None = None) -> Starlette:
+def preview_app(issue: Path, settings: Settings, *, report: Callable[[str], None] | None = None,
+                host: str = "127.0.0.1") -> Starlette:
     """The preview of ``issue`` as an ASGI app; its lifespan watches the files and renders.
 
     Routes: ``/`` the page, ``/email.html`` the email (framed by the page),
     ``/message.eml`` the whole message, ``/events?version=V`` the long poll that answers
     when the page is out of date, ``/static/preview.js`` the page's script. ``report``
-    gets one line per render or error (the terminal of ``newsletter preview``).
+    gets one line per render or error (the terminal of ``newsletter preview``). Only
+    requests naming :data:`LOOPBACK_NAMES` or ``host`` (the address it is served on) in
+    their ``Host`` header are answered; any other gets 400.
 
     Raises :class:`IssueError` when ``issue`` is not a file, :class:`ConfigError` when the
     templates folder is missing: mistakes on the command line, not in the file.
@@ -362,13 +369,23 @@ def preview_app(issue: Path, settings: Settings, *, report: Callable[[str], None
             Route("/events", events, methods=["GET"]),
             Route("/static/preview.js", preview_js, methods=["GET"]),
         ],
-        middleware=[Middleware(
-            SecurityHeaders, policy=page_policy(frames=True, scripts=True), frame_options="SAMEORIGIN",
-        )],
+        middleware=[
+            Middleware(SecurityHeaders, policy=page_policy(frames=True, scripts=True), frame_options="SAMEORIGIN"),
+            Middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts(host), www_redirect=False),
+        ],
         lifespan=lifespan,
+        max_body_size=MAX_BODY,
     )
     app.state.preview = preview
     return app
+
+
+def _allowed_hosts(host: str) -> list[str]:
+    """The names the preview answers to: the loopback ones, and ``host`` unless it means every address."""
+    names = list(LOOPBACK_NAMES)
+    if host not in ("", "0.0.0.0", "::"):
+        names.append(f"[{host}]" if ":" in host else host)
+    return names
 
 
 def _safe_filename(issue: Path) -> str:
@@ -523,13 +540,16 @@ def serve_preview(issue: Path, settings: Settings, *, host: str = "127.0.0.1", p
     page opens in the default browser. Raises :class:`NewsletterError` when the address
     can't be used (:func:`preview_app`'s errors for a missing file or templates folder).
     """
-    app = preview_app(issue, settings, report=lambda line: print(line, flush=True))
+    app = preview_app(issue, settings, report=lambda line: print(line, flush=True), host=host)
     listener = _listen(host, port)
     try:
         url = _url(host, listener.getsockname()[1])
         if not is_loopback(host):
             print(f"warning: the preview has no password; anyone who can reach {host} can read this issue",
                   file=sys.stderr, flush=True)
+        if host in ("", "0.0.0.0", "::"):
+            print("note: only requests to localhost, 127.0.0.1 or [::1] are answered; to be reached at another"
+                  " address, give that address as --host", file=sys.stderr, flush=True)
         print(f"Previewing {issue} at {url} (Ctrl-C to stop)", flush=True)
         if open_browser:
             # The socket listens already: the browser's request waits in its backlog until

@@ -24,20 +24,20 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter import archive, unsubscribe
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.tokens import TokenSigner, split_keys
-from newsletter.websecurity import SecurityHeaders, page_policy, redact_path
+from newsletter.websecurity import MAX_BODY, SecurityHeaders, page_policy, redact_path
 
 __all__ = [
     "AccessLog",
@@ -151,6 +151,9 @@ def create_app(settings: Settings) -> ASGIApp:
         return RedirectResponse(f"/issues/{request.path_params['slug']}/", status_code=301)
 
     async def not_found(request: Request, exc: Exception) -> Response:
+        moved = _slash_twin(request.scope, app.router.routes)
+        if moved is not None:
+            return RedirectResponse(moved, status_code=307)
         return web.message(404, "Not found", "There is nothing at this address.", "/issues/", "All issues")
 
     app = Starlette(
@@ -165,7 +168,11 @@ def create_app(settings: Settings) -> ASGIApp:
             Route("/issues/{slug}", issue_without_slash),
         ],
         exception_handlers={404: not_found},
+        max_body_size=MAX_BODY,
     )
+    # Starlette's own slash redirect names the host from the Host header, which the client
+    # chooses (and says http:// behind a TLS proxy): not_found redirects by path instead.
+    app.router.redirect_slashes = False
     return AccessLog(SecurityHeaders(app, policy=page_policy()))
 
 
@@ -173,6 +180,20 @@ def _origin(url: str) -> str:
     """``scheme://host[:port]`` of ``url``."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _slash_twin(scope: Scope, routes: list[BaseRoute]) -> str | None:
+    """Where a path that matches no route belongs, as a relative URL, when adding or removing
+    its trailing slash makes it match one; None when that doesn't help."""
+    path = str(scope["path"])
+    twin = path.rstrip("/") if path.endswith("/") else path + "/"
+    if not twin.startswith("/") or twin.startswith("//"):  # "//host" would name another site
+        return None
+    if not any(route.matches({**scope, "path": twin})[0] is not Match.NONE for route in routes):
+        return None
+    # Encoded again (the path was decoded): a backslash stays %5C, which no browser reads as "/".
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    return quote(twin, safe="/:@!$&'()*+,;=") + (f"?{query}" if query else "")
 
 
 def _cross_site(request: Request, site_origin: str) -> bool:
@@ -214,16 +235,24 @@ class AccessLog:
             await self.app(scope, receive, recording)
         finally:
             client = scope.get("client") or ("-", 0)
-            access_log.info('%s "%s %s" %d %.1f ms', client[0], scope.get("method", "-"), redact_path(scope),
-                            status, (time.perf_counter() - started) * 1000)
+            access_log.info('%s "%s %s" %s %.1f ms', client[0], scope.get("method", "-"), redact_path(scope),
+                            status or "-", (time.perf_counter() - started) * 1000)  # "-": the client left
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the application with uvicorn until Ctrl-C (uvicorn's own access log off: ours redacts)."""
+    """Run the application with uvicorn until Ctrl-C (uvicorn's own access log off: ours redacts).
+
+    Each request has :data:`~newsletter.webserver.REQUEST_TIMEOUT` seconds to arrive, and an
+    idle connection closes 5 s after its last response; no limit counts connections (uvicorn's
+    ``limit_concurrency`` counted idle ones, so silent sockets locked everyone out).
+    """
     import uvicorn
+
+    from newsletter.webserver import DeadlineH11Protocol, raise_open_file_limit
 
     app = create_app(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    raise_open_file_limit()
     uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=False,
-                log_level="info", limit_concurrency=256, timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
+                log_level="info", http=DeadlineH11Protocol, timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
 

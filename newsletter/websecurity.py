@@ -1,23 +1,30 @@
 """ASGI middleware shared by ``newsletter serve`` and ``newsletter preview``: security headers,
-a request body limit, and no stack trace to any client.
+no stack trace to any client, and request paths fit for a log.
 
 Pure ASGI (no Starlette ``BaseHTTPMiddleware``) so that it streams and costs next to nothing.
+Request bodies are capped by Starlette itself (``Starlette(max_body_size=MAX_BODY)``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "MAX_BODY",
     "SecurityHeaders",
     "page_policy",
     "redact_path",
 ]
 
 log = logging.getLogger("newsletter.web")
+
+#: the largest request body either server reads (a one-click POST is 26 bytes; a form, a few hundred)
+MAX_BODY = 16 * 1024
+#: how much of a request path a log line shows
+LOGGED_PATH_CHARS = 200
 
 
 def page_policy(*, frames: bool = False, scripts: bool = False) -> str:
@@ -43,17 +50,15 @@ def page_policy(*, frames: bool = False, scripts: bool = False) -> str:
 
 
 class SecurityHeaders:
-    """Adds security headers to every response, caps request bodies, and hides server errors.
+    """Adds security headers to every response and hides server errors.
 
-    A body longer than ``max_body`` bytes gets 413 before the application reads it (when
-    Content-Length says so) or as soon as it goes over (when it is streamed). An exception
-    in the application becomes a plain 500 page; the traceback goes to the log only.
+    An exception in the application becomes a plain 500 page; the traceback goes to the
+    log only. A client that goes away while the application reads its request (it hung up,
+    or the server's deadline closed it) is no error: one line in the log, nothing is sent.
     """
 
-    def __init__(self, app: ASGIApp, *, policy: str, max_body: int = 16 * 1024,
-                 frame_options: str = "DENY") -> None:
+    def __init__(self, app: ASGIApp, *, policy: str, frame_options: str = "DENY") -> None:
         self.app = app
-        self.max_body = max_body
         self.headers: list[tuple[bytes, bytes]] = [
             (b"content-security-policy", policy.encode("ascii")),
             (b"referrer-policy", b"no-referrer"),
@@ -67,24 +72,20 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope["headers"])
-        if declared is not None and declared > self.max_body:
-            await _plain(send, 413, "Request body too large", self.headers)
-            return
-        received = 0
         started = False
+        gone = False
 
-        async def limited_receive() -> Message:
-            nonlocal received
+        async def watched_receive() -> Message:
+            nonlocal gone
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise _TooLarge
+            if message["type"] == "http.disconnect":
+                gone = True
             return message
 
         async def with_headers(message: Message) -> None:
             nonlocal started
+            if gone:
+                return  # nobody to answer (Starlette would answer 500 to the error it raises)
             if message["type"] == "http.response.start":
                 started = True
                 names = {name for name, _ in self.headers}
@@ -94,36 +95,31 @@ class SecurityHeaders:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, with_headers)
-        except _TooLarge:
-            if not started:
-                await _plain(send, 413, "Request body too large", self.headers)
+            await self.app(scope, watched_receive, with_headers)
         except Exception:  # never a traceback to the client: the log has it
+            if gone:
+                log.info("the client went away during %s %s", scope.get("method"), redact_path(scope))
+                return
             log.exception("error while serving %s %s", scope.get("method"), redact_path(scope))
             if not started:
                 await _plain(send, 500, "Something went wrong on our side. Please try again later.", self.headers)
 
 
-class _TooLarge(Exception):
-    pass
-
-
-def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
 def redact_path(scope: Scope) -> str:
-    """The request path for a log: ``/unsubscribe/<token>`` whatever the token (tokens are credentials)."""
+    """The request path for a log line: no token, nothing that can break or forge a line, at most ~200 characters.
+
+    ``/unsubscribe/<token>`` whatever the token (tokens are credentials). Any other path is
+    percent-encoded again (the server decoded it: a ``%0a`` is a line break by now), so
+    control characters, quotes, backslashes and bidirectional overrides show as ``%XX``;
+    a longer path is cut, with its length.
+    """
     path = str(scope.get("path", ""))
     if path.startswith("/unsubscribe/") and path != "/unsubscribe/":
         return "/unsubscribe/<token>"
-    return path
+    shown = quote(path, safe="/:@!$&'()*+,;=")
+    if len(shown) > LOGGED_PATH_CHARS:
+        return f"{shown[:LOGGED_PATH_CHARS]}...({len(shown)} chars)"
+    return shown
 
 
 async def _plain(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]]) -> None:

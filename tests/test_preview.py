@@ -48,9 +48,11 @@ def issue(tmp_path: Path) -> Path:
 
 
 @contextmanager
-def serving(issue: Path, settings: Settings | None = None) -> Iterator[tuple[str, PreviewServer]]:
-    """The preview of ``issue`` served by uvicorn in a thread on a free loopback port."""
-    app = preview_app(issue, settings or Settings())
+def serving(issue: Path, settings: Settings | None = None, *,
+            host: str = "127.0.0.1") -> Iterator[tuple[str, PreviewServer]]:
+    """The preview of ``issue`` served by uvicorn in a thread on a free loopback port (``host``: the
+    address the preview is told it serves on)."""
+    app = preview_app(issue, settings or Settings(), host=host)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     server = PreviewServer(app, log_config=None)
@@ -173,6 +175,29 @@ def test_security_headers_and_no_inline_script(issue: Path) -> None:
     script = responses["/static/preview.js"]
     assert script.headers["content-type"].startswith("text/javascript")
     assert "/events?version=" in script.text and "location.reload()" in script.text
+
+
+def test_only_loopback_host_names_are_answered(issue: Path) -> None:
+    """DNS rebinding: a page on evil.example that points evil.example at 127.0.0.1 could read the
+    draft with the browser's own requests; those name evil.example in Host, and get nothing."""
+    with serving(issue) as (base, _server), httpx.Client(base_url=base, timeout=DEADLINE) as client:
+        port = base.rsplit(":", 1)[1]
+        for host in ("evil.example", f"evil.example:{port}", f"localhost.evil.example:{port}", f"127.0.0.1.nip.io:{port}",
+                     f"[::2]:{port}", f"192.168.1.5:{port}", ""):
+            for path in ("/", "/email.html", "/message.eml", "/events?version=", "/static/preview.js"):
+                response = client.get(path, headers={"Host": host})
+                assert response.status_code in (400, 421), (host, path, response.status_code)
+                assert "Trump" not in response.text and "handshake" not in response.text
+                assert response.headers["x-frame-options"] == "SAMEORIGIN"
+        for host in ("localhost", f"localhost:{port}", f"LOCALHOST:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+            response = client.get("/", headers={"Host": host})
+            assert response.status_code == 200 and "handshake" in response.text, host
+    # Served on another address (--host), the preview answers to that one too.
+    with serving(issue, host="192.168.1.5") as (base, _server), httpx.Client(base_url=base, timeout=DEADLINE) as client:
+        port = base.rsplit(":", 1)[1]
+        assert client.get("/", headers={"Host": f"192.168.1.5:{port}"}).status_code == 200
+        assert client.get("/", headers={"Host": f"localhost:{port}"}).status_code == 200
+        assert client.get("/", headers={"Host": f"evil.example:{port}"}).status_code == 400
 
 
 def test_issue_text_and_errors_are_escaped(issue: Path) -> None:

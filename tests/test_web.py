@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import email
 import logging
+import os
 import re
+import resource
+import selectors
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -29,7 +39,9 @@ from newsletter.config import DatabaseSettings, DispatchSettings, Secret, Sender
 from newsletter.dispatch import DispatchOptions, dispatch
 from newsletter.outbox import Outbox
 from newsletter.store import Store, SubscriberRow
+from newsletter.tokens import TokenSigner, split_keys
 from newsletter.webapp import create_app
+from newsletter.webserver import OPEN_FILES_WANTED
 from tests.smtpserver import free_port
 
 from .conftest import SEED_ISSUE
@@ -205,9 +217,83 @@ def test_access_log_never_shows_a_token(site: Site, caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.INFO, logger="newsletter.access"):
         httpx.get(url)
         httpx.post(url, data={"List-Unsubscribe": "One-Click"})
-    lines = [record.getMessage() for record in caplog.records if record.name == "newsletter.access"]
+        lines = _access_lines(caplog, 2)
     assert len(lines) == 2 and all("/unsubscribe/<token>" in line for line in lines), lines
     assert not any(token in line or token[-10:] in line for line in lines)
+
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture, count: int) -> list[str]:
+    """The access log's lines once there are ``count`` (or after 10 s): the server logs a request
+    after sending its answer, so the client may have the answer first."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [record.getMessage() for record in caplog.records if record.name == "newsletter.access"]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
+def test_an_oversized_chunked_body_gets_413(site: Site) -> None:
+    """No Content-Length to refuse up front: the body is counted as it streams in."""
+    url = site.one_click_url("ada@example.org")
+
+    def body() -> Iterator[bytes]:
+        yield b"List-Unsubscribe=One-Click&x="
+        for _ in range(20):
+            yield b"x" * 1024
+
+    response = httpx.post(url, content=body(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 413
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    assert site.membership("ada@example.org") == "active"
+    # Just under the cap, streamed the same way, the one-click POST works.
+    small = httpx.post(url, content=iter([b"List-Unsubscribe=One-Click&x=", b"x" * 8000]),
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert small.status_code == 200 and site.membership("ada@example.org") == "unsubscribed"
+
+
+def test_slash_redirects_stay_on_this_site_whatever_the_host_header(site: Site) -> None:
+    """A redirect names no host: the Host header is the client's to choose (and says nothing of https)."""
+    token = site.one_click_url("ada@example.org").rsplit("/", 1)[1]
+    evil = {"Host": "evil.example"}
+    for path, location in [
+        (f"/unsubscribe/{token}/", f"/unsubscribe/{token}"),
+        ("/issues", "/issues/"),
+        ("/issues?page=2", "/issues/?page=2"),
+        (f"/issues/{SLUG}", f"/issues/{SLUG}/"),
+        ("/unsubscribe", "/unsubscribe/"),
+        ("/", "/issues/"),
+    ]:
+        response = httpx.get(f"{site.base}{path}", headers=evil)
+        assert response.is_redirect, (path, response.status_code)
+        assert response.headers["location"] == location, path
+    # A one-click POST to the address with a slash is sent on, as a POST, to this site.
+    moved = httpx.post(f"{site.base}/unsubscribe/{token}/", data={"List-Unsubscribe": "One-Click"}, headers=evil)
+    assert moved.status_code in (307, 308) and moved.headers["location"] == f"/unsubscribe/{token}"
+    followed = httpx.post(f"{site.base}/unsubscribe/{token}/", data={"List-Unsubscribe": "One-Click"},
+                          follow_redirects=True)
+    assert followed.status_code == 200 and site.membership("ada@example.org") == "unsubscribed"
+    # What matches no route is not redirected anywhere (no "//host" from a path that starts "//").
+    assert httpx.get(f"{site.base}//evil.example/", headers=evil).status_code == 404
+
+
+def test_the_access_log_escapes_control_characters_and_cuts_long_paths(site: Site,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    forged = '/issues/x%0d%0a127.0.0.1 "GET /forged" 200 0.1 ms%1b[2J%e2%80%aeevil'
+    with caplog.at_level(logging.INFO, logger="newsletter.access"):
+        assert httpx.get(f"{site.base}{forged}").status_code == 404
+        assert httpx.get(f"{site.base}/issues/{'a' * 10_000}/").status_code == 404
+        lines = _access_lines(caplog, 2)
+    assert len(lines) == 2, lines
+    first, long = lines
+    assert not any(char in first for char in "\r\n\x1b\u202e"), first
+    # The path as a URL would carry it: line breaks, quotes, escape sequences and a bidi override as %XX.
+    assert re.fullmatch(r'127\.0\.0\.1 "GET /issues/x%0D%0A127\.0\.0\.1%20%22GET%20/forged%22%20200%200\.1%20ms'
+                        r'%1B%5B2J%E2%80%AEevil" 404 [0-9.]+ ms', first), first
+    # The first 200 characters, and the length.
+    assert re.fullmatch(r'127\.0\.0\.1 "GET /issues/a{192}\.\.\.\(10009 chars\)" 404 [0-9.]+ ms', long), long
 
 
 def test_the_archive_lists_sent_issues_without_anyone_s_data(site: Site, tmp_path: Path) -> None:
@@ -312,3 +398,135 @@ def test_the_archive_shows_an_issue_as_it_was_sent_even_after_its_file_changed(s
     source.unlink()
     assert "Face to face" in httpx.get(f"{site.base}/issues/{SLUG}/").text
     assert f'href="/issues/{SLUG}/"' in httpx.get(f"{site.base}/issues/").text
+
+
+# --- a real `newsletter serve` process under idle and slow clients ----------------------------
+
+SERVE_DEADLINE = 60.0  # seconds for start-up and for the server to close what it must: generous, not a speed claim
+
+
+@dataclass
+class Served:
+    base: str
+    port: int
+    pid: int
+    database: Path
+    one_click_url: str
+    log: Path
+
+
+@contextmanager
+def newsletter_serve(tmp_path: Path) -> Iterator[Served]:
+    """``newsletter serve`` as its own process (started with a soft limit of 256 open files),
+    with one subscriber on one list; stopped with SIGTERM."""
+    database = tmp_path / "news.db"
+    with Store.open(database) as store:
+        store.upsert_subscribers([SubscriberRow("ada@example.org", "Ada")], list_name="default")
+        row = store.query("SELECT subscriber_id, list_id FROM memberships")[0]
+    token = TokenSigner(split_keys(KEY)).make(int(row["subscriber_id"]), int(row["list_id"]))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[sender]\nsite_url = "{base}"\n\n[database]\npath = "news.db"\n', encoding="utf-8")
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(port)]
+    with log.open("w") as output, subprocess.Popen(
+        ["sh", "-c", 'ulimit -Sn 256 && exec "$@"', "sh", *command], cwd=tmp_path, stdout=output,
+        stderr=subprocess.STDOUT, env={**os.environ, "NEWSLETTER_SECRET_KEY": KEY},
+    ) as process:
+        try:
+            deadline = time.monotonic() + SERVE_DEADLINE
+            while True:
+                assert process.poll() is None, log.read_text(encoding="utf-8")
+                assert time.monotonic() < deadline, "newsletter serve did not start"
+                try:
+                    if httpx.get(f"{base}/unsubscribe/", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            yield Served(base, port, process.pid, database, f"{base}/unsubscribe/{token}", log)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=SERVE_DEADLINE)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                pytest.fail("newsletter serve did not stop on SIGTERM")
+
+
+def _closed_by_server(sockets: list[socket.socket], deadline: float) -> set[socket.socket]:
+    """The sockets the server closed before ``deadline`` (what it answered first is read and dropped)."""
+    closed: set[socket.socket] = set()
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        while len(closed) < len(sockets) and (left := deadline - time.monotonic()) > 0:
+            for key, _ in selector.select(left):
+                sock = cast(socket.socket, key.fileobj)
+                try:
+                    if sock.recv(65536):
+                        continue
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    pass
+                selector.unregister(sock)
+                closed.add(sock)
+    return closed
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text(encoding="utf-8").splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = (resource.RLIM_INFINITY if value == "unlimited" else int(value) for value in line.split()[3:5])
+            return soft, hard
+    raise AssertionError("no open-files line in /proc/PID/limits")
+
+
+def test_idle_and_half_sent_connections_neither_lock_out_a_one_click_post_nor_stay_open(tmp_path: Path) -> None:
+    """Slowloris against `newsletter serve`: 300 silent sockets, 300 that send half a request
+    header and stop, and a few that stall in a body or after one byte of a next request. A mail
+    provider's one-click POST still answers 200 while they are open, and the server closes
+    every one of them by itself."""
+    with newsletter_serve(tmp_path) as served:
+        address = ("127.0.0.1", served.port)
+        idle = [socket.create_connection(address) for _ in range(300)]
+        half_header = []
+        for number in range(300):
+            sock = socket.create_connection(address)
+            sock.sendall(b"POST /unsubscribe/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-" + str(number).encode())
+            half_header.append(sock)
+        half_body = []
+        for _ in range(10):
+            sock = socket.create_connection(address)
+            sock.sendall(b"POST /unsubscribe/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/"
+                         b"x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nList-Unsubscribe=")
+            half_body.append(sock)
+        # A whole request and the first byte of the next: a byte stops uvicorn's keep-alive timer.
+        one_more_byte = []
+        for _ in range(10):
+            sock = socket.create_connection(address)
+            sock.sendall(b"GET /unsubscribe/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nG")
+            one_more_byte.append(sock)
+        stalled = idle + half_header + half_body + one_more_byte
+        try:
+            response = httpx.post(served.one_click_url, data={"List-Unsubscribe": "One-Click"}, timeout=SERVE_DEADLINE)
+            assert response.status_code == 200, response.text
+            with Store.open(served.database) as store:
+                assert store.query("SELECT status FROM memberships")[0]["status"] == "unsubscribed"
+            closed = _closed_by_server(stalled, time.monotonic() + SERVE_DEADLINE)
+            assert len(closed) == len(stalled), (
+                f"still open after {SERVE_DEADLINE:.0f} s: {len(set(idle) - closed)} idle,"
+                f" {len(set(half_header) - closed)} half-sent headers, {len(set(half_body) - closed)} half-sent"
+                f" bodies, {len(set(one_more_byte) - closed)} after one byte")
+            # The server took what it needed to hold 600 sockets: its limit was 256 files.
+            soft, hard = _open_files_limit(served.pid)
+            assert soft == (OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED))
+            assert httpx.get(f"{served.base}/unsubscribe/", timeout=SERVE_DEADLINE).status_code == 200
+        finally:
+            for sock in stalled:
+                sock.close()
+    output = served.log.read_text(encoding="utf-8")
+    assert "Traceback" not in output and "Exceeded concurrency limit" not in output, output
