@@ -344,6 +344,9 @@ BRIEFING_CHOICES: tuple[Accepted, ...] = (
              "white-space: normal on citations is the initial value, so dropping it changes nothing"),
     Accepted("css-word-spacing", ("outlook-windows",),
              "MJML's word-spacing: normal on <body> is the initial value, so dropping it changes nothing"),
+    Accepted("css-table-layout", ("outlook-windows",),
+             "table-layout: fixed on the card's tables keeps a blocked or broken image's box from widening "
+             "a phone's layout; Outlook for Windows gets MJML's fixed 600 px tables instead"),
     Accepted("css-word-break", (),
              "MJML's word-break: break-word on text cells; where it is dropped, only a very long unbroken word "
              "or bare URL could widen the card"),
