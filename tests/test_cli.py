@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from newsletter.checks import GMAIL_CLIP_BYTES
 from newsletter.cli import main
 
-from .conftest import SEED_ISSUE, write_issue
+from .conftest import ROOT, SEED_ISSUE, write_issue
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -196,3 +196,45 @@ def test_a_control_character_in_the_config_is_refused(tmp_path: Path) -> None:
     config.write_text('[sender]\npostal_address = "1 Main St\\u000bSpringfield"\n', encoding="utf-8")
     code, _, err = run("--config", str(config), "render", str(SEED_ISSUE), "-o", str(tmp_path / "out"))
     assert code == 2 and "postal_address contains a control character" in err
+
+
+def _coded(out: str, *codes: str) -> list[str]:
+    """The printed findings with one of ``codes``."""
+    return [line for line in out.splitlines() if line.rstrip().endswith(tuple(f"[{code}]" for code in codes))]
+
+
+def test_check_reports_weak_alt_text(tmp_path: Path) -> None:
+    issue = write_issue(tmp_path, "# Pictures\n\nWords before the pictures, enough of them to read.\n\n"
+                        '![image](https://example.com/a.png "600x300")\n\n'
+                        '![Photo](https://example.com/b.png "600x300")\n\n'
+                        '![IMG_0042.jpg](https://example.com/IMG_0042.jpg "600x300")\n\n'
+                        '![Screenshot 2024-01-02 at 10.15.32.png](https://example.com/c.png "600x300")\n\n'
+                        '![The river at dawn, under fog](https://example.com/river.jpg "600x300")\n')
+    code, out, _ = run("check", str(issue))
+    assert code == 1
+    weak = _coded(out, "a11y-alt", "image-alt")
+    assert [line.split("image '", 1)[1].split("'", 1)[0] for line in weak] == [
+        "https://example.com/a.png", "https://example.com/b.png", "https://example.com/IMG_0042.jpg",
+        "https://example.com/c.png"], out
+    assert all(": warning: " in line for line in weak)
+    assert "accessibility: 4 finding(s)" in out
+
+
+def test_check_reports_an_empty_alt_on_a_linked_image_and_a_missing_alt_once(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    own = (ROOT / "templates" / "briefing.mjml").read_text(encoding="utf-8").replace(
+        "<mj-section css-class=\"nl-card\" padding=\"28px 0 8px 0\">",
+        "<mj-raw><a href=\"https://example.com/\"><img src=\"https://example.com/logo.png\" alt=\"\" width=\"120\" "
+        "height=\"40\"></a><img src=\"https://example.com/masthead.png\" width=\"600\" height=\"80\"></mj-raw>"
+        "\n    <mj-section css-class=\"nl-card\" padding=\"28px 0 8px 0\">", 1)
+    (templates / "briefing.mjml").write_text(own, encoding="utf-8")
+    config = tmp_path / "newsletter.toml"
+    config.write_text('[templates]\ndir = "templates"\n', encoding="utf-8")
+    issue = write_issue(tmp_path, "# Words\n\nA paragraph with enough words to read on its own.\n")
+    code, out, _ = run("--config", str(config), "check", str(issue))
+    assert code == 1
+    alt = _coded(out, "a11y-alt", "image-alt")
+    assert len(alt) == 2, alt  # the missing alt once (image-alt), not again as a11y-alt
+    assert "logo.png' is a link's only content but its alt is empty" in alt[1] and ": error: " in alt[1]
+    assert "masthead.png' in the HTML has no alt attribute" in alt[0] and alt[0].endswith("[image-alt]")
