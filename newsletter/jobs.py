@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.checks import Finding, check_issue, check_rendered
+from newsletter.checks import Finding, check_issue, check_rendered, check_source
 from newsletter.compose import compile_message, fill_html, fill_text, now_header_date, personalise
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, DeliveryError, IssueError, SubscriberError
@@ -162,6 +162,8 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
         recipient = example_recipient(settings)
         html, text = fill_html(rendered, recipient), fill_text(rendered, recipient)
         report.findings.extend(check_issue(issue))
+        # load_issue read it as UTF-8 a moment ago; the characters' lines are the file's own
+        report.findings.extend(check_source(issue.source, Path(path).read_bytes().decode("utf-8")))
         report.findings.extend(check_rendered(issue.source, html, text))
         accepted = accepted_choices(issue, settings)
         table: dict[str, dict[str, int]] = {}

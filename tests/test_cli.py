@@ -238,3 +238,41 @@ def test_check_reports_an_empty_alt_on_a_linked_image_and_a_missing_alt_once(tmp
     assert len(alt) == 2, alt  # the missing alt once (image-alt), not again as a11y-alt
     assert "logo.png' is a link's only content but its alt is empty" in alt[1] and ": error: " in alt[1]
     assert "masthead.png' in the HTML has no alt attribute" in alt[0] and alt[0].endswith("[image-alt]")
+
+
+TINY_PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAUAAAAFCAYAAACNbyblAAAAHElEQVQI12P4//8/w38GIAXDIBKE0DHxgl"
+            "jNBAAO9TXL0Y4OHwAAAABJRU5ErkJggg==")
+
+
+def test_check_warns_about_a_data_image_naming_the_clients_that_dont_show_it(tmp_path: Path) -> None:
+    """The README allows data:image images; caniemail says Gmail doesn't show them: a warning, not an error."""
+    issue = write_issue(tmp_path, "# A dot\n\nA paragraph with enough words to read on its own.\n\n"
+                        f'![A red dot, five pixels wide]({TINY_PNG} "5x5")\n')
+    code, out, _ = run("check", str(issue))
+    assert code == 1
+    assert "relative-link" not in out and ": error: " not in out, out
+    [warning] = [line for line in out.splitlines() if "image-base64" in line]
+    assert ": warning: " in warning and warning.endswith("[compat-unsupported]")
+    assert "data: URI" in warning and "Gmail iOS" in warning and "Gmail webmail" in warning
+    assert "https://www.caniemail.com/features/image-base64/" in warning
+    gmail = next(line.split() for line in out.splitlines() if line.startswith("  gmail "))
+    assert gmail[1] == "1"  # in the table as unsupported
+    # clients that show data: images hear nothing of it
+    code, out, _ = run("check", "-a", "--clients", "apple-mail,yahoo", str(issue))
+    assert "image-base64" not in out
+
+
+def test_check_reports_direction_controls_with_their_line_and_never_prints_them(tmp_path: Path) -> None:
+    issue = write_issue(tmp_path, "# Your invoice\n\nA paragraph with enough words to read on its own.\n\n"
+                        "- Attached: Invoice \u202egpj.exe\u202c for March\n- A clean line\n\n"
+                        "A quote \u2067\u05e9\u05dc\u05d5\u05dd\u2069 in Hebrew.\n")
+    code, out, _ = run("check", str(issue))
+    assert code == 1
+    rows = [line for line in out.splitlines() if line.endswith("[direction-control]")]
+    assert [row.split(": warning: ")[0] for row in rows] == [f"{issue}:10", f"{issue}:13"], out
+    assert "U+202E RIGHT-TO-LEFT OVERRIDE, U+202C POP DIRECTIONAL FORMATTING (from column 21)" in rows[0]
+    assert "Invoice <U+202E>gpj.exe<U+202C> for March" in rows[0]
+    assert "U+2067 RIGHT-TO-LEFT ISOLATE, U+2069 POP DIRECTIONAL ISOLATE" in rows[1]
+    assert not any(chr(code) in out for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+    code, out, _ = run("check", str(SEED_ISSUE))
+    assert "direction-control" not in out
