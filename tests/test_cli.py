@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import email
 import json
+import re
 import subprocess
 import sys
 from email import policy
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -94,9 +96,9 @@ def test_check_findings_exit_1_and_json(tmp_path: Path) -> None:
     )
     code, out, _ = run("check", "--json", str(issue))
     assert code == 1
-    codes = {row["code"] for row in json.loads(out)}
+    codes = {row["code"] for row in json.loads(out)["findings"]}
     assert {"subject-length", "no-preheader", "relative-link", "text-width"} <= codes
-    rows = {row["code"]: row for row in json.loads(out)}
+    rows = {row["code"]: row for row in json.loads(out)["findings"]}
     assert rows["relative-link"]["line"] == 5
 
 
@@ -111,7 +113,7 @@ def test_check_gmail_clip(tmp_path: Path) -> None:
     issue = write_issue(tmp_path, paragraphs + "\n")
     code, out, _ = run("check", "--json", str(issue))
     assert code == 1
-    assert "gmail-clip" in {row["code"] for row in json.loads(out)}
+    assert "gmail-clip" in {row["code"] for row in json.loads(out)["findings"]}
 
 
 def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
@@ -161,7 +163,7 @@ def test_check_prints_the_client_table_and_accessibility_and_exits_0_on_the_seed
 
 def test_check_json_has_the_caniemail_pages_and_other_clients_can_be_chosen() -> None:
     code, out, _ = run("check", "--json", "--clients", "outlook-macos,samsung-email", str(SEED_ISSUE))
-    rows = json.loads(out)
+    rows = json.loads(out)["findings"]
     compat = [row for row in rows if row["code"].startswith("compat-")]
     assert compat and any("https://www.caniemail.com/features/" in row["message"] for row in compat)
     assert all("Gmail" not in row["message"] for row in compat)  # only the clients asked for
@@ -276,3 +278,102 @@ def test_check_reports_direction_controls_with_their_line_and_never_prints_them(
     assert not any(chr(code) in out for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
     code, out, _ = run("check", str(SEED_ISSUE))
     assert "direction-control" not in out
+
+
+# --- check --json holds everything the text shows ---------------------------------------
+
+
+def _text_and_json(*args: str) -> tuple[int, str, str, str, dict[str, Any]]:
+    """``check -a`` (every finding printed), plain ``check`` (the summary's info count) and ``check --json``."""
+    code, out, err = run("check", "-a", *args)
+    _, _, plain_err = run("check", *args)
+    json_code, printed, _ = run("check", "--json", *args)
+    document = json.loads(printed)
+    assert code == json_code == document["summary"]["exit_code"]
+    return code, out, err, plain_err, document
+
+
+def _assert_text_is_in_json(out: str, err: str, plain_err: str, document: dict[str, Any]) -> None:
+    rows = document["findings"]
+    invalid = [row for row in rows if row["code"] == "invalid"]
+    # every finding line, in order, and every invalid file's line
+    findings = [line for line in out.splitlines() if not line.startswith("  ") and ": email-client" not in line]
+    assert findings == [f"{row['source']}:{row['line']}: {row['severity']}: {row['message']} [{row['code']}]"
+                        for row in rows if row["code"] != "invalid"]
+    assert [line for line in err.splitlines() if "file(s) checked" not in line] == [
+        f"{row['source']}:{row['line']}: {row['message']}" for row in invalid]
+    # each file's block: the table row by row, the accessibility and dark-mode lines
+    lines = [line for line in out.splitlines() if line.startswith("  ") or ": email-client" in line]
+    starts = [index for index, line in enumerate(lines) if ": email-client compatibility (caniemail.com):" in line]
+    blocks = [lines[start:end] for start, end in zip(starts, [*starts[1:], len(lines)], strict=True)]
+    assert [block[0].split(": email-client")[0] for block in blocks] == [file["source"] for file in document["files"]]
+    for block, file in zip(blocks, document["files"], strict=True):
+        compat = file["compatibility"]
+        assert block[1].split() == ["client", *compat["kinds"]]
+        table = {line.split()[0]: [int(value) for value in line.split()[1:]] for line in block[2:-2]}
+        assert table == {client: [counts[kind] for kind in compat["kinds"]] for client, counts in compat["clients"].items()}
+        accessibility = file["accessibility"]
+        assert block[-2] == f"  accessibility: {accessibility['findings']} finding(s) ({', '.join(accessibility['checks'])})"
+        dark = file["dark_mode"]
+        if dark["browser"]:
+            shots = f"; screenshots: {', '.join(dark['screenshots'])}" if dark["screenshots"] else ""
+            assert block[-1] == f"  dark mode in Chromium: {dark['findings']} finding(s){shots}"
+        else:
+            assert block[-1].startswith("  dark mode: contrast computed from the dark-scheme CSS") and not dark["findings"]
+        counted = [row for row in rows if row["source"] == file["source"] and row["code"] != "invalid"]
+        assert file["findings"] == {severity: sum(1 for row in counted if row["severity"] == severity)
+                                    for severity in ("error", "warning", "info")}
+    # the totals line (only printed when every file was valid)
+    summary = document["summary"]
+    assert summary["files"] == len(document["files"]) + summary["invalid"] == summary["files"]
+    assert summary["findings"] == summary["errors"] + summary["warnings"]
+    assert summary["errors"] + summary["warnings"] + summary["info"] == len(rows) - len(invalid)
+    if not invalid:
+        info = f", {summary['info']} info (-a shows them)" if summary["info"] else ""
+        assert plain_err.strip() == f"{summary['files']} file(s) checked, {summary['findings']} finding(s){info}"
+    # and, whatever the layout: every number the text shows is in the JSON
+    numbers = set(re.findall(r"\b\d+\b", json.dumps(document)))
+    assert set(re.findall(r"\b\d+\b", out + err + plain_err)) <= numbers
+
+
+def _findings_issue(tmp_path: Path) -> Path:
+    return write_issue(tmp_path, "# Findings\n\nA paragraph with enough words to read on its own.\n\n"
+                       '![photo](https://example.com/p.png "600x300")\n\n'
+                       f'![A red dot]({TINY_PNG} "5x5")\n\n'
+                       "- A [relative](/about) link, and Invoice \u202egpj.exe\u202c\n",
+                       front="subject: " + "S" * 90 + "\ndate: 2024-01-02\n", name="2024-01-02-findings.md")
+
+
+def test_check_json_holds_every_row_and_number_of_the_text(tmp_path: Path) -> None:
+    code, out, err, plain_err, document = _text_and_json(str(SEED_ISSUE), str(_findings_issue(tmp_path)))
+    assert code == 1 and document["version"] == 1
+    assert [file["source"] for file in document["files"]] == [str(SEED_ISSUE), str(tmp_path / "2024-01-02-findings.md")]
+    _assert_text_is_in_json(out, err, plain_err, document)
+    seed, findings = document["files"]
+    assert seed["compatibility"]["clients"]["outlook-windows"]["accepted"] > 0
+    assert seed["accessibility"] == {"checks": ["lang/dir", "layout tables", "heading order", "alt text", "link text",
+                                                "contrast light+dark (static)", "font size", "plain text"],
+                                     "findings": 0}
+    assert findings["accessibility"]["findings"] == 1  # alt='photo'
+    assert findings["compatibility"]["clients"]["gmail"]["unsupported"] == 1  # the data: image
+    assert document["summary"]["files"] == 2 and document["summary"]["warnings"] >= 5
+
+
+def test_check_json_with_an_invalid_file_holds_it_too(tmp_path: Path) -> None:
+    broken = write_issue(tmp_path, "Hi\n", front="subject: x\n", name="2024-01-03-broken.md")
+    code, out, err, plain_err, document = _text_and_json(str(_findings_issue(tmp_path)), str(broken))
+    assert code == 2
+    _assert_text_is_in_json(out, err, plain_err, document)
+    assert document["summary"]["invalid"] == 1 and document["summary"]["files"] == 2
+    assert [row["source"] for row in document["findings"] if row["code"] == "invalid"] == [str(broken)]
+
+
+@pytest.mark.browser
+def test_check_json_holds_the_browser_check_and_its_screenshots(tmp_path: Path) -> None:
+    code, out, err, plain_err, document = _text_and_json("--screenshots", str(tmp_path), str(SEED_ISSUE))
+    assert code == 0
+    _assert_text_is_in_json(out, err, plain_err, document)
+    dark = document["files"][0]["dark_mode"]
+    assert dark["browser"] is True and dark["findings"] == 0
+    assert sorted(Path(shot).name for shot in dark["screenshots"]) == [
+        f"{SEED_ISSUE.stem}-{kind}.png" for kind in ("375", "dark", "light")]
