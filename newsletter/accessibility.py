@@ -6,7 +6,8 @@
   readers announce rows and columns of a grid that isn't one.
 - ``a11y-heading-order``: headings go down one level at a time (h1, h2, h3; not h1, h3).
 - ``a11y-alt``: every image has ``alt``; an empty one only on decorative images (marked
-  ``role="presentation"``/``aria-hidden``, or a 1-2 px spacer), never as a link's only content.
+  ``role="presentation"``/``aria-hidden``, or a 1-2 px spacer), never as a link's only content;
+  and one that says something: not a file name (``IMG_0042.jpg``) nor only "image" or "photo".
 - ``a11y-link-text``: a link says where it goes: not empty, not "click here" or "here".
 - ``a11y-contrast``: every rendered text colour against what is behind it, at least
   4.5:1 (WCAG 2 AA), in the light scheme and in the dark one (the
@@ -28,6 +29,7 @@ from newsletter.preflight import PreflightFinding, where_list
 from newsletter.styles import Scheme, StyledDocument
 
 __all__ = [
+    "GENERIC_ALT_TEXTS",
     "GENERIC_LINK_TEXTS",
     "MIN_CONTRAST",
     "MIN_FONT_PX",
@@ -43,6 +45,11 @@ MIN_FONT_PX = 14.0
 GENERIC_LINK_TEXTS = frozenset({
     "click here", "here", "click", "this", "this link", "link", "more", "read more", "learn more", "go",
 })
+#: alt texts that only say there is a picture (compared in lower case, without punctuation or an article)
+GENERIC_ALT_TEXTS = frozenset({
+    "image", "img", "photo", "photograph", "picture", "pic", "graphic", "illustration", "screenshot", "banner",
+    "alt", "alt text", "placeholder", "untitled", "image of", "photo of", "picture of",
+})
 _CONTRAST_URL = "https://www.w3.org/WAI/WCAG22/Understanding/contrast-minimum.html"
 _HEADINGS_URL = "https://www.w3.org/WAI/tutorials/page-structure/headings/"
 _ALT_URL = "https://www.w3.org/WAI/tutorials/images/decision-tree/"
@@ -53,7 +60,10 @@ _WIDTHS = (800, 375)  # a desktop window and a phone
 _LANG_RE = re.compile(r"[a-zA-Z]{2,3}(-[a-zA-Z0-9]{1,8})*")
 _HEADING_RE = re.compile(r"h([1-6])")
 _DATA_TABLE_PARTS = frozenset({"th", "caption", "thead"})
-_FILE_NAME_RE = re.compile(r"^[\w-]+\.(png|jpe?g|gif|webp|svg|bmp)$|^(img|image|dsc|photo)[_-]?\d*$", re.I)
+# A file name ("IMG_0042.jpg", "Screenshot 2024-01-02 at 10.15.32.png") or a camera's ("DSC_0042", "IMG-7").
+_FILE_NAME_RE = re.compile(r"^[^/\\]*\.(png|jpe?g|gif|webp|svg|bmp|tiff?|heic|avif)$"
+                           r"|^(img|image|dsc|dscn|photo)[_-]?\d*$", re.I)
+_ARTICLE_RE = re.compile(r"^(an?|the)\s+", re.I)
 _TAG_RE = re.compile(r"</?(a|p|div|span|br|table|tr|td|img|strong|em|b|i|ul|ol|li|h[1-6]|html|body)\b[^>]*>", re.I)
 _ENTITY_RE = re.compile(r"&(#\d+|#x[0-9a-f]+|[a-z]{2,8});", re.I)
 _PLACEHOLDER_RE = re.compile(r"__nl[0-9a-f]{16}_[a-z0-9_]+__")
@@ -62,15 +72,20 @@ _WORD_RE = re.compile(r"[^\W\d_]{4,}")
 _MIN_WORD_SHARE = 0.8  # of the HTML's distinct words that the text part must have too
 
 
-def check_accessibility(html: str, text: str | None = None) -> list[PreflightFinding]:
-    """Every accessibility finding about the final HTML (and the text part, when given)."""
+def check_accessibility(html: str, text: str | None = None, *, missing_alt: bool = True) -> list[PreflightFinding]:
+    """Every accessibility finding about the final HTML (and the text part, when given).
+
+    ``missing_alt=False`` leaves out images without an ``alt`` attribute, for a caller that
+    reports those already (``newsletter check`` does, as ``image-alt``); every other alt
+    text finding (empty, a file name, only "image") stays.
+    """
     document = parse_document(html)
     fragments = [parse_document(block.html) for block in document.conditional]
     findings = [
         *_language(document),
         *_layout_tables(document, fragments),
         *_heading_order(document),
-        *_images(document),
+        *_images(document, missing_alt=missing_alt),
         *_links(document),
         *_rendering(document),
     ]
@@ -145,7 +160,7 @@ def _heading_level(element: Element) -> int | None:
     return None
 
 
-def _images(document: Document) -> Iterator[PreflightFinding]:
+def _images(document: Document, *, missing_alt: bool) -> Iterator[PreflightFinding]:
     for image in document.iter():
         if image.tag != "img":
             continue
@@ -153,6 +168,8 @@ def _images(document: Document) -> Iterator[PreflightFinding]:
         alt = image.get("alt")
         link = next((ancestor for ancestor in image.ancestors() if ancestor.tag == "a"), None)
         if alt is None:
+            if not missing_alt:
+                continue
             yield PreflightFinding("error", "a11y-alt", f"image '{src}' has no alt attribute: screen readers read "
                                    "out its address; describe it, or alt=\"\" if it is decoration",
                                    image.describe(), _ALT_URL)
@@ -168,6 +185,9 @@ def _images(document: Document) -> Iterator[PreflightFinding]:
         elif _FILE_NAME_RE.match(alt.strip()):
             yield PreflightFinding("warning", "a11y-alt", f"image '{src}' has alt='{alt}', a file name: say what the "
                                    "image shows", image.describe(), _ALT_URL)
+        elif _ARTICLE_RE.sub("", re.sub(r"[^\w\s]", "", alt).strip()).lower() in GENERIC_ALT_TEXTS:
+            yield PreflightFinding("warning", "a11y-alt", f"image '{src}' has alt='{alt}', which only says there is a "
+                                   "picture: say what it shows", image.describe(), _ALT_URL)
 
 
 def _decorative(image: Element) -> bool:

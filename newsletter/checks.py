@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
@@ -23,12 +24,14 @@ from newsletter.models import (
 )
 
 __all__ = [
+    "DIRECTION_CONTROLS",
     "Finding",
     "GMAIL_CLIP_BYTES",
     "MAX_SUBJECT",
     "MAX_TEXT_COLUMNS",
     "check_issue",
     "check_rendered",
+    "check_source",
 ]
 
 #: Gmail hides everything past ~102 KB of HTML behind "[Message clipped]"
@@ -36,8 +39,15 @@ GMAIL_CLIP_BYTES = 102 * 1024
 #: subjects longer than this are cut in most inbox lists
 MAX_SUBJECT = 78
 MAX_TEXT_COLUMNS = 78
+#: Unicode's explicit direction controls: embeddings, overrides and their end (U+202A–U+202E), isolates
+#: (U+2066–U+2069). Invisible, they reorder the text after them: "Invoice \u202egpj.exe\u202c" shows as
+#: "Invoice exe.jpg" (the "Trojan Source" trick, CVE-2021-42574).
+DIRECTION_CONTROLS = frozenset(chr(code) for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 _SEVERITIES = ("error", "warning", "info")
 _URL_LINE_RE = re.compile(r"^\s*(\[\d+\]\s*)?<?[a-z][a-z0-9+.-]*:\S+>?$")
+_DIRECTION_RE = re.compile("[" + "".join(sorted(DIRECTION_CONTROLS)) + "]")
+# the data: images an issue may have (issues.py keeps exactly these as images); the compat check says who shows them
+_DATA_IMAGE_RE = re.compile(r"data:image/(gif|png|jpeg|webp);", re.I)
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,8 @@ def check_issue(issue: Issue) -> list[Finding]:
         add(issue.line_of("date"), "info", "date-mismatch",
             f"the file name says {stem_date} but date is {issue.date.isoformat()}")
     for line, url, what in _urls(issue):
+        if what == "image" and _DATA_IMAGE_RE.match(url):
+            continue  # allowed; whether the chosen clients show it is the compatibility check's (image-base64)
         if not _absolute(url):
             add(line, "error", "relative-link",
                 f"{what} '{url}' is not an absolute http(s) or mailto address; mail clients can't follow it")
@@ -108,6 +120,32 @@ def check_rendered(source: str, html: str, text: str) -> list[Finding]:
         if len(line) > MAX_TEXT_COLUMNS and not _URL_LINE_RE.match(line):
             found.append(Finding(source, 1, "warning", "text-width",
                                  f"text line {number} is {len(line)} columns (over {MAX_TEXT_COLUMNS})"))
+    return found
+
+
+def check_source(source: str, text: str) -> list[Finding]:
+    """Findings about the characters of the issue file ``text``: direction controls, by line and column.
+
+    They are reported, not refused: right-to-left text may use them rightly, and the
+    editor is the one who can tell. The message shows them as ``<U+202E>``, never raw.
+    """
+    found: list[Finding] = []
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")  # lines as parse_issue counts them
+    for number, line in enumerate(text.split("\n"), 1):
+        controls = list(_DIRECTION_RE.finditer(line))
+        if not controls:
+            continue
+        named = list(dict.fromkeys(f"U+{ord(match.group()):04X} {unicodedata.name(match.group())}"
+                                   for match in controls))
+        what = f"direction control {named[0]}" if len(named) == 1 else f"direction controls {', '.join(named)}"
+        shown = _DIRECTION_RE.sub(lambda match: f"<U+{ord(match.group()):04X}>", line.strip())
+        if len(shown) > 80:
+            shown = shown[:79] + "…"
+        found.append(Finding(
+            source, number, "warning", "direction-control",
+            f"invisible {what} (from column {controls[0].start() + 1}): they reorder the text shown after them, "
+            f"so that it can pass for other text; remove them unless right-to-left text needs them: {shown}",
+        ))
     return found
 
 

@@ -144,7 +144,8 @@ def render(ctx: click.Context, issue: str, out_dir: str, open_browser: bool, as_
 @click.option("--screenshots", type=click.Path(file_okay=False), metavar="DIR",
               help="Save light, dark and 375 px screenshots here (implies --browser).")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Print info findings too (JSON always has them).")
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the whole report as JSON: findings, per-client table, checks run, totals.")
 @click.pass_context
 def check(ctx: click.Context, issues: tuple[str, ...], clients: str, browser: bool, screenshots: str | None,
           show_all: bool, as_json: bool) -> None:
@@ -167,7 +168,7 @@ def check(ctx: click.Context, issues: tuple[str, ...], clients: str, browser: bo
     Examples:
       newsletter check issues/2017-07-07-trump-putin.md
       newsletter check --clients gmail,outlook-windows,samsung-email --screenshots build/shots issues/*.md
-      newsletter check --json issues/*.md | jq '.[] | select(.severity == "error")'
+      newsletter check --json issues/*.md | jq '.findings[] | select(.severity == "error")'
     """
     settings = _settings(ctx)
     try:
@@ -177,34 +178,24 @@ def check(ctx: click.Context, issues: tuple[str, ...], clients: str, browser: bo
         raise click.BadParameter(str(exc), param_hint="--clients") from exc
     except NewsletterError as exc:
         _fail(exc, EXIT_ERROR)
-    if as_json:
-        rows = [
-            {"source": err.source, "line": err.line, "severity": "error", "code": "invalid",
-             "message": err.message + (f" ({err.hint})" if err.hint else "")}
-            for err in report.errors
-        ] + [finding.as_dict() for finding in report.findings]
-        click.echo(json.dumps(rows, indent=2))
+    if as_json:  # the same report as the text below, all of it (README: "check --json")
+        click.echo(json.dumps(report.as_json(), indent=2))
         sys.exit(report.exit_code)
     for err in report.errors:
         click.echo(str(err), err=True)
     for finding in report.findings:
         if finding.counts or show_all:
             click.echo(str(finding))
-    for source, table in report.compat.items():
-        click.echo(f"{source}: email-client compatibility (caniemail.com):")
+    for checks in report.files:
+        click.echo(f"{checks.source}: email-client compatibility (caniemail.com):")
         click.echo(f"  {'client':<18}" + "".join(f"{kind:>12}" for kind in COMPAT_KINDS))
-        for client, counts in table.items():
+        for client, counts in checks.compat.items():
             click.echo(f"  {client:<18}" + "".join(f"{counts[kind]:>12}" for kind in COMPAT_KINDS))
-        own = [finding for finding in report.findings if finding.source == source]
-        accessibility = sum(1 for finding in own if finding.code.startswith(("a11y-", "image-alt")) and finding.counts)
-        dark = sum(1 for finding in own if finding.code.startswith("darkmode-") and finding.counts)
-        checked = report.checked.get(source, [])
-        static = ", ".join(item for item in checked if not item.startswith(("dark", "screenshot")))
-        click.echo(f"  accessibility: {accessibility} finding(s) ({static})")
-        if any(item.startswith("dark") for item in checked):
-            shots = [item.removeprefix("screenshot ") for item in checked if item.startswith("screenshot ")]
-            click.echo(f"  dark mode in Chromium: {dark} finding(s)"
-                       + (f"; screenshots: {', '.join(shots)}" if shots else ""))
+        click.echo(f"  accessibility: {report.accessibility_findings(checks.source)} finding(s)"
+                   f" ({', '.join(checks.accessibility)})")
+        if checks.dark_mode_in_browser:
+            click.echo(f"  dark mode in Chromium: {report.dark_mode_findings(checks.source)} finding(s)"
+                       + (f"; screenshots: {', '.join(checks.screenshots)}" if checks.screenshots else ""))
         else:
             click.echo("  dark mode: contrast computed from the dark-scheme CSS (above);"
                        " --browser renders it in Chromium")

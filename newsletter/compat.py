@@ -2,7 +2,8 @@
 
 :func:`features_used` lists what the HTML uses, each with where: CSS properties, the
 values caniemail tests on their own (``display:none``, ``rgba()``, units, ``!important``
-…), selectors, at-rules and media features, HTML elements and attributes.
+…), selectors, at-rules and media features, HTML elements and attributes, and images
+given as ``data:`` URIs (caniemail's ``image-base64``).
 :func:`check_compat` looks each up for the chosen clients and reports what a client
 doesn't support (warning), supports partly or hasn't been tested in (info), and what
 caniemail has no data on at all (info: unknown, never taken as supported).
@@ -344,6 +345,9 @@ BRIEFING_CHOICES: tuple[Accepted, ...] = (
              "white-space: normal on citations is the initial value, so dropping it changes nothing"),
     Accepted("css-word-spacing", ("outlook-windows",),
              "MJML's word-spacing: normal on <body> is the initial value, so dropping it changes nothing"),
+    Accepted("css-table-layout", ("outlook-windows",),
+             "table-layout: fixed on the card's tables keeps a blocked or broken image's box from widening "
+             "a phone's layout; Outlook for Windows gets MJML's fixed 600 px tables instead"),
     Accepted("css-word-break", (),
              "MJML's word-break: break-word on text cells; where it is dropped, only a very long unbroken word "
              "or bare URL could widen the card"),
@@ -404,6 +408,9 @@ def _element_usages(element: Element, known: Mapping[str, Feature], place: str,
         yield Usage(slug, f"<{tag}>", place, (), audience)
     elif tag not in _BASELINE_ELEMENTS:
         yield Usage("", f"<{tag}> element", place, (), audience)
+    src = (element.get("src") or "").strip()
+    if tag == "img" and src[:5].lower() == "data:":
+        yield Usage("image-base64", "data: image", f"{place}[src={_short(src, 40)}]", (), audience)
     href = (element.get("href") or "").strip().lower()
     if tag == "a" and href.startswith("#"):
         yield Usage("html-anchor-links", "local anchor link", place, (), audience)
@@ -607,6 +614,8 @@ def check_compat(
 
 def _feature_label(feature: Feature) -> str:
     title = feature.title
+    if feature.slug == "image-base64":
+        return f"{title} (a data: URI in <img src>)"
     if feature.category == "css" and "CSS" not in title and not title.startswith(("@", ":")):
         return f"CSS {title}"
     return title

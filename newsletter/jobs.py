@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.checks import Finding, check_issue, check_rendered
+from newsletter.checks import Finding, check_issue, check_rendered, check_source
 from newsletter.compose import compile_message, fill_html, fill_text, now_header_date, personalise
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, DeliveryError, IssueError, SubscriberError
@@ -31,8 +31,11 @@ if TYPE_CHECKING:
     from newsletter.preflight import PreflightFinding
 
 __all__ = [
+    "ACCESSIBILITY_CHECKS",
+    "CHECK_JSON_VERSION",
     "COMPAT_KINDS",
     "CheckReport",
+    "FileChecks",
     "ImportReport",
     "RenderedFiles",
     "Sample",
@@ -61,16 +64,37 @@ class RenderedFiles:
     eml_bytes: int
 
 
+#: the kinds of compatibility finding, as the table's columns
+COMPAT_KINDS = ("unsupported", "partial", "untested", "accepted", "unknown")
+#: the accessibility checks run on every file's final HTML and text, as ``check`` lists them
+ACCESSIBILITY_CHECKS = ("lang/dir", "layout tables", "heading order", "alt text", "link text",
+                        "contrast light+dark (static)", "font size", "plain text")
+#: the version of the document ``check --json`` prints (README: "check --json")
+CHECK_JSON_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileChecks:
+    """What ran on one issue file that parsed and rendered, beyond the findings themselves."""
+
+    source: str
+    #: per client, how many compatibility findings of each kind (COMPAT_KINDS): the table ``check`` prints
+    compat: dict[str, dict[str, int]]
+    #: the accessibility checks that ran
+    accessibility: tuple[str, ...] = ACCESSIBILITY_CHECKS
+    #: whether dark mode was rendered in Chromium (else only computed from the dark-scheme CSS)
+    dark_mode_in_browser: bool = False
+    #: the screenshots the browser check wrote
+    screenshots: tuple[str, ...] = ()
+
+
 @dataclass
 class CheckReport:
-    """Everything ``check_files`` found, and the files that couldn't be read at all."""
+    """Everything ``check_files`` found, what it ran on each file, and the files that couldn't be read at all."""
 
     findings: list[Finding] = field(default_factory=list)
     errors: list[IssueError] = field(default_factory=list)
-    #: per file: per client, how many compatibility findings of each kind (the table `check` prints)
-    compat: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
-    #: per file: what the accessibility and dark-mode checks looked at, and the screenshots written
-    checked: dict[str, list[str]] = field(default_factory=dict)
+    files: list[FileChecks] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -79,9 +103,60 @@ class CheckReport:
             return 2
         return 1 if any(finding.counts for finding in self.findings) else 0
 
+    def accessibility_findings(self, source: str) -> int:
+        """How many of ``source``'s findings that count (not info) are about accessibility."""
+        return self._counted(source, ("a11y-", "image-alt"))
 
-#: the kinds of compatibility finding, as the table's columns
-COMPAT_KINDS = ("unsupported", "partial", "untested", "accepted", "unknown")
+    def dark_mode_findings(self, source: str) -> int:
+        """How many of ``source``'s findings that count are the browser's dark-mode check's."""
+        return self._counted(source, ("darkmode-",))
+
+    def _counted(self, source: str, prefixes: tuple[str, ...]) -> int:
+        return sum(1 for finding in self.findings
+                   if finding.source == source and finding.counts and finding.code.startswith(prefixes))
+
+    def as_json(self) -> dict[str, object]:
+        """The whole report as one JSON-ready document: the shape README's "check --json" describes.
+
+        It holds everything the text output shows (each finding, info included; the
+        per-client table; the accessibility and dark-mode checks that ran, with their
+        counts and screenshots; the totals) and the exit status.
+        """
+        from newsletter.compat import load_caniemail
+
+        invalid = [{"source": err.source, "line": err.line, "severity": "error", "code": "invalid",
+                    "message": err.message + (f" ({err.hint})" if err.hint else "")} for err in self.errors]
+        severities = {severity: sum(1 for finding in self.findings if finding.severity == severity)
+                      for severity in ("error", "warning", "info")}
+        data = load_caniemail()
+        return {
+            "version": CHECK_JSON_VERSION,
+            "findings": [*invalid, *(finding.as_dict() for finding in self.findings)],
+            "files": [{
+                "source": checks.source,
+                "compatibility": {
+                    "data": {"source": "caniemail.com", "commit": data.commit},
+                    "kinds": list(COMPAT_KINDS),
+                    "clients": {client: dict(counts) for client, counts in checks.compat.items()},
+                },
+                "accessibility": {"checks": list(checks.accessibility),
+                                  "findings": self.accessibility_findings(checks.source)},
+                "dark_mode": {"browser": checks.dark_mode_in_browser,
+                              "findings": self.dark_mode_findings(checks.source),
+                              "screenshots": list(checks.screenshots)},
+                "findings": {severity: sum(1 for finding in self.findings
+                                           if finding.source == checks.source and finding.severity == severity)
+                             for severity in ("error", "warning", "info")},
+            } for checks in self.files],
+            "summary": {
+                "files": len(self.files) + len(self.errors),
+                "invalid": len(self.errors),
+                "findings": severities["error"] + severities["warning"],
+                **{f"{severity}s" if severity != "info" else severity: count
+                   for severity, count in severities.items()},
+                "exit_code": self.exit_code,
+            },
+        }
 
 
 def example_recipient(settings: Settings) -> Recipient:
@@ -162,6 +237,8 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
         recipient = example_recipient(settings)
         html, text = fill_html(rendered, recipient), fill_text(rendered, recipient)
         report.findings.extend(check_issue(issue))
+        # load_issue read it as UTF-8 a moment ago; the characters' lines are the file's own
+        report.findings.extend(check_source(issue.source, Path(path).read_bytes().decode("utf-8")))
         report.findings.extend(check_rendered(issue.source, html, text))
         accepted = accepted_choices(issue, settings)
         table: dict[str, dict[str, int]] = {}
@@ -170,19 +247,16 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
             for finding in check_compat(html, clients=[client], accepted=accepted):
                 counts[_compat_kind(finding.check, finding.message)] += 1
             table[client] = counts
-        report.compat[issue.source] = table
         report.findings.extend(preflight_findings(issue, html, text, settings, clients=chosen))
-        checked = ["lang/dir", "layout tables", "heading order", "alt text", "link text",
-                   "contrast light+dark (static)", "font size", "plain text"]
+        checks = FileChecks(issue.source, table)
         if browser or screenshots is not None:
             from newsletter.darkmode import check_dark_mode, find_chromium
 
             dark = check_dark_mode(html, chromium=find_chromium({"NEWSLETTER_CHROMIUM": settings.chromium}),
                                    screenshots=screenshots, name=issue.slug if screenshots else "")
             report.findings.extend(_finding(issue.source, finding) for finding in dark.findings)
-            checked.append("dark mode in Chromium")
-            checked.extend(f"screenshot {shot}" for shot in dark.screenshots)
-        report.checked[issue.source] = checked
+            checks = replace(checks, dark_mode_in_browser=True, screenshots=tuple(map(str, dark.screenshots)))
+        report.files.append(checks)
     return report
 
 
@@ -200,9 +274,10 @@ def preflight_findings(issue: Issue, html: str, text: str, settings: Settings, *
     from newsletter.accessibility import check_accessibility
     from newsletter.compat import check_compat
 
+    # An image without an alt attribute is check_rendered's image-alt already; weak alt text
+    # (empty, a file name, only "photo") is reported here.
     found = [*check_compat(html, clients=clients, accepted=accepted_choices(issue, settings)),
-             # image-alt (check_rendered) already says what a11y-alt would.
-             *(finding for finding in check_accessibility(html, text) if finding.check != "a11y-alt")]
+             *check_accessibility(html, text, missing_alt=False)]
     return [_finding(issue.source, finding) for finding in found]
 
 

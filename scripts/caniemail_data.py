@@ -3,10 +3,11 @@
     .venv/bin/python scripts/caniemail_data.py [FEATURES_DIR] [--commit SHA] [--out DIR]
 
 FEATURES_DIR is a caniemail checkout, or a copy holding its ``_features/*.md`` and
-``LICENSE`` (default: ``../shared/caniemail`` beside this repository). The source commit is
+``LICENSE`` (default: ``../shared/caniemail`` beside this repository). The CSS and HTML
+features are kept, and the image ones (``image-base64``: ``data:`` images; the formats). The source commit is
 read from its ``SOURCE.txt`` (``… commit <sha> (<date>) …``) unless ``--commit`` names it.
 
-What is kept, per feature: its title, category (css/html), caniemail.com address, the date
+What is kept, per feature: its title, category (css/html/image), caniemail.com address, the date
 it was last tested, and for every client and platform the *last listed* version with its
 level (``y`` supported, ``a`` partial, ``n`` not supported, ``u`` unknown). The last
 listed version is the one caniemail.com itself treats as current (its estimated-support
@@ -36,6 +37,7 @@ DEFAULT_SOURCE = ROOT.parent / "shared" / "caniemail"
 DEFAULT_OUT = ROOT / "newsletter" / "data"
 SITE = "https://www.caniemail.com/features/"
 REPOSITORY = "https://github.com/hteumeuleu/caniemail"
+_CATEGORIES = ("css", "html", "image")  # caniemail's others (amp, bimi) say nothing about an email's HTML
 LEVELS = {"y": "supported", "a": "partial", "n": "not supported", "u": "unknown"}
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", re.S)
 _SOURCE_COMMIT = re.compile(r"commit ([0-9a-f]{40})(?: \(([^)]*)\))?")
@@ -49,8 +51,8 @@ def parse_feature(path: Path) -> dict[str, Any]:
     # Jekyll accepts tab indentation; PyYAML doesn't. BaseLoader keeps every scalar a string.
     data = yaml.load(match.group(1).replace("\t", "    "), Loader=yaml.BaseLoader)
     category = data.get("category", "")
-    if category not in ("css", "html"):
-        raise SystemExit(f"{path}: category {category!r} is neither css nor html")
+    if category not in _CATEGORIES:
+        raise SystemExit(f"{path}: category {category!r} is none of {', '.join(_CATEGORIES)}")
     support: dict[str, dict[str, list[str]]] = {}
     for client, platforms in (data.get("stats") or {}).items():
         for platform, versions in (platforms or {}).items():
@@ -84,9 +86,9 @@ def read_commit(source: Path) -> tuple[str, str]:
 def build(source: Path, commit: str, commit_date: str) -> dict[str, Any]:
     """The whole data file: where it came from, the levels, and every feature by slug."""
     folder = source / "_features"
-    paths = sorted(folder.glob("css-*.md")) + sorted(folder.glob("html-*.md"))
+    paths = [path for category in _CATEGORIES for path in sorted(folder.glob(f"{category}-*.md"))]
     if not paths:
-        raise SystemExit(f"{folder}: no css-*.md or html-*.md files")
+        raise SystemExit(f"{folder}: no {', '.join(f'{category}-*.md' for category in _CATEGORIES)} files")
     return {
         "source": REPOSITORY,
         "commit": commit,

@@ -198,3 +198,25 @@ def test_selectors_match_like_a_browser() -> None:
 ])
 def test_media_queries(query: str, scheme: str, width: int, expected: bool) -> None:
     assert media_matches(query, scheme=scheme, width=width) is expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("alt", ["image", "Photo", "A picture.", "the image", "IMG_0042", "DSC-7",
+                                 "Screenshot 2024-01-02 at 10.15.32.png"])
+def test_alt_text_that_only_says_there_is_a_picture(alt: str) -> None:
+    html = (f'<html lang="en" dir="ltr"><body><p style="font-size:16px">Words</p>'
+            f'<img class="weak" src="https://example.com/x.png" alt="{alt}" width="600" height="300"></body></html>')
+    assert found(check_accessibility(html), "a11y-alt") == [("warning", "img.weak")]
+
+
+@pytest.mark.parametrize("alt", ["Photo of the harbour at dawn", "Image processing pipeline, step by step",
+                                 "A chart of sales by month"])
+def test_alt_text_that_describes_passes(alt: str) -> None:
+    html = (f'<html lang="en" dir="ltr"><body><p style="font-size:16px">Words</p>'
+            f'<img src="https://example.com/x.png" alt="{alt}" width="600" height="300"></body></html>')
+    assert found(check_accessibility(html), "a11y-alt") == []
+
+
+def test_missing_alt_can_be_left_to_the_caller_and_the_rest_stays() -> None:
+    findings = check_accessibility(fixture("alt-text.html"), missing_alt=False)
+    assert found(findings, "a11y-alt") == [("warning", "img.empty-alt"), ("error", "a.logo-link"),
+                                           ("warning", "img.file-name")]

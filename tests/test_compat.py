@@ -69,7 +69,7 @@ def test_packaged_data_keeps_source_commit_licence_and_addresses() -> None:
     assert len(data.features) > 250
     for slug, feature in data.features.items():
         assert feature.url == url(slug)
-        assert feature.category in ("css", "html")
+        assert feature.category in ("css", "html", "image")  # image: data: images (image-base64), the formats
         assert all(value[1] in "yanu" for value in feature.support.values())
     assert not any("notes" in entry or "notes_by_num" in entry for entry in raw["features"].values())
 
@@ -111,7 +111,9 @@ def _write_source(folder: Path, *, source_txt: bool = True) -> None:
         '---\ntitle: "<thing> element"\ncategory: html\nstats: {\n  yahoo: {\n    ios: {\n'
         '      "2020-01": "y"\n    }\n  }\n}\n---\n', encoding="utf-8",
     )
-    (features / "image-ignored.md").write_text('---\ntitle: "not css or html"\ncategory: image\n---\n')
+    (features / "image-thing.md").write_text('---\ntitle: "Thing image format"\ncategory: image\nstats: {\n'
+                                             '  gmail: {\n    ios: {\n      "2020-02": "n"\n    }\n  }\n}\n---\n')
+    (features / "amp-ignored.md").write_text('---\ntitle: "not css, html or image"\ncategory: amp\n---\n')
     (folder / "LICENSE").write_text("MIT License\n\nCopyright (c) 2019 Rémi Parmentier\n", encoding="utf-8")
     if source_txt:
         (folder / "SOURCE.txt").write_text(f"Source: x commit {'ab' * 20} (Mon Jun 29 2026) — kept\n")
@@ -123,7 +125,8 @@ def test_generator_keeps_the_latest_level_and_drops_the_prose(tmp_path: Path) ->
     assert _load_script().main([str(tmp_path / "src"), "--out", str(out)]) == 0
     data = json.loads((out / "caniemail.json").read_text(encoding="utf-8"))
     assert data["commit"] == "ab" * 20 and data["commit_date"] == "Mon Jun 29 2026"
-    assert sorted(data["features"]) == ["css-made-up", "html-thing"]  # only css-* and html-*
+    assert sorted(data["features"]) == ["css-made-up", "html-thing", "image-thing"]  # css-*, html-*, image-*
+    assert data["features"]["image-thing"]["support"] == {"gmail": {"ios": ["2020-02", "n"]}}
     made_up = data["features"]["css-made-up"]
     assert made_up == {
         "title": "made-up", "category": "css", "url": url("css-made-up"), "tested": "2024-01-02",
@@ -282,3 +285,14 @@ def test_seed_passes_with_the_templates_choices_and_every_choice_is_needed(
     assert [str(finding) for finding in chosen if finding.counts] == []
     accepted = {finding.url for finding in chosen if ": accepted, " in finding.message}
     assert accepted == {url(choice.feature) for choice in BRIEFING_CHOICES}  # none is stale
+
+
+def test_a_data_image_is_checked_against_caniemails_base64_page() -> None:
+    assert level("image-base64", ("gmail", "ios")) == "n" and level("image-base64", ("apple-mail", "ios")) == "y"
+    html = ('<html><body><img class="dot" src="data:image/png;base64,iVBORw0KGgo=" alt="A dot" width="5" height="5">'
+            '<img src="https://example.com/a.png" alt="A photo of a harbour" width="5" height="5"></body></html>')
+    uses = [usage for usage in features_used(html) if usage.feature == "image-base64"]
+    assert [usage.where for usage in uses] == ["img.dot[src=data:image/png;base64,iVBORw0KGgo=]"]
+    [finding] = by_feature(check_compat(html, clients=["gmail"]), "compat-unsupported").values()
+    assert finding.url == url("image-base64") and "data: URI" in finding.message and "Gmail iOS" in finding.message
+    assert not [finding for finding in check_compat(html, clients=["apple-mail"]) if finding.url == url("image-base64")]
