@@ -138,9 +138,12 @@ def check_source(source: str, text: str) -> list[Finding]:
         named = list(dict.fromkeys(f"U+{ord(match.group()):04X} {unicodedata.name(match.group())}"
                                    for match in controls))
         what = f"direction control {named[0]}" if len(named) == 1 else f"direction controls {', '.join(named)}"
-        shown = _DIRECTION_RE.sub(lambda match: f"<U+{ord(match.group()):04X}>", line.strip())
-        if len(shown) > 80:
-            shown = shown[:79] + "…"
+        # Around the first one: a long paragraph is one line, and its start says nothing.
+        start = max(0, controls[0].start() - 30)
+        excerpt = line[start:start + 80].strip()
+        shown = ("…" if start else "") + _DIRECTION_RE.sub(lambda match: f"<U+{ord(match.group()):04X}>", excerpt)
+        if start + 80 < len(line):
+            shown += "…"
         found.append(Finding(
             source, number, "warning", "direction-control",
             f"invisible {what} (from column {controls[0].start() + 1}): they reorder the text shown after them, "

@@ -42,7 +42,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from watchfiles import Change, DefaultFilter, awatch
 
-from newsletter.checks import GMAIL_CLIP_BYTES, Finding, check_issue, check_rendered
+from newsletter.checks import GMAIL_CLIP_BYTES, Finding, check_issue, check_rendered, check_source
 from newsletter.compat import DEFAULT_CLIENTS
 from newsletter.config import Settings, is_loopback
 from newsletter.errors import ConfigError, IssueError, NewsletterError
@@ -290,7 +290,8 @@ def _render_for_preview(issue_path: Path, settings: Settings) -> _Render:
     """
     sample = render_sample(issue_path, settings)
     issue, rendered, message, html, text = sample.issue, sample.rendered, sample.message, sample.html, sample.text
-    findings = [*check_issue(issue), *check_rendered(issue.source, html, text)]
+    findings = [*check_issue(issue), *check_source(issue.source, issue_path.read_bytes().decode("utf-8", "replace")),
+                *check_rendered(issue.source, html, text)]
     # What `newsletter check` adds (client support, accessibility), warnings and errors only:
     # the info findings (the template's accepted choices, partial support) would drown them.
     findings += [finding for finding in preflight_findings(issue, html, text, settings, clients=DEFAULT_CLIENTS)

@@ -214,6 +214,18 @@ def test_issue_text_and_errors_are_escaped(issue: Path) -> None:
     assert "<img src=x" not in broken
 
 
+def test_direction_controls_in_the_body_are_shown_as_check_shows_them(issue: Path) -> None:
+    edit(issue, "It was their first face-to-face meeting", "It was their first \u202eteem\u202c face-to-face meeting")
+    line = next(number for number, text in enumerate(issue.read_text(encoding="utf-8").split("\n"), 1)
+                if "\u202e" in text)
+    with serving(issue) as (base, _server), httpx.Client(base_url=base, timeout=DEADLINE) as client:
+        body = client.get("/").text
+    findings = body.split('<section id="findings">', 1)[1].split("</section>", 1)[0]
+    assert f"warning</span> line {line}: invisible direction control" in findings, findings
+    assert "&lt;U+202E&gt;teem&lt;U+202C&gt;" in findings
+    assert "\u202e" not in findings  # shown by name, never raw
+
+
 def test_a_broken_file_shows_the_error_keeps_the_last_render_and_recovers(issue: Path) -> None:
     with serving(issue) as (base, _server), httpx.Client(base_url=base, timeout=DEADLINE) as client:
         first = version_of(client)
