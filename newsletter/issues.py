@@ -6,6 +6,7 @@ the line and, where it is obvious, the fix.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import difflib
 import re
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import yaml
 from markdown_it import MarkdownIt
+from markdown_it.rules_inline import image as markdown_image_rule
+from markdown_it.rules_inline.state_inline import StateInline
 from markdown_it.token import Token
 
 from newsletter.errors import IssueError
@@ -39,6 +42,7 @@ from newsletter.models import (
     Text,
     ThematicBreak,
 )
+from newsletter.sanitize import direction_control
 
 __all__ = [
     "FRONT_MATTER_KEYS",
@@ -77,6 +81,9 @@ _MAX_INLINE_DEPTH = 20
 
 _SCHEME_RE = re.compile(r"([a-z][a-z0-9+.-]*):")
 _DATA_IMAGE_RE = re.compile(r"data:image/(gif|png|jpeg|webp);")
+# Set while markdown-it's image rule runs: the one place a data: URI may stand. A context
+# variable, not an attribute of the shared parser, so parses in other threads can't see it.
+_IN_IMAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("_IN_IMAGE", default=False)
 
 
 class _Markdown(MarkdownIt):
@@ -87,17 +94,30 @@ class _Markdown(MarkdownIt):
 
         markdown-it only refuses javascript:, vbscript:, file: and data:; a scheme a mail
         client may hand to another program (ms-msdt:, intent:, …) is no safer. Anything
-        else stays text, as ``javascript:`` does. data: images are markdown-it's exception.
+        else stays text, as ``javascript:`` does. ``data:image/…`` is allowed in an image
+        (markdown-it's exception) but not in a link: a click would open whatever it holds.
         """
         url = url.strip().lower()
         scheme = _SCHEME_RE.match(url)
         if scheme is None:  # a relative address: harmless, and `check` reports it
             return True
-        return scheme.group(1) in ("http", "https", "mailto") or _DATA_IMAGE_RE.match(url) is not None
+        if scheme.group(1) in ("http", "https", "mailto"):
+            return True
+        return _IN_IMAGE.get() and _DATA_IMAGE_RE.match(url) is not None
+
+
+def _image_rule(state: StateInline, silent: bool) -> bool:
+    """markdown-it's image rule, with data: images allowed while it runs."""
+    reset = _IN_IMAGE.set(True)
+    try:
+        return markdown_image_rule(state, silent)
+    finally:
+        _IN_IMAGE.reset(reset)
 
 
 # html=False: raw HTML in the Markdown stays text, and is escaped by every renderer.
 _MARKDOWN = _Markdown("commonmark", {"html": False})
+_MARKDOWN.inline.ruler.at("image", _image_rule)
 
 
 def slug_from_path(path: str) -> str:
@@ -149,11 +169,11 @@ def parse_issue(text: str, *, source: str = "<issue>") -> Issue:
             raise IssueError(source, 1, f"missing required key '{key}'", _EXAMPLES[key])
         return fields[key]
 
-    subject = _one_line(need("subject"), "subject", source, key_lines)
+    subject = _inbox_line(need("subject"), "subject", source, key_lines)
     if not subject:
         raise IssueError(source, key_lines["subject"], "subject is empty", _EXAMPLES["subject"])
     date = _parse_date(need("date"), source, key_lines["date"])
-    preheader = _one_line(fields.get("preheader", ""), "preheader", source, key_lines)
+    preheader = _inbox_line(fields.get("preheader", ""), "preheader", source, key_lines)
     send_at = None
     if "send_at" in fields:
         send_at = _parse_send_at(fields["send_at"], source, key_lines["send_at"])
@@ -298,6 +318,18 @@ def _one_line(value: str, key: str, source: str, key_lines: dict[str, int]) -> s
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value if ch != "\t"):
         raise IssueError(source, key_lines[key], f"{key} holds a control character", "remove it")
     return " ".join(value.split())
+
+
+def _inbox_line(value: str, key: str, source: str, key_lines: dict[str, int]) -> str:
+    """The subject or preheader: one line, and without a direction override (both show in the inbox list)."""
+    found = direction_control(value)
+    if found is not None:
+        raise IssueError(
+            source, key_lines[key],
+            f"{key} holds the invisible direction control {found}, which makes the text after it read in"
+            " another order", "remove it: it can make 'gpj.exe' show as 'exe.jpg'; right-to-left text needs none",
+        )
+    return _one_line(value, key, source, key_lines)
 
 
 def _parse_date(value: str, source: str, line: int) -> dt.date:

@@ -834,6 +834,7 @@ class _Elements(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.elements: Counter[tuple[str, tuple[str, ...]]] = Counter()
         self.urls: set[str] = set()
+        self.links: set[str] = set()
         self.alts: list[str] = []
         self.titles: list[str] = []
 
@@ -842,6 +843,7 @@ class _Elements(HTMLParser):
         self.alts.extend(value or "" for name, value in attrs if name == "alt")
         self.titles.extend(value or "" for name, value in attrs if name == "title" and tag == "a")
         self.urls.update(value or "" for name, value in attrs if name in ("href", "src", "action", "background"))
+        self.links.update(value or "" for name, value in attrs if name == "href")
 
     handle_startendtag = handle_starttag
 
@@ -939,6 +941,8 @@ def _browser_scheme(url: str) -> str:
     "[ref]\n\n[ref]: {u}", "[link]({u} \"t\")",
 ]))
 @example(url="javascript:alert(1)", form="[link]({u})")
+@example(url="data:image/png;base64,iVBORw0KGgo=", form="[link]({u})")  # was a link the reader could click
+@example(url="data:image/png;base64,iVBORw0KGgo=", form="<{u}>")
 def test_unsafe_links_stay_text(url: str, form: str) -> None:
     body = form.format(u=_FORBIDDEN.sub("", url).replace("\n", " ").replace("\r", " "))
     html = _sent_html(f"---\nsubject: s\ndate: 2024-01-02\n---\n{body}\n", _HARMLESS_RECIPIENT)
@@ -951,6 +955,8 @@ def test_unsafe_links_stay_text(url: str, form: str) -> None:
         scheme = _browser_scheme(target)
         assert scheme in ("", "http:", "https:", "mailto:") or (
             scheme == "data:" and re.match(r"data:image/(gif|png|jpeg|webp);", target.strip().lower())), target
+    for target in found.links - _harmless().links:  # data: images may be shown, never clicked
+        assert _browser_scheme(target) in ("", "http:", "https:", "mailto:"), target
 
 
 # --- 6. time: parsing stays linear in the input ---------------------------------------------
