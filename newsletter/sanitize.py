@@ -15,6 +15,8 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 # invisible, they make what follows read in another order ("Invoice \u202egpj.exe\u202c"
 # shows as "Invoice exe.jpg").
 _DIRECTION_RE = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Either of the two: one search finds whether a name needs any change (most need none).
+_UNSAFE_RE = re.compile("[\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def direction_control(text: str) -> str | None:
@@ -30,7 +32,7 @@ def one_line(text: str, limit: int | None = None) -> str:
     around), and a lone surrogate (text that wasn't valid UTF-8) becomes U+FFFD, the
     replacement character.
     """
-    if not text.isascii():  # both only exist outside ASCII: names in ASCII pay nothing
+    if not text.isascii() and _UNSAFE_RE.search(text):  # ASCII names, most names, pay nothing more
         text = _SURROGATE_RE.sub("\ufffd", _DIRECTION_RE.sub("", text))
     folded = " ".join(_CONTROL_RE.sub(" ", text).split())
     return folded if limit is None else folded[:limit].rstrip()  # a cut may end on a space
