@@ -50,6 +50,8 @@ REFUSED = [
     ('[sender]\nfrom = "A <a@example.com>, b@example.org"', "[sender] from 'A <a@example.com>, b@example.org' holds"
      " more than one address; give exactly one"),
     ('[sender]\nfrom = "Doe, Jane <jane@example.com>"', "[sender] from 'Doe, Jane <jane@example.com>' holds more"),
+    ('[sender]\nfrom = "A <a@example.com>; b@example.org"', "holds more than one address"),
+    ('[sender]\nfrom = "A <a@example.com> b@example.org"', "holds more than one address"),
     ('[sender]\nreply_to = "a@example.com, b@example.org"', "[sender] reply_to 'a@example.com, b@example.org' holds"),
     # copied into every email / refused later as "invalid unsubscribe URL for <address>"
     ('[sender]\nsite_url = "https://editor:hunter2@news.example.com"', "[sender] site_url holds a user name or"
