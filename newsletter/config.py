@@ -8,18 +8,20 @@ config file the embedded defaults apply: a local capture SMTP server on
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.headerregistry import Address
-from email.utils import parseaddr
+from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from newsletter.errors import ConfigError
+from newsletter.sanitize import direction_control
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -228,11 +230,11 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         security=security,
         username=_str(smtp_data, "username", config_path, "smtp", ""),
         password=Secret(env.get("NEWSLETTER_SMTP_PASSWORD", "")),
-        timeout=_num(smtp_data, "timeout", config_path, "smtp", smtp_defaults.timeout),
+        timeout=_num(smtp_data, "timeout", config_path, "smtp", smtp_defaults.timeout, positive=True),
         final_reply_timeout=_num(smtp_data, "final_reply_timeout", config_path, "smtp",
-                                 smtp_defaults.final_reply_timeout),
+                                 smtp_defaults.final_reply_timeout, positive=True),
         connections=_int(smtp_data, "connections", config_path, "smtp", smtp_defaults.connections, 1, 1024),
-        rate=_num(smtp_data, "rate", config_path, "smtp", 0.0),
+        rate=_num(smtp_data, "rate", config_path, "smtp", 0.0, zero="no limit"),
         max_per_hour=_int(smtp_data, "max_per_hour", config_path, "smtp", 0, 0, 10**9),
         ca_file=base / ca_file if (ca_file := _str(smtp_data, "ca_file", config_path, "smtp")) else None,
         tls_skip_verify_for=_str(smtp_data, "tls_skip_verify_for", config_path, "smtp"),
@@ -252,15 +254,24 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     dispatch_data = data.get("dispatch", {})
     dispatch_defaults = DispatchSettings()
     dispatch = DispatchSettings(
-        retry_initial=_num(dispatch_data, "retry_initial", config_path, "dispatch", dispatch_defaults.retry_initial),
-        retry_max=_num(dispatch_data, "retry_max", config_path, "dispatch", dispatch_defaults.retry_max),
+        retry_initial=_num(dispatch_data, "retry_initial", config_path, "dispatch", dispatch_defaults.retry_initial,
+                           positive=True),
+        retry_max=_num(dispatch_data, "retry_max", config_path, "dispatch", dispatch_defaults.retry_max,
+                       positive=True),
         give_up_after_hours=_num(
-            dispatch_data, "give_up_after_hours", config_path, "dispatch", dispatch_defaults.give_up_after_hours
+            dispatch_data, "give_up_after_hours", config_path, "dispatch", dispatch_defaults.give_up_after_hours,
+            zero="give up at the first temporary failure",
         ),
         wait_for_retries=_num(
-            dispatch_data, "wait_for_retries", config_path, "dispatch", dispatch_defaults.wait_for_retries
+            dispatch_data, "wait_for_retries", config_path, "dispatch", dispatch_defaults.wait_for_retries,
+            zero="leave every retry to the next run",
         ),
     )
+    if dispatch.retry_max < dispatch.retry_initial:
+        raise ConfigError(
+            f"{config_path}: [dispatch] retry_max = {dispatch.retry_max:g} is less than retry_initial ="
+            f" {dispatch.retry_initial:g}; the longest wait between retries can't be shorter than the first"
+        )
     dkim_data = data.get("dkim", {})
     dkim_settings = DkimSettings(
         selector=_str(dkim_data, "selector", config_path, "dkim"),
@@ -318,6 +329,10 @@ def _str(data: Mapping[str, Any], key: str, path: Path, table: str, default: str
         raise ConfigError(f"{path}: [{table}] {key} must be one line")
     if _CONTROL.search(value):
         raise ConfigError(f"{path}: [{table}] {key} contains a control character; remove it")
+    found = direction_control(value)
+    if found is not None:
+        raise ConfigError(f"{path}: [{table}] {key} contains the direction control {found}, which makes text read"
+                          " in another order than it is written; remove it")
     return value
 
 
@@ -328,14 +343,33 @@ def _int(data: Mapping[str, Any], key: str, path: Path, table: str, default: int
     return value
 
 
-def _num(data: Mapping[str, Any], key: str, path: Path, table: str, default: float) -> float:
+#: the largest number a setting may be: seconds in a year; more would overflow sleeps and timers
+_MAX_NUMBER = 366 * 24 * 3600.0
+
+
+def _num(data: Mapping[str, Any], key: str, path: Path, table: str, default: float, *,
+         positive: bool = False, zero: str = "") -> float:
+    """A finite number: more than 0 when ``positive``, else 0 or more (``zero`` says what 0 means).
+
+    TOML spells nan and inf; a nan passed every comparison (the check let it through) and
+    a timeout of 0 or inf either defers every message or never gives up.
+    """
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{path}: [{table}] {key} must be a number, 0 or more")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{path}: [{table}] {key} must be a number, not {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        allowed = "more than 0" if positive else f"0 ({zero}) or more"
+        raise ConfigError(f"{path}: [{table}] {key} = {value!r}: it must be a finite number {allowed}")
+    if value > _MAX_NUMBER:
+        raise ConfigError(f"{path}: [{table}] {key} = {value!r}: it must be at most {_MAX_NUMBER:.0f}")
     return float(value)
 
 
 def _parse_from(value: str, path: Path, key: str) -> tuple[str, str]:
+    # parseaddr keeps the first of several addresses and drops the rest without a word.
+    if len(getaddresses([value])) > 1:
+        raise ConfigError(f"{path}: [sender] {key} '{value}' holds more than one address; give exactly one"
+                          " (a name with a comma goes in quotes: '\"Doe, J.\" <j@example.com>')")
     name, address = parseaddr(value)  # strict= only exists from 3.11.10; the checks below are stricter
     try:
         Address(display_name=name, addr_spec=address)
@@ -363,8 +397,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: what a site_url may hold: printable ASCII but space, '"', '<', '>' (as a link in a header must)
+_URL_CHARACTERS_RE = re.compile(r"[!#-;=?-~]+")
+
+
 def _site_url(value: str, path: Path) -> str:
+    """The base of every link in every email: an absolute http(s) URL that can stand in a header as it is."""
+    if not _URL_CHARACTERS_RE.fullmatch(value):
+        bad = next((char for char in value if not _URL_CHARACTERS_RE.fullmatch(char)), "")
+        what = "a space" if bad == " " else f"the character {bad!r}" if bad else "nothing"
+        raise ConfigError(f"{path}: [sender] site_url '{value}' holds {what}; a URL in an email header can't"
+                          " (percent-encode it, and use the xn-- form of a non-ASCII host name)")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{path}: [sender] site_url '{value}' must be an absolute http(s) URL")
+    if "@" in parts.netloc:
+        raise ConfigError(f"{path}: [sender] site_url holds a user name or password (before '@'), and it would be"
+                          " copied into every email; remove it")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ConfigError(f"{path}: [sender] site_url '{value}' has a query or fragment; links are built by adding"
+                          " paths to it, so give the site's base URL only")
     return value.rstrip("/")

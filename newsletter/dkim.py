@@ -33,33 +33,29 @@ from newsletter.errors import ComposeError, ConfigError
 
 __all__ = ["DkimSigner", "generate_key", "load_signer"]
 
-# The headers signed, each as often as it occurs in the message, when it occurs. Headers
-# added later in transit (Received, Return-Path, ARC-*, Authentication-Results) stay outside.
-_SIGNED = frozenset(
-    {
-        b"from",
-        b"to",
-        b"subject",
-        b"date",
-        b"message-id",
-        b"reply-to",
-        b"list-id",
-        b"list-unsubscribe",
-        b"list-unsubscribe-post",
-        b"mime-version",
-        b"content-type",
-    }
+# The headers signed: every instance of each, and then each name once more, whether the
+# message has it or not ("over-signing", RFC 6376 section 8.15). A verifier hashes an empty
+# instance for the extra slot, so a copy added after signing breaks the signature: a second
+# From, To or Subject on a replayed message to show readers another sender or text, a
+# List-Unsubscribe or Reply-To that sends their answer elsewhere, a Content-Type that shows
+# another part. This tool sends each message straight to its subscriber; a mailing list
+# that re-sends it adds its own List-* headers and, with a "[list]" tag or a footer, breaks
+# the signature anyway (ARC is how lists vouch for what they received). Headers added in
+# transit (Received, Return-Path, ARC-*, Authentication-Results) stay outside.
+_SIGNED = (
+    b"from",
+    b"to",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"reply-to",
+    b"list-id",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+    b"mime-version",
+    b"content-type",
 )
-# Over-signing: each of these is listed one time more than it occurs, so a verifier hashes
-# an empty instance for the extra slot and any copy added after signing (a second From,
-# To or Subject stuck on a replayed message, to show readers another sender or text) breaks
-# the signature. It is wise for these three: this tool sends each message straight to its
-# subscriber, and a mailing list or forwarder that re-sends it rewrites the Subject or the
-# body (a "[list]" tag, a footer) and so breaks the signature in any case; none of them adds
-# a second From, To or Subject. List-Id and List-Unsubscribe(-Post) are signed but NOT
-# over-signed: a list that re-distributes a message adds its own List-* headers (RFC 2369,
-# RFC 2919) on top, and a verifier that picks the bottom-most instance (ours) still passes.
-_OVERSIGNED = (b"from", b"to", b"subject")
+_SIGNED_SET = frozenset(_SIGNED)
 
 # A DNS label: letters, digits and "-", not at either end. Selector and domain are capped at
 # 63 characters so that every tag of the signature (``i=@<domain>;``) fits on one folded
@@ -134,7 +130,7 @@ class DkimSigner:
         names = [name.lower() for name, _ in fields]
         if b"from" not in names:
             raise ComposeError("can't DKIM-sign a message without a From header")
-        include = [name for name in names if name in _SIGNED] + [name for name in _OVERSIGNED if name in names]
+        include = [name for name in names if name in _SIGNED_SET] + list(_SIGNED)
         body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(message[head_end + 4:])).digest())
         header = _fold_tags([
             b"v=1", b"a=rsa-sha256", b"c=relaxed/relaxed", b"d=" + self.domain.encode("ascii"),

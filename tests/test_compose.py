@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import email
 import re
+from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from newsletter.cli import main
 from newsletter.compose import compile_message, fill_html, fill_text, format_recipient, personalise
 from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError
 from newsletter.issues import parse_issue
 from newsletter.models import Recipient, RenderedIssue
 from newsletter.render import render_issue
+from newsletter.store import Store, SubscriberRow
 
+from .conftest import write_issue
 from .htmltext import visible_text
+from .smtpserver import SmtpServer, running_server
 
 DATE = "Fri, 07 Jul 2017 10:00:00 +0000"
 URL = "https://news.example.com/unsubscribe/" + "A" * 43
@@ -162,3 +168,59 @@ def test_no_line_ever_starts_with_a_dot(name: str, city: str, path: str) -> None
     data = personalise(compile_message(rendered, sender=SenderSettings()), recipient,
                        message_id="m.1@news.example.com", date=DATE)
     assert not data.startswith(b".") and b"\n." not in data
+
+
+# --- Unicode direction controls in subscriber names --------------------------------------
+
+#: shows as "Invoice exe.jpg": U+202E turns the rest of the line around, U+202C ends it
+SPOOFED = "Invoice \u202egpj.exe\u202c"
+_DIRECTION = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_KEY = "compose-test-key-0123456789"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    yield from running_server()
+
+
+def test_direction_controls_in_names_never_reach_a_subscriber(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    """Names from a CSV import, `subscribers add` and a database filled before are all neutralised.
+
+    What the subscriber's server receives holds no direction override or isolate: not in
+    To:, not in the greeting of either part, not in another merge field.
+    """
+    (tmp_path / "issues").mkdir()
+    issue = write_issue(tmp_path / "issues", "Hello {{ name | reader }} from {{ city | somewhere }}.\n")
+    config = tmp_path / "newsletter.toml"
+    config.write_text(
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+        '[database]\npath = "news.db"\n[issues]\ndir = "issues"\n', encoding="utf-8")
+    people = tmp_path / "people.csv"
+    people.write_text(f"email,name,city\nann@example.org,{SPOOFED},\u2067Leeds\u2069\n", encoding="utf-8")
+    runner = CliRunner()
+
+    def cli(*args: str) -> Result:
+        return runner.invoke(main, ["--config", str(config), *args], env={"NEWSLETTER_SECRET_KEY": _KEY})
+
+    assert cli("subscribers", "import", str(people)).exit_code == 0
+    result = cli("subscribers", "add", "bob@example.org", "--name", "\u202dBob\u202c \u2066Smith\u2069")
+    assert result.exit_code == 0, result.output
+    with Store.open(tmp_path / "news.db") as store:  # stored before names were neutralised
+        store.upsert_subscribers([SubscriberRow("carol@example.org", SPOOFED)], list_name="default")
+        stored = {person.email: person.name for person in store.subscribers()}
+    assert stored["ann@example.org"] == "Invoice gpj.exe" and stored["bob@example.org"] == "Bob Smith"
+
+    result = cli("dispatch", "--issue", str(issue))
+    assert result.exit_code == 0, result.output
+    received = {message.rcpt: message for message in smtp_server.recorder.received()}
+    assert set(received) == {"ann@example.org", "bob@example.org", "carol@example.org"}
+    for address, expected in [("ann@example.org", "Invoice gpj.exe"), ("bob@example.org", "Bob Smith"),
+                              ("carol@example.org", "Invoice gpj.exe")]:
+        message = received[address].parsed()
+        assert message["To"].addresses[0].display_name == expected
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert f"Hello {expected} from" in text and f"Hello {expected} from" in visible_text(html)
+        decoded = "".join([str(message["To"]), text, html])
+        assert not _DIRECTION.search(decoded), (address, _DIRECTION.findall(decoded))
+    assert "from Leeds." in received["ann@example.org"].parsed().get_body(("plain",)).get_content()  # type: ignore[union-attr]

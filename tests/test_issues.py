@@ -79,6 +79,21 @@ def test_javascript_links_are_not_links() -> None:
     assert not any(isinstance(node, Link) for node in block.content)
 
 
+@pytest.mark.parametrize("markdown", ["[x](data:image/png;base64,iVBORw0KGgo=)", "<data:image/png;base64,iVBORw0KGgo=>",
+                                      "[x](DATA:image/gif;base64,R0lGOD==)", "[x](data:text/html;base64,PHA+)"])
+def test_data_uris_are_never_links(markdown: str) -> None:
+    """The README allows data:image for images only: a link to one stays text, as other unsafe schemes do."""
+    block = parse(f"Click {markdown} here\n").sections[0].blocks[0]  # type: ignore[attr-defined]
+    assert block.content == (Text(f"Click {markdown} here"),)
+
+
+def test_data_images_are_images_even_inside_a_link() -> None:
+    data = "data:image/png;base64,iVBORw0KGgo="
+    image, linked = parse(f"![A dot]({data})\n\n[![A dot]({data})](https://x.org)\n").sections[0].blocks  # type: ignore[attr-defined]
+    assert image.content == (Image(data, "A dot"),)
+    assert linked.content == (Link("https://x.org", (Image(data, "A dot"),)),)
+
+
 # --- bad input: one line, file:line, the fix ---------------------------------------
 
 BAD = [
@@ -101,6 +116,13 @@ BAD = [
     ("template path", "---\nsubject: a\ndate: 2024-01-02\ntemplate: ../../etc/passwd\n---\n", 4, "not a valid name"),
     ("image alt", "---\nsubject: a\ndate: 2024-01-02\n---\n\ntext\n\n![](https://x.org/a.png)\n", 8, "image has no alt text"),
     ("not a mapping", "---\n- a\n- b\n---\n", 2, "must be 'key: value'"),
+    ("subject direction override", '---\nsubject: "Invoice \\u202egpj.exe\\u202c"\ndate: 2024-01-02\n---\n', 2,
+     "subject holds the invisible direction control U+202E, which makes the text after it read in another order"
+     " (remove it"),
+    ("subject as typed", "---\ndate: 2024-01-02\nsubject: Invoice \u202egpj.exe\n---\n", 3, "control U+202E"),
+    ("subject isolate", '---\nsubject: "a \\u2066b\\u2069"\ndate: 2024-01-02\n---\n', 2, "control U+2066"),
+    ("preheader embedding", '---\nsubject: a\ndate: 2024-01-02\npreheader: "\\u202bx"\n---\n', 4,
+     "preheader holds the invisible direction control U+202B"),
 ]
 
 

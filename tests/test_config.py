@@ -1,0 +1,98 @@
+"""newsletter.toml through the CLI: a value that can't work is one line naming its key, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from newsletter.cli import main
+from newsletter.config import load_settings
+
+from .conftest import SEED_ISSUE
+
+
+def render_with(tmp_path: Path, toml: str) -> tuple[int, str]:
+    """``newsletter render`` of the seed issue with ``toml`` as the config: exit code and stderr."""
+    config = tmp_path / "newsletter.toml"
+    config.write_text(toml, encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(config), "render", str(SEED_ISSUE), "-o", str(tmp_path / "out")])
+    return result.exit_code, result.stderr
+
+
+REFUSED = [
+    # (TOML, what the one line must say): nan passed the "0 or more" check, 0 and inf made no sense
+    ("[smtp]\ntimeout = nan", "[smtp] timeout = nan: it must be a finite number more than 0"),
+    ("[smtp]\ntimeout = inf", "[smtp] timeout = inf"),
+    ("[smtp]\ntimeout = 0", "[smtp] timeout = 0: it must be a finite number more than 0"),
+    ("[smtp]\ntimeout = -5", "[smtp] timeout = -5"),
+    ("[smtp]\nfinal_reply_timeout = nan", "[smtp] final_reply_timeout = nan"),
+    ("[smtp]\nfinal_reply_timeout = 0.0", "[smtp] final_reply_timeout = 0.0"),
+    ("[smtp]\nfinal_reply_timeout = 1e300", "[smtp] final_reply_timeout = 1e+300: it must be at most"),
+    ("[smtp]\nrate = nan", "[smtp] rate = nan: it must be a finite number 0 (no limit) or more"),
+    ("[smtp]\nrate = inf", "[smtp] rate = inf"),
+    ("[smtp]\nrate = -1", "[smtp] rate = -1"),
+    ("[smtp]\nrate = -inf", "[smtp] rate = -inf"),
+    ("[smtp]\nconnections = 0", "[smtp] connections must be a whole number from 1 to 1024"),
+    ("[smtp]\nconnections = -3", "[smtp] connections"),
+    ("[smtp]\nmax_per_hour = -1", "[smtp] max_per_hour"),
+    ("[smtp]\nport = 0", "[smtp] port"),
+    ("[smtp]\ntimeout = \"30\"", "[smtp] timeout must be a number, not str '30'"),
+    ("[dispatch]\nretry_initial = 0", "[dispatch] retry_initial = 0: it must be a finite number more than 0"),
+    ("[dispatch]\nretry_initial = nan", "[dispatch] retry_initial = nan"),
+    ("[dispatch]\nretry_max = inf", "[dispatch] retry_max = inf"),
+    ("[dispatch]\nretry_initial = 60\nretry_max = 10", "[dispatch] retry_max = 10 is less than retry_initial = 60"),
+    ("[dispatch]\ngive_up_after_hours = nan", "[dispatch] give_up_after_hours = nan"),
+    ("[dispatch]\ngive_up_after_hours = -1", "[dispatch] give_up_after_hours = -1"),
+    ("[dispatch]\nwait_for_retries = inf", "[dispatch] wait_for_retries = inf"),
+    # the second address was dropped without a word
+    ('[sender]\nfrom = "A <a@example.com>, b@example.org"', "[sender] from 'A <a@example.com>, b@example.org' holds"
+     " more than one address; give exactly one"),
+    ('[sender]\nfrom = "Doe, Jane <jane@example.com>"', "[sender] from 'Doe, Jane <jane@example.com>' holds more"),
+    ('[sender]\nfrom = "A <a@example.com>; b@example.org"', "holds more than one address"),
+    ('[sender]\nfrom = "A <a@example.com> b@example.org"', "holds more than one address"),
+    ('[sender]\nreply_to = "a@example.com, b@example.org"', "[sender] reply_to 'a@example.com, b@example.org' holds"),
+    # copied into every email / refused later as "invalid unsubscribe URL for <address>"
+    ('[sender]\nsite_url = "https://editor:hunter2@news.example.com"', "[sender] site_url holds a user name or"
+     " password"),
+    ('[sender]\nsite_url = "https://editor@news.example.com"', "[sender] site_url holds a user name or password"),
+    ('[sender]\nsite_url = "https://news.example.com/my news"', "[sender] site_url 'https://news.example.com/my news'"
+     " holds a space"),
+    ('[sender]\nsite_url = " https://news.example.com"', "[sender] site_url ' https://news.example.com' holds a space"),
+    ('[sender]\nsite_url = "https://news.example.com/a<b"', "holds the character '<'"),
+    ('[sender]\nsite_url = "https://bücher.example/"', "[sender] site_url 'https://bücher.example/' holds the"
+     " character 'ü'"),
+    ('[sender]\nsite_url = "https://news.example.com/?ref=mail"', "[sender] site_url"
+     " 'https://news.example.com/?ref=mail' has a query or fragment"),
+    # invisible characters that make a sender name read backwards
+    ('[sender]\nfrom = "Invoice \\u202Egpj.exe <billing@example.com>"', "[sender] from contains the direction"
+     " control U+202E"),
+    ('[sender]\npostal_address = "1 Main St \\u2067Springfield\\u2069"', "[sender] postal_address contains the"
+     " direction control U+2067"),
+]
+
+
+@pytest.mark.parametrize(("toml", "message"), REFUSED, ids=[toml.split("\n")[-1] for toml, _ in REFUSED])
+def test_a_setting_that_cannot_work_is_one_line_naming_its_key_exit_2(tmp_path: Path, toml: str, message: str
+                                                                      ) -> None:
+    code, err = render_with(tmp_path, toml + "\n")
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'newsletter.toml'}: "), err
+    assert message in err
+    assert "Traceback" not in err and "hunter2" not in err
+    assert not (tmp_path / "out").exists(), "nothing written"
+
+
+@pytest.mark.parametrize("toml", [
+    "[smtp]\nrate = 0\ntimeout = 0.5\nfinal_reply_timeout = 3600",  # 0: no limit
+    "[smtp]\nrate = 0.5",
+    "[dispatch]\nwait_for_retries = 0\ngive_up_after_hours = 0\nretry_initial = 0.01\nretry_max = 0.01",
+    '[sender]\nfrom = "\\"Doe, Jane\\" <jane@example.com>"\nreply_to = "Desk <desk@example.com>"',
+    '[sender]\nsite_url = "http://127.0.0.1:8080/news/"',
+    '[sender]\nsite_url = "https://xn--bcher-kva.example/%C3%BC"\nfrom = "Zoë \\u05e9\\u05dc\\u05d5\\u05dd <z@example.com>"',
+])
+def test_settings_that_work_still_load(tmp_path: Path, toml: str) -> None:
+    code, err = render_with(tmp_path, toml + "\n")
+    assert code == 0, err
+    load_settings(tmp_path / "newsletter.toml")
