@@ -64,10 +64,12 @@ _DATA_TABLE_PARTS = frozenset({"th", "caption", "thead"})
 _FILE_NAME_RE = re.compile(r"^[^/\\]*\.(png|jpe?g|gif|webp|svg|bmp|tiff?|heic|avif)$"
                            r"|^(img|image|dsc|dscn|photo)[_-]?\d*$", re.I)
 _ARTICLE_RE = re.compile(r"^(an?|the)\s+", re.I)
-_TAG_RE = re.compile(r"</?(a|p|div|span|br|table|tr|td|img|strong|em|b|i|ul|ol|li|h[1-6]|html|body)\b[^>]*>", re.I)
+# Neither may run across a "<" or "[" that starts another candidate: each match attempt then stops at
+# the next one, so a line of 200,000 "<a" or "[" costs linear time, not quadratic.
+_TAG_RE = re.compile(r"</?(a|p|div|span|br|table|tr|td|img|strong|em|b|i|ul|ol|li|h[1-6]|html|body)\b[^<>]*>", re.I)
 _ENTITY_RE = re.compile(r"&(#\d+|#x[0-9a-f]+|[a-z]{2,8});", re.I)
 _PLACEHOLDER_RE = re.compile(r"__nl[0-9a-f]{16}_[a-z0-9_]+__")
-_MARKDOWN_RE = re.compile(r"!?\[[^\]\n]*\]\((https?:|mailto:)[^)\s]*\)")
+_MARKDOWN_RE = re.compile(r"!?\[[^\[\]\n]*\]\((https?:|mailto:)[^)\s]*\)")
 _WORD_RE = re.compile(r"[^\W\d_]{4,}")
 _MIN_WORD_SHARE = 0.8  # of the HTML's distinct words that the text part must have too
 

@@ -1055,6 +1055,35 @@ def test_parsing_time_is_linear_in_the_input(place: str, run: str) -> None:
         f"{place} with {run[:10]!r}…: {took:.2f} s, the reference of the same length {baseline:.2f} s")
 
 
+#: a linear-time reference for the text part's checks: a plain-text line with a bit of everything they look for
+_REFERENCE_TEXT_LINE = "Some words <i> here &amp; a [link](https://x.org) and [NYT] with __nl0123456789abcdef_x__ ok. "
+
+
+@budget(6)
+@given(run=st.builds(lambda unit: (unit * (_RUN // len(unit) + 1))[:_RUN],
+                     st.sampled_from(["[", "![", "[a", "<a", "</p", "<a href=x", "&#", "[a](", "__nl"])))
+@example(run="[" * _RUN)  # the Markdown-link pattern retried from every "[": ~45 s at this length
+@example(run="<a" * (_RUN // 2))  # the tag pattern retried from every "<a"
+def test_the_text_parts_checks_are_linear_in_a_line(run: str) -> None:
+    """``check`` looks for markup in each line of the text part; one unbroken line (a run with no space
+    never wraps) must not take quadratic time."""
+    from newsletter.accessibility import check_plain_text
+
+    html = "<p>Some words here</p>"
+    text = "Some words here, more words there.\n" + run + "\n"
+    reference = (_REFERENCE_TEXT_LINE * (len(text) // len(_REFERENCE_TEXT_LINE) + 1))[: len(text)]
+    for _ in range(2):  # a second try before failing: one slow moment of a shared machine is not a finding
+        started = time.perf_counter()
+        check_plain_text(reference, html)
+        baseline = time.perf_counter() - started
+        started = time.perf_counter()
+        check_plain_text(text, html)
+        took = time.perf_counter() - started
+        if took <= _SLOWER_AT_MOST * baseline:
+            break
+    assert took <= _SLOWER_AT_MOST * baseline, f"{run[:10]!r}…: {took:.2f} s, the reference {baseline:.3f} s"
+
+
 #: the citation regex this parser used, kept as the specification of what counts as "[Source]"
 _CITATION_SPEC = re.compile(r"\s*\[([^\[\]\n]+)\]\s*$")
 
