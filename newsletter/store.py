@@ -612,8 +612,7 @@ class Store:
             return
         if self.postgres:
             cursor.execute(
-                "UPDATE subscribers SET name = u.name, fields = u.fields, updated_at = ?"
-                " FROM unnest(?::bigint[], ?::text[], ?::text[]) AS u(id, name, fields) WHERE subscribers.id = u.id",
+                _UPDATE_PEOPLE_PG,
                 (now, [person.id for person in changed], [person.name for person in changed],
                  [_fields_json(person.fields) for person in changed]),
             )
@@ -960,25 +959,32 @@ class _Lookup(NamedTuple):
     """One of an import's lookups by a chunk of values, in each dialect (``IN (…)`` filled in by Store._lookups)."""
 
     sqlite: str
-    postgres: str  # the values as an array (the first parameter), joined: one index search each
+    #: the values as an array (the first parameter), each looked up by a LATERAL subquery that
+    #: OFFSET 0 keeps from being flattened into a join: whatever the statistics say, the plan is
+    #: one index search per value (a join let the planner read the whole list per chunk instead)
+    postgres: str
 
 
 #: the subscribers of a chunk's addresses (email_key's unique index)
 _EXISTING = _Lookup(
     "SELECT id, email, email_key, name, status, fields FROM subscribers WHERE email_key IN (…)",
-    "SELECT s.id, s.email, s.email_key, s.name, s.status, s.fields"
-    " FROM unnest(?::text[]) AS k(key) JOIN subscribers s ON s.email_key = k.key",
+    "SELECT s.* FROM unnest(?::text[]) AS k(key), LATERAL (SELECT id, email, email_key, name, status, fields"
+    " FROM subscribers WHERE email_key = k.key OFFSET 0) AS s",
 )
 #: their membership of the list (the primary key)
 _ON_LIST = _Lookup(
     "SELECT subscriber_id, status FROM memberships WHERE list_id = ? AND subscriber_id IN (…)",
-    "SELECT m.subscriber_id, m.status FROM unnest(?::bigint[]) AS k(id)"
-    " JOIN memberships m ON m.list_id = ? AND m.subscriber_id = k.id",
+    "SELECT m.* FROM unnest(?::bigint[]) AS k(id), LATERAL (SELECT subscriber_id, status FROM memberships"
+    " WHERE list_id = ? AND subscriber_id = k.id OFFSET 0) AS m",
 )
 #: the ids of the subscribers just inserted (SQLite; PostgreSQL's INSERT returns them)
 _NEW_IDS = _Lookup("SELECT id, email_key FROM subscribers WHERE email_key IN (…)", "")
+#: an import's update of the subscribers of a chunk who were there before, on PostgreSQL (by primary key)
+_UPDATE_PEOPLE_PG = ("UPDATE subscribers SET name = u.name, fields = u.fields, updated_at = ?"
+                     " FROM unnest(?::bigint[], ?::text[], ?::text[]) AS u(id, name, fields)"
+                     " WHERE subscribers.id = u.id")
 #: planner settings an import's transaction turns off on PostgreSQL: what is left is index lookups
-_INDEX_LOOKUPS_ONLY = ("enable_seqscan", "enable_bitmapscan", "enable_hashjoin", "enable_mergejoin")
+_INDEX_LOOKUPS_ONLY = ("enable_seqscan", "enable_bitmapscan", "enable_hashjoin", "enable_mergejoin", "enable_material")
 _FIELDS_JSON = json.JSONEncoder(sort_keys=True)
 
 
