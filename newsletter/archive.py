@@ -35,6 +35,7 @@ __all__ = [
     "issue_source",
     "page",
     "sent_issue",
+    "sent_issue_source",
     "sent_issues",
     "web_recipient",
     "web_version",
@@ -82,8 +83,9 @@ def page(template: str, settings: Settings, **values: object) -> str:
 _ENTRY = "SELECT slug, subject, first_sent_at, source_text IS NOT NULL AS kept FROM issues"
 #: the index: one row per issue that went out (issues are few; no delivery is read)
 INDEX_SQL = f"{_ENTRY} WHERE first_sent_at IS NOT NULL ORDER BY first_sent_at DESC, slug"
-#: one issue's page: a search of the slug's unique index, for unknown slugs too
-SLUG_SQL = f"{_ENTRY} WHERE slug = ? AND first_sent_at IS NOT NULL"
+#: one issue's page (with its text as sent): a search of the slug's unique index, for unknown slugs too
+SLUG_SQL = ("SELECT slug, subject, first_sent_at, source_text IS NOT NULL AS kept, source_text FROM issues"
+            " WHERE slug = ? AND first_sent_at IS NOT NULL")
 
 
 def sent_issues(database: str | Path) -> list[ArchiveEntry]:
@@ -97,11 +99,29 @@ def sent_issues(database: str | Path) -> list[ArchiveEntry]:
 
 def sent_issue(database: str | Path, slug: str) -> ArchiveEntry | None:
     """The issue ``slug`` if at least one subscriber got it: one indexed lookup, whatever the ledger holds."""
+    found = _sent_issue(database, slug)
+    return None if found is None else found[0]
+
+
+def sent_issue_source(database: str | Path, slug: str, issues_dir: Path) -> tuple[str, str] | None:
+    """The text of the sent issue ``slug`` and a name for it (see :func:`issue_source`), from the same one
+    lookup as :func:`sent_issue`; None when it was never sent or its text is gone."""
+    found = _sent_issue(database, slug)
+    if found is None:
+        return None
+    entry, text = found
+    return (text, f"{slug}.md") if text is not None else issue_source(database, entry, issues_dir)
+
+
+def _sent_issue(database: str | Path, slug: str) -> tuple[ArchiveEntry, str | None] | None:
     if isinstance(database, Path) and not database.exists():
         return None
     with Store.open(database) as store:
         rows = store.query(SLUG_SQL, (slug,))
-    return _entry(rows[0]) if rows else None
+    if not rows:
+        return None
+    text = rows[0]["source_text"]
+    return _entry(rows[0]), None if text is None else str(text)
 
 
 def _entry(row: Any) -> ArchiveEntry:

@@ -155,9 +155,8 @@ def create_app(settings: Settings) -> ASGIApp:
         return HTMLResponse(archive.index_page(kept, settings))
 
     def issue_page(slug: str) -> Response:
-        entry = archive.sent_issue(settings.database.location, slug)  # one indexed lookup, known or not
-        found = None if entry is None else archive.issue_source(settings.database.location, entry,
-                                                                settings.issues_dir)
+        # One indexed lookup, known slug or not, which brings the text as sent along.
+        found = archive.sent_issue_source(settings.database.location, slug, settings.issues_dir)
         if found is None:
             return web.message(404, "No such issue", "This issue was never sent, or it is no longer online.",
                                "/issues/", "All issues")
