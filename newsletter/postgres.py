@@ -14,6 +14,7 @@ process ends, as the kernel drops an ``flock`` on SQLite's side.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -133,6 +134,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+_stream_numbers = itertools.count(1)
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 
 
@@ -237,7 +239,8 @@ class PgConnection:
 
     def stream(self, sql: str, parameters: Sequence[Any] = (), /, *, size: int = 2000) -> Iterator[PgRow]:
         """The rows of one query, ``size`` at a time from a server-side cursor (inside a transaction)."""
-        with self.raw.cursor(name="newsletter_stream") as cursor:
+        # A name of its own: two streams may be open at once on one connection.
+        with self.raw.cursor(name=f"newsletter_stream_{next(_stream_numbers)}") as cursor:
             cursor.itersize = size
             cursor.execute(translate(sql), tuple(parameters))
             yield from cursor
