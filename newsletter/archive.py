@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -25,12 +26,16 @@ from newsletter.store import Store
 
 __all__ = [
     "ArchiveEntry",
+    "INDEX_SQL",
+    "SLUG_SQL",
     "available",
     "build_static",
     "find_issue_file",
     "index_page",
     "issue_source",
     "page",
+    "sent_issue",
+    "sent_issue_source",
     "sent_issues",
     "web_recipient",
     "web_version",
@@ -73,18 +78,54 @@ def page(template: str, settings: Settings, **values: object) -> str:
     )
 
 
+#: what the archive reads of an issue: one row of ``issues`` each (``first_sent_at`` is written by the
+#: ledger when the issue's first message is marked sent), never its deliveries
+_ENTRY = "SELECT slug, subject, first_sent_at, source_text IS NOT NULL AS kept FROM issues"
+#: the index: one row per issue that went out (issues are few; no delivery is read)
+INDEX_SQL = f"{_ENTRY} WHERE first_sent_at IS NOT NULL ORDER BY first_sent_at DESC, slug"
+#: one issue's page (with its text as sent): a search of the slug's unique index, for unknown slugs too
+SLUG_SQL = ("SELECT slug, subject, first_sent_at, source_text IS NOT NULL AS kept, source_text FROM issues"
+            " WHERE slug = ? AND first_sent_at IS NOT NULL")
+
+
 def sent_issues(database: str | Path) -> list[ArchiveEntry]:
     """Issues that at least one subscriber got, newest first (``database``: a file or a postgresql:// URL)."""
     if isinstance(database, Path) and not database.exists():
         return []
     with Store.open(database) as store:
-        rows = store.query(
-            "SELECT i.slug, i.subject, min(d.sent_at) AS first_sent, i.source_text IS NOT NULL AS kept"
-            " FROM issues i JOIN deliveries d ON d.issue_id = i.id AND d.status = 'sent'"
-            " GROUP BY i.id, i.slug, i.subject ORDER BY first_sent DESC, i.slug"
-        )
-    return [ArchiveEntry(str(row["slug"]), str(row["subject"]), str(row["first_sent"]), bool(row["kept"]))
-            for row in rows]
+        rows = store.query(INDEX_SQL)
+    return [_entry(row) for row in rows]
+
+
+def sent_issue(database: str | Path, slug: str) -> ArchiveEntry | None:
+    """The issue ``slug`` if at least one subscriber got it: one indexed lookup, whatever the ledger holds."""
+    found = _sent_issue(database, slug)
+    return None if found is None else found[0]
+
+
+def sent_issue_source(database: str | Path, slug: str, issues_dir: Path) -> tuple[str, str] | None:
+    """The text of the sent issue ``slug`` and a name for it (see :func:`issue_source`), from the same one
+    lookup as :func:`sent_issue`; None when it was never sent or its text is gone."""
+    found = _sent_issue(database, slug)
+    if found is None:
+        return None
+    entry, text = found
+    return (text, f"{slug}.md") if text is not None else issue_source(database, entry, issues_dir)
+
+
+def _sent_issue(database: str | Path, slug: str) -> tuple[ArchiveEntry, str | None] | None:
+    if isinstance(database, Path) and not database.exists():
+        return None
+    with Store.open(database) as store:
+        rows = store.query(SLUG_SQL, (slug,))
+    if not rows:
+        return None
+    text = rows[0]["source_text"]
+    return _entry(rows[0]), None if text is None else str(text)
+
+
+def _entry(row: Any) -> ArchiveEntry:
+    return ArchiveEntry(str(row["slug"]), str(row["subject"]), str(row["first_sent_at"]), bool(row["kept"]))
 
 
 def available(entry: ArchiveEntry, issues_dir: Path) -> bool:

@@ -22,7 +22,7 @@ from newsletter.issues import is_valid_name, load_issue
 from newsletter.models import Issue, Recipient, RenderedIssue
 from newsletter.render import render_issue
 from newsletter.store import Store, UpsertCounts
-from newsletter.subscribers import decode_csv, normalise_address, parse_csv
+from newsletter.subscribers import UniqueRows, csv_lines, normalise_address, read_csv
 from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
 from newsletter.transport import SendResult, SmtpConnection
 
@@ -322,16 +322,24 @@ def import_subscribers(csv_path: str | Path, list_name: str, settings: Settings,
     """
     source = str(csv_path)
     check_list_name(list_name)
+    errors: list[SubscriberError] = []
+    # The file is read a line at a time into a temporary file of unique rows, then merged
+    # chunk by chunk in one transaction: memory stays flat for a million rows, and the
+    # database is opened only once the whole file has been read and judged.
     try:
-        data = Path(csv_path).read_bytes()
+        with open(csv_path, "rb") as stream, UniqueRows() as rows:
+            for item in read_csv(csv_lines(stream, source=source), source=source):
+                if isinstance(item, SubscriberError):
+                    errors.append(item)
+                else:
+                    rows.add(item)
+            if errors and all_or_nothing:
+                return ImportReport(None, errors)
+            with Store.open(settings.database.location) as store:
+                counts = store.upsert_subscribers(rows, list_name=list_name)
     except OSError as exc:
         raise SubscriberError(f"{source}: can't read it: {exc.strerror or exc}") from exc
-    result = parse_csv(decode_csv(data, source=source), source=source)
-    if result.errors and all_or_nothing:
-        return ImportReport(None, result.errors)
-    with Store.open(settings.database.location) as store:
-        counts = store.upsert_subscribers(result.rows, list_name=list_name)
-    return ImportReport(counts, result.errors)
+    return ImportReport(counts, errors)
 
 
 def check_list_name(name: str) -> None:

@@ -177,6 +177,8 @@ class Ledger:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.locks_dir = Path(f"{store.path}.locks")
+        #: issues whose first_sent_at this ledger has written (or found earlier) in a committed transaction
+        self._first_sent_noted: set[int] = set()
 
     # --- issues ---------------------------------------------------------------------
 
@@ -420,6 +422,7 @@ class Ledger:
         mark, whether this run may now send it.
         """
         stamp = _stamp(now)
+        first_sent: list[int] = []
         with self.store.transaction() as cursor:
             sent = [result for result in results if result.status == "sent"]
             if sent:  # the common case, in one statement
@@ -428,19 +431,33 @@ class Ledger:
                     for result in sent:
                         by_code.setdefault((result.issue_id, result.code), []).append(result.subscriber_id)
                     for (issue_id, code), ids in by_code.items():
-                        cursor.execute(
+                        if cursor.execute(
                             "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '',"
                             " updated_at = ? WHERE issue_id = ? AND subscriber_id = ANY(?) AND status = 'sending'"
                             " AND run_id = ?",
                             (stamp, code, stamp, issue_id, ids, run_id),
-                        )
+                        ).rowcount > 0:
+                            first_sent.append(issue_id)
                 else:
-                    cursor.executemany(
-                        "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '',"
-                        " updated_at = ? WHERE issue_id = ? AND subscriber_id = ? AND status = 'sending'"
-                        " AND run_id = ?",
-                        [(stamp, result.code, stamp, result.issue_id, result.subscriber_id, run_id) for result in sent],
-                    )
+                    by_issue: dict[int, list[Result]] = {}
+                    for result in sent:
+                        by_issue.setdefault(result.issue_id, []).append(result)
+                    for issue_id, group in by_issue.items():
+                        if cursor.executemany(
+                            "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '',"
+                            " updated_at = ? WHERE issue_id = ? AND subscriber_id = ? AND status = 'sending'"
+                            " AND run_id = ?",
+                            [(stamp, result.code, stamp, issue_id, result.subscriber_id, run_id) for result in group],
+                        ).rowcount > 0:
+                            first_sent.append(issue_id)
+            # The archive lists an issue from when its first message went out: kept on the issue's
+            # row (the earliest stamp any run writes), so that no page ever reads the deliveries.
+            first_sent = [issue_id for issue_id in dict.fromkeys(first_sent) if issue_id not in self._first_sent_noted]
+            for issue_id in first_sent:
+                cursor.execute(
+                    "UPDATE issues SET first_sent_at = ? WHERE id = ? AND (first_sent_at IS NULL OR first_sent_at > ?)",
+                    (stamp, issue_id, stamp),
+                )
             for result in results:
                 if result.status != "sent":
                     self._write_result(cursor, run_id, result, stamp)
@@ -481,6 +498,7 @@ class Ledger:
                         "                  AND m.list_id = ? AND m.status = 'active'))",
                         (stamp, issue_id, subscriber_id, list_id),
                     )
+        self._first_sent_noted.update(first_sent)  # committed: this run's later stamps can only be later
         # The same row twice in one group is granted once: only one send per row, ever.
         granted: list[bool] = []
         for subscriber_id in ids:

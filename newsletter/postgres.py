@@ -14,8 +14,9 @@ process ends, as the kernel drops an ``flock`` on SQLite's side.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,7 +38,7 @@ __all__ = [
     "translate",
 ]
 
-#: the same two steps as SQLite's migrations, ending in the same tables, in PostgreSQL's types
+#: the same steps as SQLite's migrations, ending in the same tables, in PostgreSQL's types
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE subscribers (
@@ -120,8 +121,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE issues ADD COLUMN source_text TEXT;
     """,
+    """
+    CREATE INDEX memberships_subscriber ON memberships (subscriber_id, status, list_id);
+    UPDATE memberships SET status = 'unsubscribed',
+                           updated_at = to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"')
+        WHERE status = 'active' AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'unsubscribed');
+    """,
+    """
+    ALTER TABLE issues ADD COLUMN first_sent_at TEXT;
+    UPDATE issues SET first_sent_at = (SELECT min(d.sent_at) FROM deliveries d
+                                       WHERE d.issue_id = issues.id AND d.status = 'sent');
+    """,
 )
 
+_stream_numbers = itertools.count(1)
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 
 
@@ -223,6 +236,14 @@ class PgConnection:
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> PgCursor:
         """Run one statement on a new cursor."""
         return self.cursor().execute(sql, parameters)
+
+    def stream(self, sql: str, parameters: Sequence[Any] = (), /, *, size: int = 2000) -> Iterator[PgRow]:
+        """The rows of one query, ``size`` at a time from a server-side cursor (inside a transaction)."""
+        # A name of its own: two streams may be open at once on one connection.
+        with self.raw.cursor(name=f"newsletter_stream_{next(_stream_numbers)}") as cursor:
+            cursor.itersize = size
+            cursor.execute(translate(sql), tuple(parameters))
+            yield from cursor
 
     def close(self) -> None:
         """Close the connection."""

@@ -11,6 +11,7 @@ nothing half-written.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import sqlite3
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from newsletter.errors import StoreError
 
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
 __all__ = [
     "BUSY_TIMEOUT",
     "Cursor",
+    "IMPORT_CHUNK",
     "MIGRATIONS",
+    "MembershipState",
+    "Rejoined",
     "Store",
     "Subscriber",
     "SubscriberRow",
@@ -40,6 +44,12 @@ __all__ = [
 #: "locked": long enough to sit out another run's commit, a ``subscribers import`` or a
 #: backup, short enough that a stuck lock holder is reported instead of hanging cron.
 BUSY_TIMEOUT = 10.0
+
+#: rows an import reads, decides about and writes at a time: its memory stays flat whatever the file's size
+IMPORT_CHUNK = 2000
+
+#: what :meth:`Store.rejoin` did
+Rejoined = Literal["rejoined", "unchanged", "suppressed", "unknown"]
 
 #: each entry moves the schema one version up; never edit one that has shipped
 MIGRATIONS: tuple[str, ...] = (
@@ -147,6 +157,23 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE issues ADD COLUMN source_text TEXT;
     """,
+    # 5: memberships by subscriber. The primary key (list_id, subscriber_id) serves lookups by
+    # list only (SQLite uses a composite key from its first column): without this index every
+    # "this subscriber's lists" subquery of export and list scanned all memberships, per row.
+    # And a removal from everything ends every membership (see Store.unsubscribe): removals
+    # made before, which only set the subscriber's status, get their memberships ended too.
+    """
+    CREATE INDEX memberships_subscriber ON memberships (subscriber_id, status, list_id);
+    UPDATE memberships SET status = 'unsubscribed', updated_at = strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')
+        WHERE status = 'active' AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'unsubscribed');
+    """,
+    # 6: when each issue's first message was marked sent, written by the ledger at that moment:
+    # the archive reads one row per issue instead of grouping every delivery for each request.
+    """
+    ALTER TABLE issues ADD COLUMN first_sent_at TEXT;
+    UPDATE issues SET first_sent_at = (SELECT min(d.sent_at) FROM deliveries d
+                                       WHERE d.issue_id = issues.id AND d.status = 'sent');
+    """,
 )
 
 
@@ -192,6 +219,26 @@ class SubscriberRow:
     email: str
     name: str = ""
     fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MembershipState:
+    """One membership as stored: the address, the list, its status and the subscriber's."""
+
+    email: str
+    list_name: str
+    status: str  # 'active' | 'unsubscribed'
+    person: str  # 'active' | 'unsubscribed' | 'bounced'
+
+    @property
+    def receives(self) -> bool:
+        """Whether they get this list now."""
+        return self.status == "active" and self.person == "active"
+
+    @property
+    def suppressed(self) -> bool:
+        """Whether the address is kept from every list (it bounced): re-subscribing can't bring it back."""
+        return self.person not in ("active", "unsubscribed")
 
 
 @dataclass(frozen=True)
@@ -439,81 +486,149 @@ class Store:
         rows = self.query("SELECT id FROM lists WHERE name = ?", (name,))
         return int(rows[0][0]) if rows else None
 
-    def upsert_subscribers(self, rows: Sequence[SubscriberRow], *, list_name: str) -> UpsertCounts:
+    def upsert_subscribers(self, rows: Iterable[SubscriberRow], *, list_name: str) -> UpsertCounts:
         """Add or update ``rows`` and put them on ``list_name``, all in one transaction.
 
-        Addresses merge case-insensitively. Someone who unsubscribed (from the list or
-        everywhere) or bounced keeps that status: an import never re-activates them.
+        Addresses merge case-insensitively (the same address twice merges like two imports).
+        Someone who unsubscribed (from the list or everywhere) or bounced keeps that status: an
+        import never re-activates them, and a list it adds them to counts them as left.
+        ``rows`` is read :data:`IMPORT_CHUNK` at a time, so an iterator of any length (a
+        million rows of ``subscribers import``) takes the same memory as a few thousand.
         """
         added = updated = kept_out = 0
         now = _now()
         with self.transaction() as cursor:
+            if self.postgres:
+                # Each chunk looks up a few thousand keys in tables of any size, which only index
+                # lookups do in time proportional to the chunk. Statistics taken while the tables
+                # were small (or mid-import) made the planner scan whole tables per chunk instead:
+                # an import quadratic in the table's size. These settings end with the transaction.
+                for setting in _INDEX_LOOKUPS_ONLY:
+                    cursor.execute(f"SET LOCAL {setting} = off")
             list_id = self._list_id(cursor, list_name)
-            # Read what exists for the whole batch, decide in memory, write with a few
-            # executemany calls: on PostgreSQL each statement is a round trip, and an import
-            # of 100,000 rows one statement at a time took minutes.
-            keys = list(dict.fromkeys(row.email.lower() for row in rows))
-            people: dict[str, _Person] = {}
-            for chunk in _chunks(keys, 500):
-                for found in cursor.execute(
-                    f"SELECT id, email, email_key, name, status, fields FROM subscribers"
-                    f" WHERE email_key IN ({','.join('?' * len(chunk))})", chunk,
-                ).fetchall():
-                    people[found["email_key"]] = _Person(int(found["id"]), found["email"], found["name"],
-                                                         found["status"], json.loads(found["fields"]))
-            on_list: dict[int, str] = {}
-            known_ids = [person.id for person in people.values() if person.id is not None]
-            for id_chunk in _chunks(known_ids, 500):
-                for found in cursor.execute(
-                    f"SELECT subscriber_id, status FROM memberships WHERE list_id = ?"
-                    f" AND subscriber_id IN ({','.join('?' * len(id_chunk))})", (list_id, *id_chunk),
-                ).fetchall():
-                    on_list[int(found["subscriber_id"])] = found["status"]
-            joined: set[str] = set()  # keys with a membership row by the end of this batch
-            for row in rows:
-                key = row.email.lower()
-                person = people.get(key)
-                if person is None:
-                    people[key] = _Person(None, row.email, row.name, "active", dict(row.fields), changed=True)
-                    added += 1
-                else:
-                    person.fields = {**person.fields, **row.fields}
-                    if row.name:
-                        person.name = row.name
-                    person.changed = True
-                    updated += 1
-                    left_list = person.id is not None and on_list.get(person.id, "active") != "active"
-                    if person.status != "active" or left_list:
-                        kept_out += 1
-                joined.add(key)
-            new = [(key, person) for key, person in people.items() if person.id is None]
-            new_keys = {key for key, _ in new}
-            cursor.executemany(
-                "INSERT INTO subscribers (email, email_key, name, fields, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(person.email, key, person.name, json.dumps(person.fields, sort_keys=True), now, now)
-                 for key, person in new],
+            pending = iter(rows)
+            while chunk := list(itertools.islice(pending, IMPORT_CHUNK)):
+                counts = self._merge(cursor, list_id, chunk, now)
+                added, updated, kept_out = added + counts.added, updated + counts.updated, kept_out + counts.kept_out
+        return UpsertCounts(added, updated, kept_out)
+
+    def _merge(self, cursor: Cursor, list_id: int, rows: Sequence[SubscriberRow], now: str) -> UpsertCounts:
+        """One chunk of an import: read what exists for it, decide in memory, write with a few statements.
+
+        Each statement covers the whole chunk: on PostgreSQL a statement is a round trip
+        (array parameters, ``unnest``), on SQLite an ``executemany``; one statement per row
+        took minutes for 100,000 rows.
+        """
+        added = updated = kept_out = 0
+        keys = list(dict.fromkeys(row.email.lower() for row in rows))
+        people: dict[str, _Person] = {}
+        for sql, params in self._lookups(_EXISTING, keys):
+            for found in cursor.execute(sql, params).fetchall():
+                people[found["email_key"]] = _Person(int(found["id"]), found["email"], found["name"],
+                                                     found["status"], json.loads(found["fields"]))
+        on_list: dict[int, str] = {}
+        known_ids = [person.id for person in people.values() if person.id is not None]
+        for sql, params in self._lookups(_ON_LIST, known_ids, list_id):
+            for found in cursor.execute(sql, params).fetchall():
+                on_list[int(found["subscriber_id"])] = found["status"]
+        joined: set[str] = set()  # keys with a membership row by the end of this chunk
+        for row in rows:
+            key = row.email.lower()
+            person = people.get(key)
+            if person is None:
+                people[key] = _Person(None, row.email, row.name, "active", dict(row.fields), changed=True)
+                added += 1
+            else:
+                person.fields = {**person.fields, **row.fields}
+                if row.name:
+                    person.name = row.name
+                person.changed = True
+                updated += 1
+                left_list = person.id is not None and on_list.get(person.id, "active") != "active"
+                if person.status != "active" or left_list:
+                    kept_out += 1
+            joined.add(key)
+        new = [(key, person) for key, person in people.items() if person.id is None]
+        changed = [person for person in people.values() if person.changed and person.id is not None]
+        self._insert_people(cursor, new, now)
+        self._update_people(cursor, changed, now)
+        # OR IGNORE: an existing membership keeps its status, unsubscribed included. Someone
+        # removed from everything (or bounced) joins a new list as having left it: a later
+        # "subscribe again" on one list's page must not wake up lists an import added meanwhile.
+        members = [(people[key].id, "active" if people[key].status == "active" else "unsubscribed") for key in joined]
+        if self.postgres:
+            cursor.execute(
+                "INSERT INTO memberships (list_id, subscriber_id, status, created_at, updated_at)"
+                " SELECT ?, u.id, u.status, ?, ? FROM unnest(?::bigint[], ?::text[]) AS u(id, status)"
+                " ON CONFLICT DO NOTHING",
+                (list_id, now, now, [member[0] for member in members], [member[1] for member in members]),
             )
-            for chunk in _chunks([key for key, _ in new], 500):
-                for found in cursor.execute(
-                    f"SELECT id, email_key FROM subscribers WHERE email_key IN ({','.join('?' * len(chunk))})", chunk,
-                ).fetchall():
-                    people[found["email_key"]].id = int(found["id"])
+        else:
             cursor.executemany(
-                "UPDATE subscribers SET name = ?, fields = ?, updated_at = ? WHERE id = ?",
-                [(person.name, json.dumps(person.fields, sort_keys=True), now, person.id)
-                 for key, person in people.items() if person.changed and key not in new_keys],
-            )
-            # OR IGNORE: an existing membership keeps its status, unsubscribed included.
-            cursor.executemany(
-                "INSERT OR IGNORE INTO memberships (list_id, subscriber_id, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?)",
-                [(list_id, people[key].id, now, now) for key in joined],
+                "INSERT OR IGNORE INTO memberships (list_id, subscriber_id, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(list_id, person_id, status, now, now) for person_id, status in members],
             )
         return UpsertCounts(added, updated, kept_out)
 
+    def _lookups(self, lookup: _Lookup, values: Sequence[Any], *extra: object) -> Iterator[tuple[str, Sequence[Any]]]:
+        """The statements that run ``lookup`` for ``values``: one with an array parameter on PostgreSQL,
+        one per 500 values on SQLite (``IN (…)`` filled in with placeholders)."""
+        if not values:
+            return
+        if self.postgres:
+            yield lookup.postgres, (list(values), *extra)
+            return
+        for chunk in _chunks(values, 500):
+            yield lookup.sqlite.replace("IN (…)", f"IN ({','.join('?' * len(chunk))})"), (*extra, *chunk)
+
+    def _insert_people(self, cursor: Cursor, new: Sequence[tuple[str, _Person]], now: str) -> None:
+        """Insert the new subscribers of a chunk, in order, and learn their ids."""
+        if not new:
+            return
+        if self.postgres:
+            rows = cursor.execute(
+                "INSERT INTO subscribers (email, email_key, name, fields, created_at, updated_at)"
+                " SELECT u.email, u.key, u.name, u.fields, ?, ? FROM unnest(?::text[], ?::text[], ?::text[], ?::text[])"
+                " WITH ORDINALITY AS u(email, key, name, fields, n) ORDER BY u.n RETURNING id, email_key",
+                (now, now, [person.email for _, person in new], [key for key, _ in new],
+                 [person.name for _, person in new], [_fields_json(person.fields) for _, person in new]),
+            ).fetchall()
+        else:
+            cursor.executemany(
+                "INSERT INTO subscribers (email, email_key, name, fields, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(person.email, key, person.name, _fields_json(person.fields), now, now) for key, person in new],
+            )
+            rows = [found for sql, params in self._lookups(_NEW_IDS, [key for key, _ in new])
+                    for found in cursor.execute(sql, params).fetchall()]
+        people = dict(new)
+        for found in rows:
+            people[found["email_key"]].id = int(found["id"])
+
+    def _update_people(self, cursor: Cursor, changed: Sequence[_Person], now: str) -> None:
+        """Write the names and merge fields of a chunk's subscribers that were there before."""
+        if not changed:
+            return
+        if self.postgres:
+            cursor.execute(
+                _UPDATE_PEOPLE_PG,
+                (now, [person.id for person in changed], [person.name for person in changed],
+                 [_fields_json(person.fields) for person in changed]),
+            )
+        else:
+            cursor.executemany(
+                "UPDATE subscribers SET name = ?, fields = ?, updated_at = ? WHERE id = ?",
+                [(person.name, _fields_json(person.fields), now, person.id) for person in changed],
+            )
+
     def unsubscribe(self, email: str, *, list_name: str | None = None) -> bool:
-        """Unsubscribe ``email`` from ``list_name``, or from everything; False if unknown."""
+        """Unsubscribe ``email`` from ``list_name``, or from everything; False if unknown.
+
+        From everything: every membership ends and the subscriber is ``unsubscribed``, so
+        that no import or ``subscribers add`` puts them on a list again. Only their own
+        "subscribe again" on one list's page brings back that one list (:meth:`rejoin`).
+        """
         now = _now()
         with self.transaction() as cursor:
             row = cursor.execute("SELECT id FROM subscribers WHERE email_key = ?", (email.lower(),)).fetchone()
@@ -524,6 +639,10 @@ class Store:
                     "UPDATE subscribers SET status = 'unsubscribed', updated_at = ?"
                     " WHERE id = ? AND status = 'active'", (now, row["id"]),
                 )
+                cursor.execute(
+                    "UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
+                    " WHERE subscriber_id = ? AND status = 'active'", (now, row["id"]),
+                )
                 return True
             result = cursor.execute(
                 "UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
@@ -532,8 +651,8 @@ class Store:
             )
             return bool(result.rowcount > 0)
 
-    def membership(self, subscriber_id: int, list_id: int) -> tuple[str, str, bool] | None:
-        """(address, list name, whether they get it now) of one membership, or None when there is none."""
+    def membership_state(self, subscriber_id: int, list_id: int) -> MembershipState | None:
+        """One membership as stored (address, list, its status, the subscriber's status), or None."""
         rows = self.query(
             "SELECT s.email, l.name, m.status, s.status AS person FROM memberships m"
             " JOIN subscribers s ON s.id = m.subscriber_id JOIN lists l ON l.id = m.list_id"
@@ -543,7 +662,12 @@ class Store:
         if not rows:
             return None
         row = rows[0]
-        return str(row["email"]), str(row["name"]), row["status"] == "active" and row["person"] == "active"
+        return MembershipState(str(row["email"]), str(row["name"]), str(row["status"]), str(row["person"]))
+
+    def membership(self, subscriber_id: int, list_id: int) -> tuple[str, str, bool] | None:
+        """(address, list name, whether they get it now) of one membership, or None when there is none."""
+        state = self.membership_state(subscriber_id, list_id)
+        return None if state is None else (state.email, state.list_name, state.receives)
 
     def leave_list(self, subscriber_id: int, list_id: int) -> bool:
         """End one membership (an unsubscribe link); True when it was active until now."""
@@ -555,24 +679,42 @@ class Store:
             ).rowcount
         return bool(changed > 0)
 
-    def rejoin_list(self, subscriber_id: int, list_id: int) -> bool:
-        """Put one membership back (the re-subscribe button); True when something changed.
+    def rejoin(self, subscriber_id: int, list_id: int) -> Rejoined:
+        """Put exactly one membership back (the re-subscribe button); what happened.
 
-        Someone who left every list and now asks to come back to this one is active again;
-        an address that bounced is not, since mail to it can't arrive.
+        ``"rejoined"``: they get this list again, and only it: someone who had been removed
+        from everything is active again with this one list, their other lists stay ended.
+        ``"unchanged"``: they were on it already. ``"suppressed"``: the address bounced, so
+        nothing changes (mail to it can't arrive; only an operator can look into that).
+        ``"unknown"``: there is no such membership.
         """
         now = _now()
         with self.transaction() as cursor:
-            person = cursor.execute(
+            row = cursor.execute(
+                "SELECT m.status, s.status AS person FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id"
+                " WHERE m.subscriber_id = ? AND m.list_id = ?",
+                (subscriber_id, list_id),
+            ).fetchone()
+            if row is None:
+                return "unknown"
+            if row["person"] not in ("active", "unsubscribed"):
+                return "suppressed"
+            if row["person"] == "active" and row["status"] == "active":
+                return "unchanged"
+            cursor.execute(
                 "UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ? AND status = 'unsubscribed'",
                 (now, subscriber_id),
-            ).rowcount
-            joined = cursor.execute(
+            )
+            cursor.execute(
                 "UPDATE memberships SET status = 'active', updated_at = ?"
                 " WHERE subscriber_id = ? AND list_id = ? AND status = 'unsubscribed'",
                 (now, subscriber_id, list_id),
-            ).rowcount
-        return bool(person + joined > 0)
+            )
+        return "rejoined"
+
+    def rejoin_list(self, subscriber_id: int, list_id: int) -> bool:
+        """:meth:`rejoin`, True when it brought the membership back."""
+        return self.rejoin(subscriber_id, list_id) == "rejoined"
 
     def mark_bounced(self, subscriber_id: int) -> None:
         """Never mail this subscriber again (a permanent unknown-user failure)."""
@@ -581,23 +723,82 @@ class Store:
                 "UPDATE subscribers SET status = 'bounced', updated_at = ? WHERE id = ?", (_now(), subscriber_id)
             )
 
-    def subscribers(self, *, list_name: str | None = None, status: str | None = None,
-                    emails: Sequence[str] | None = None) -> list[Subscriber]:
-        """Subscribers, optionally only those on ``list_name`` (active there), of ``status``, or with ``emails``."""
+    # --- reading many rows ------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One consistent view of the database for the reads inside (an export's header and its rows).
+
+        SQLite: a read transaction (WAL: writers carry on meanwhile); PostgreSQL: a
+        read-only ``REPEATABLE READ`` one, which streaming needs too. Nested: the outer one counts.
+        """
+        if self.connection.in_transaction:
+            yield
+            return
+        self._execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if self.postgres else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            if self.connection.in_transaction:
+                with suppress(Exception):
+                    self.connection.execute("ROLLBACK")
+            raise
+        self._execute("COMMIT")
+
+    def _execute(self, sql: str) -> None:
+        try:
+            self.connection.execute(sql)
+        except Exception as exc:
+            error = self._error(exc)
+            if error is not None:
+                raise error from exc
+            raise
+
+    def stream(self, sql: str, params: Sequence[object] = (), *, size: int = 2000) -> Iterator[Any]:
+        """The rows of one read-only statement as they come: memory holds ``size`` of them, whatever the total.
+
+        SQLite steps its cursor; PostgreSQL reads a server-side cursor ``size`` rows a
+        round trip (inside :meth:`snapshot`, which this opens when none is). Database
+        errors become StoreError.
+        """
+        with self.snapshot():
+            try:
+                connection = self.connection
+                if isinstance(connection, sqlite3.Connection):
+                    yield from connection.execute(sql, params)
+                else:
+                    yield from connection.stream(sql, params, size=size)
+            except Exception as exc:
+                error = self._error(exc)
+                if error is not None:
+                    raise error from exc
+                raise
+
+    def subscriber_select(self, *, list_id: int | None = None, status: str | None = None,
+                          emails: Sequence[str] | None = None) -> tuple[str, list[object]]:
+        """The statement (and its parameters) that :meth:`iter_subscribers` runs.
+
+        Linear in the subscribers: each one's lists come from ``memberships_subscriber``
+        (an index search, not a scan of every membership per row), the list filter from
+        the primary key (list_id, subscriber_id).
+        """
         query = (
             "SELECT s.id, s.email, s.name, s.fields, s.status,"
             " (SELECT group_concat(l.name, ',') FROM memberships m JOIN lists l ON l.id = m.list_id"
             "  WHERE m.subscriber_id = s.id AND m.status = 'active') AS lists"
             " FROM subscribers s"
         )
+        where, params = self._subscriber_filter(list_id=list_id, status=status, emails=emails)
+        return query + where + " ORDER BY s.id", params
+
+    def _subscriber_filter(self, *, list_id: int | None, status: str | None,
+                           emails: Sequence[str] | None) -> tuple[str, list[object]]:
         where: list[str] = []
-        params: list[str] = []
-        if list_name is not None:
-            where.append(
-                "EXISTS (SELECT 1 FROM memberships m JOIN lists l ON l.id = m.list_id"
-                " WHERE m.subscriber_id = s.id AND l.name = ? AND m.status = 'active')"
-            )
-            params.append(list_name)
+        params: list[object] = []
+        if list_id is not None:
+            where.append("EXISTS (SELECT 1 FROM memberships m WHERE m.list_id = ? AND m.subscriber_id = s.id"
+                         " AND m.status = 'active')")
+            params.append(list_id)
         if status is not None:
             where.append("s.status = ?")
             params.append(status)
@@ -605,17 +806,55 @@ class Store:
             keys = sorted({email.lower() for email in emails})
             where.append(f"s.email_key IN ({','.join('?' * len(keys))})" if keys else "1 = 0")
             params.extend(keys)
-        if where:
-            query += " WHERE " + " AND ".join(where)
-        query += " ORDER BY s.id"
-        rows = self.query(query, params)
-        return [
-            Subscriber(
-                int(row["id"]), row["email"], row["name"], json.loads(row["fields"]), row["status"],
-                tuple(sorted((row["lists"] or "").split(","))) if row["lists"] else (),
-            )
-            for row in rows
-        ]
+        return (" WHERE " + " AND ".join(where) if where else ""), params
+
+    def field_names_select(self, *, list_id: int | None = None, status: str | None = None) -> tuple[str, list[object]]:
+        """The statement (and its parameters) that :meth:`field_names` runs: every merge field's name, once."""
+        where, params = self._subscriber_filter(list_id=list_id, status=status, emails=None)
+        where = (where + " AND " if where else " WHERE ") + "s.fields <> '{}'"
+        keys = "jsonb_object_keys(s.fields::jsonb) AS k(key)" if self.postgres else "json_each(s.fields) AS k"
+        return f"SELECT DISTINCT k.key FROM subscribers s, {keys}{where}", params
+
+    def _list_filter(self, list_name: str | None) -> int | None:
+        """The id of ``list_name`` (None: no filter); -1, which matches nothing, for a list that doesn't exist."""
+        if list_name is None:
+            return None
+        found = self.find_list(list_name)
+        return -1 if found is None else found
+
+    def field_names(self, *, list_name: str | None = None, status: str | None = None) -> list[str]:
+        """The merge fields the subscribers :meth:`iter_subscribers` yields have, sorted (an export's columns)."""
+        sql, params = self.field_names_select(list_id=self._list_filter(list_name), status=status)
+        return sorted(str(row[0]) for row in self.stream(sql, params))
+
+    def iter_subscribers(self, *, list_name: str | None = None, status: str | None = None,
+                         emails: Sequence[str] | None = None) -> Iterator[Subscriber]:
+        """Subscribers one at a time by id, optionally only those on ``list_name`` (active there), of
+        ``status``, or with ``emails``: a million of them stream in the memory of a few thousand."""
+        sql, params = self.subscriber_select(list_id=self._list_filter(list_name), status=status, emails=emails)
+        for row in self.stream(sql, params):
+            lists = row["lists"]
+            yield Subscriber(int(row["id"]), row["email"], row["name"],
+                             json.loads(row["fields"]) if row["fields"] != "{}" else {}, row["status"],
+                             tuple(sorted(lists.split(","))) if lists else ())
+
+    def subscribers(self, *, list_name: str | None = None, status: str | None = None,
+                    emails: Sequence[str] | None = None) -> list[Subscriber]:
+        """Subscribers, optionally only those on ``list_name`` (active there), of ``status``, or with ``emails``."""
+        return list(self.iter_subscribers(list_name=list_name, status=status, emails=emails))
+
+    def explain(self, sql: str, params: Sequence[object] = ()) -> str:
+        """The database's plan for one statement, one line a step: ``EXPLAIN QUERY PLAN`` on SQLite
+        (``SEARCH`` = an index lookup, ``SCAN`` = every row), ``EXPLAIN`` on PostgreSQL."""
+        if self.postgres:
+            return "\n".join(str(row[0]) for row in self.query(f"EXPLAIN {sql}", params))
+        rows = self.query(f"EXPLAIN QUERY PLAN {sql}", params)
+        depth: dict[int, int] = {0: -1}
+        lines = []
+        for node, parent, _, detail in rows:
+            depth[int(node)] = depth.get(int(parent), -1) + 1
+            lines.append("  " * depth[int(node)] + str(detail))
+        return "\n".join(lines)
 
     def count(self, *, list_name: str | None = None) -> dict[str, int]:
         """How many subscribers there are per status (on ``list_name`` if given)."""
@@ -714,6 +953,44 @@ class _Person:
     status: str
     fields: dict[str, str]
     changed: bool = False
+
+
+class _Lookup(NamedTuple):
+    """One of an import's lookups by a chunk of values, in each dialect (``IN (…)`` filled in by Store._lookups)."""
+
+    sqlite: str
+    #: the values as an array (the first parameter), each looked up by a LATERAL subquery that
+    #: OFFSET 0 keeps from being flattened into a join: whatever the statistics say, the plan is
+    #: one index search per value (a join let the planner read the whole list per chunk instead)
+    postgres: str
+
+
+#: the subscribers of a chunk's addresses (email_key's unique index)
+_EXISTING = _Lookup(
+    "SELECT id, email, email_key, name, status, fields FROM subscribers WHERE email_key IN (…)",
+    "SELECT s.* FROM unnest(?::text[]) AS k(key), LATERAL (SELECT id, email, email_key, name, status, fields"
+    " FROM subscribers WHERE email_key = k.key OFFSET 0) AS s",
+)
+#: their membership of the list (the primary key)
+_ON_LIST = _Lookup(
+    "SELECT subscriber_id, status FROM memberships WHERE list_id = ? AND subscriber_id IN (…)",
+    "SELECT m.* FROM unnest(?::bigint[]) AS k(id), LATERAL (SELECT subscriber_id, status FROM memberships"
+    " WHERE list_id = ? AND subscriber_id = k.id OFFSET 0) AS m",
+)
+#: the ids of the subscribers just inserted (SQLite; PostgreSQL's INSERT returns them)
+_NEW_IDS = _Lookup("SELECT id, email_key FROM subscribers WHERE email_key IN (…)", "")
+#: an import's update of the subscribers of a chunk who were there before, on PostgreSQL (by primary key)
+_UPDATE_PEOPLE_PG = ("UPDATE subscribers SET name = u.name, fields = u.fields, updated_at = ?"
+                     " FROM unnest(?::bigint[], ?::text[], ?::text[]) AS u(id, name, fields)"
+                     " WHERE subscribers.id = u.id")
+#: planner settings an import's transaction turns off on PostgreSQL: what is left is index lookups
+_INDEX_LOOKUPS_ONLY = ("enable_seqscan", "enable_bitmapscan", "enable_hashjoin", "enable_mergejoin", "enable_material")
+_FIELDS_JSON = json.JSONEncoder(sort_keys=True)
+
+
+def _fields_json(fields: Mapping[str, str]) -> str:
+    """Merge fields as stored: a JSON object, keys sorted."""
+    return _FIELDS_JSON.encode(fields) if fields else "{}"
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

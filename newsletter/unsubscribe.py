@@ -2,8 +2,10 @@
 
 A token (:mod:`newsletter.tokens`) names one subscriber on one list. Unsubscribing ends
 that membership only (other lists stay as they are); the ledger re-checks memberships at send
-time, so a dispatch that is already running skips them from then on. Both operations are
-idempotent: doing one twice changes nothing the second time.
+time, so a dispatch that is already running skips them from then on. Re-subscribing brings
+back exactly that membership (never the subscriber's other lists), and nothing for an
+address that bounced. Both operations are idempotent: doing one twice changes nothing the
+second time.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from newsletter.store import Store
+from newsletter.store import Rejoined, Store
 from newsletter.tokens import TokenSigner
 
 __all__ = [
@@ -31,6 +33,8 @@ class Membership:
     email: str
     list_name: str
     active: bool
+    #: the address bounced: it gets no list, and re-subscribing can't change that
+    suppressed: bool = False
 
 
 def find_membership(database: str | Path, signer: TokenSigner, token: str) -> Membership | None:
@@ -39,11 +43,11 @@ def find_membership(database: str | Path, signer: TokenSigner, token: str) -> Me
     if verified is None:
         return None
     with Store.open(database) as store:
-        found = store.membership(verified.subscriber_id, verified.list_id)
+        found = store.membership_state(verified.subscriber_id, verified.list_id)
     if found is None:
         return None
-    email, list_name, active = found
-    return Membership(verified.subscriber_id, verified.list_id, email, list_name, active)
+    return Membership(verified.subscriber_id, verified.list_id, found.email, found.list_name, found.receives,
+                      found.suppressed)
 
 
 def unsubscribe(database: str | Path, membership: Membership) -> bool:
@@ -52,7 +56,7 @@ def unsubscribe(database: str | Path, membership: Membership) -> bool:
         return store.leave_list(membership.subscriber_id, membership.list_id)
 
 
-def resubscribe(database: str | Path, membership: Membership) -> bool:
-    """Put ``membership`` back; True when it changed (see :meth:`Store.rejoin_list`)."""
+def resubscribe(database: str | Path, membership: Membership) -> Rejoined:
+    """Put ``membership`` (that one list only) back; what happened (see :meth:`Store.rejoin`)."""
     with Store.open(database) as store:
-        return store.rejoin_list(membership.subscriber_id, membership.list_id)
+        return store.rejoin(membership.subscriber_id, membership.list_id)

@@ -9,7 +9,8 @@ Routes:
   POST form). Link scanners that open every URL in a message change nothing.
 - ``POST /unsubscribe/<token>`` from that form (``action=unsubscribe`` or ``resubscribe``):
   does it and shows the result, with the way back.
-- ``GET /issues/`` and ``GET /issues/<slug>/``: the archive and each sent issue's web version.
+- ``GET /issues/`` and ``GET /issues/<slug>/``: the archive and each sent issue's web version,
+  worked out on threads of their own, so that no number of them delays an unsubscribe.
 
 A forged, altered or malformed token gets 400 and changes nothing. Every response carries
 security headers (a CSP with no script at all, no referrer); bodies are capped at 16 KiB; a
@@ -23,9 +24,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -50,6 +54,10 @@ log = logging.getLogger("newsletter.web")
 
 #: what a one-click unsubscribe POST carries (RFC 8058 section 3.1)
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
+#: threads the archive's pages may use at once (their own: never the unsubscribe routes')
+ARCHIVE_THREADS = 4
+#: archive requests in flight (running or waiting for a thread) beyond which more get 503 at once
+ARCHIVE_BACKLOG = 64
 
 
 @dataclass
@@ -94,7 +102,7 @@ def create_app(settings: Settings) -> ASGIApp:
         if membership is None:
             return web.invalid_token()
         return web.page("unsubscribe.html", email=membership.email, list_name=membership.list_name,
-                        active=membership.active, action=f"/unsubscribe/{token}")
+                        active=membership.active, suppressed=membership.suppressed, action=f"/unsubscribe/{token}")
 
     async def unsubscribe_post(request: Request) -> Response:
         token = request.path_params["token"]
@@ -116,22 +124,39 @@ def create_app(settings: Settings) -> ASGIApp:
             return web.page("unsubscribed.html", email=membership.email, list_name=membership.list_name,
                             action=f"/unsubscribe/{token}")
         if action == "resubscribe":
-            await run_in_threadpool(unsubscribe.resubscribe, settings.database.location, membership)
+            outcome = await run_in_threadpool(unsubscribe.resubscribe, settings.database.location, membership)
+            if outcome == "suppressed":
+                return web.page("unsubscribe.html", 409, email=membership.email, list_name=membership.list_name,
+                                active=False, suppressed=True, action=f"/unsubscribe/{token}")
             return web.page("resubscribed.html", email=membership.email, list_name=membership.list_name,
                             action=f"/unsubscribe/{token}")
         return web.message(400, "Nothing to do", "The form was incomplete. Please use the button on the page.")
 
-    async def archive_index(request: Request) -> Response:
-        entries = await run_in_threadpool(archive.sent_issues, settings.database.location)
+    # The archive's blocking work (database, files, rendering) runs on threads of its own, at
+    # most ARCHIVE_THREADS at once, not on the thread pool the unsubscribe routes share: any
+    # number of archive requests in flight leaves an unsubscribe nothing to wait for. Past
+    # ARCHIVE_BACKLOG in flight, more get 503 at once rather than hold the server's connections.
+    archive_threads = anyio.CapacityLimiter(ARCHIVE_THREADS)
+    in_flight = 0
+
+    async def on_archive_thread(function: Callable[..., Response], *args: object) -> Response:
+        nonlocal in_flight
+        if in_flight >= ARCHIVE_BACKLOG:
+            return web.message(503, "Busy", "The archive is busy right now. Please try again in a moment.")
+        in_flight += 1
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=archive_threads)
+        finally:
+            in_flight -= 1
+
+    def index_page() -> Response:
+        entries = archive.sent_issues(settings.database.location)
         kept = [entry for entry in entries if archive.available(entry, settings.issues_dir)]
         return HTMLResponse(archive.index_page(kept, settings))
 
-    async def archive_issue(request: Request) -> Response:
-        slug = request.path_params["slug"]
-        entries = await run_in_threadpool(archive.sent_issues, settings.database.location)
-        entry = next((entry for entry in entries if entry.slug == slug), None)
-        found = None if entry is None else await run_in_threadpool(
-            archive.issue_source, settings.database.location, entry, settings.issues_dir)
+    def issue_page(slug: str) -> Response:
+        # One indexed lookup, known slug or not, which brings the text as sent along.
+        found = archive.sent_issue_source(settings.database.location, slug, settings.issues_dir)
         if found is None:
             return web.message(404, "No such issue", "This issue was never sent, or it is no longer online.",
                                "/issues/", "All issues")
@@ -140,12 +165,18 @@ def create_app(settings: Settings) -> ASGIApp:
         cached = web.pages.get(slug)
         if cached is None or cached[0] != stamp:
             try:
-                html = await run_in_threadpool(archive.web_version, text, source, settings)
+                html = archive.web_version(text, source, settings)
             except NewsletterError as exc:
                 log.error("archive: %s", exc)
                 return web.message(503, "This issue can't be shown right now", "Please try again later.")
             web.pages[slug] = cached = (stamp, html)
         return HTMLResponse(cached[1])
+
+    async def archive_index(request: Request) -> Response:
+        return await on_archive_thread(index_page)
+
+    async def archive_issue(request: Request) -> Response:
+        return await on_archive_thread(issue_page, request.path_params["slug"])
 
     async def issue_without_slash(request: Request) -> Response:
         return RedirectResponse(f"/issues/{request.path_params['slug']}/", status_code=301)

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from newsletter.cli import main
 from newsletter.errors import StoreError
-from newsletter.store import MIGRATIONS, Store
+from newsletter.store import MIGRATIONS, Store, Subscriber
 from newsletter.subscribers import parse_csv, subscriber_row
 
 
@@ -140,3 +143,78 @@ def test_import_is_one_transaction(tmp_path: Path) -> None:
         assert store.count() == {"active": 0, "unsubscribed": 0, "bounced": 0}
         store.upsert_subscribers(rows, list_name="default")
         assert store.count()["active"] == 50
+
+
+# --- the streaming parts hold to what they replace --------------------------------------------
+
+_FUZZ = hypothesis_settings(hypothesis_settings.get_profile("fuzz"), max_examples=300)
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+_LONG = ".".join(["d" * 63] * 3) + "." + "e" * 45 + ".org"  # 241 characters: a valid domain, little room left
+_DOMAINS = ["example.org", "Example.COM", "mail.example.co.uk", "münchen.de", "xn--mnchen-3ya.de", "a-b.example",
+            "example.org.", "localhost", "x.test", "a..b.org", "-a.org", "[127.0.0.1]", "1.2.3.4",
+            ".".join(["d" * 60] * 3) + ".org", ".".join(["e" * 63] * 4) + ".org", _LONG]
+
+
+def _validator(address: str) -> str | None:
+    """What email-validator itself says, with the options normalise_address uses."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        result = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError:
+        return None
+    return str(result.ascii_email or result.normalized)
+
+
+@_FUZZ
+@given(local=st.one_of(st.text(_ATEXT + ".", min_size=0, max_size=70),
+                       st.sampled_from(["Postmaster", "INFO", "abuse", "ann", "a" * 64, "a" * 65, '"q"', "é"])),
+       domain=st.sampled_from(_DOMAINS), space=st.sampled_from(["", " "]))
+@example(local="a" * 12, domain=_LONG, space="")  # 254 characters: the longest address there is
+@example(local="a" * 13, domain=_LONG, space="")  # one too many
+def test_a_remembered_domain_gives_email_validator_s_own_answer(local: str, domain: str, space: str) -> None:
+    from newsletter.errors import SubscriberError
+    from newsletter.subscribers import normalise_address
+
+    def ours(address: str) -> str | None:
+        try:
+            return normalise_address(address)
+        except SubscriberError:
+            return None
+
+    assert ours(f"warm@{domain}") == _validator(f"warm@{domain}")  # the domain is remembered now, if valid
+    address = f"{space}{local}@{domain}{space}"
+    assert ours(address) == _validator(address)
+
+
+@_FUZZ
+@given(data=st.lists(st.sampled_from([b"a", b",", b'"', b"\r", b"\n", b"\r\n", b"\xc3\xa9", b"\xe9", b"\xef\xbb\xbf",
+                                      b"\xff\xfe", b"\x00"]), max_size=16).map(b"".join))
+def test_csv_lines_are_the_lines_of_the_decoded_file(data: bytes) -> None:
+    import io
+
+    from newsletter.errors import SubscriberError
+    from newsletter.subscribers import csv_lines, decode_csv
+
+    try:
+        expected: list[str] | str = [line for line in io.StringIO(decode_csv(data, source="r.csv"), newline="")]
+    except SubscriberError as error:
+        expected = str(error)
+    try:
+        got: list[str] | str = list(csv_lines(io.BytesIO(data), source="r.csv"))
+    except SubscriberError as error:
+        got = str(error)
+    assert got == expected
+
+
+@_FUZZ
+@given(people=st.lists(st.builds(
+    Subscriber, id=st.just(1), email=st.text(max_size=5), name=st.text(max_size=5),
+    fields=st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=3), status=st.text(max_size=3),
+    lists=st.lists(st.text(max_size=3), max_size=3).map(tuple)), max_size=4))
+def test_the_json_export_is_json_dumps_text(people: list[Subscriber]) -> None:
+    from newsletter.subscribers import export_json
+
+    assert export_json(people) == json.dumps(
+        [{"email": p.email, "name": p.name, "status": p.status, "lists": list(p.lists), "fields": dict(p.fields)}
+         for p in people], indent=2, ensure_ascii=False)

@@ -400,6 +400,70 @@ def test_the_archive_shows_an_issue_as_it_was_sent_even_after_its_file_changed(s
     assert f'href="/issues/{SLUG}/"' in httpx.get(f"{site.base}/issues/").text
 
 
+def test_resubscribing_after_a_removal_from_everything_brings_back_only_that_list(site: Site) -> None:
+    with Store.open(site.settings.database.path) as store:
+        store.upsert_subscribers([SubscriberRow("ada@example.org")], list_name="offers")
+        assert store.unsubscribe("ada@example.org")  # the operator: `subscribers remove ada@example.org`
+    url = site.one_click_url("ada@example.org")  # the default list's link, in an old issue
+    back = httpx.post(url, data={"action": "resubscribe"}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert back.status_code == 200 and "Welcome back" in back.text
+    with Store.open(site.settings.database.path) as store:
+        (ada,) = store.subscribers(emails=["ada@example.org"])
+        assert ada.status == "active" and ada.lists == ("default",)  # not "offers": the removal still holds there
+        assert [person.email for person in store.subscribers(list_name="offers")] == []
+
+
+def test_a_bounced_address_is_not_resubscribed_by_the_button(site: Site) -> None:
+    url = site.one_click_url("grace@example.org")
+    with Store.open(site.settings.database.path) as store:
+        (grace,) = store.subscribers(emails=["grace@example.org"])
+        store.mark_bounced(grace.id)
+    page = httpx.get(url)
+    assert page.status_code == 200 and "We can't send to this address" in page.text
+    assert 'value="resubscribe"' not in page.text  # no button that can't work
+    back = httpx.post(url, data={"action": "resubscribe"}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert back.status_code == 409 and "Welcome back" not in back.text and "undeliverable" in back.text
+    with Store.open(site.settings.database.path) as store:
+        assert [person.status for person in store.subscribers(emails=["grace@example.org"])] == ["bounced"]
+        assert store.count(list_name="default") == {"active": 2, "unsubscribed": 0, "bounced": 1}
+
+
+def test_a_one_click_unsubscribe_does_not_wait_behind_archive_pages(site: Site,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 archive requests in flight, each held inside the archive's own work by a gate this test opens
+    only after the one-click POST has been answered (it once waited for all of them, 123 s)."""
+    import concurrent.futures
+
+    from newsletter import archive, webapp
+
+    gate = threading.Event()
+    entered = threading.Semaphore(0)
+    original = archive.sent_issues
+
+    def held(database: str | Path) -> list[archive.ArchiveEntry]:
+        entered.release()
+        gate.wait(120)
+        return original(database)
+
+    monkeypatch.setattr(archive, "sent_issues", held)
+    # Wait until every thread the archive may take is held (before archive pages had threads of their own,
+    # they took all 40 of the pool the unsubscribe routes share).
+    holding = min(40, getattr(webapp, "ARCHIVE_THREADS", 40))
+    url = site.one_click_url("alan@example.org")
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        pages = [pool.submit(httpx.get, f"{site.base}/issues/", timeout=180) for _ in range(40)]
+        try:
+            for _ in range(holding):
+                assert entered.acquire(timeout=60), "the archive requests never arrived"
+            response = httpx.post(url, data={"List-Unsubscribe": "One-Click"}, timeout=30)
+            assert response.status_code == 200 and response.text == "Unsubscribed.\n"
+            assert site.membership("alan@example.org") == "unsubscribed"
+            assert not any(page.done() for page in pages)  # all 40 still held
+        finally:
+            gate.set()
+        assert [page.result().status_code for page in pages] == [200] * 40
+
+
 # --- a real `newsletter serve` process under idle and slow clients ----------------------------
 
 SERVE_DEADLINE = 60.0  # seconds for start-up and for the server to close what it must: generous, not a speed claim
