@@ -99,7 +99,7 @@ def issue_text(number: int) -> str:
 
 def build(location: str | Path, count: int) -> tuple[float, float, list[str]]:
     """Subscribers, 3 issues and their deliveries; (build seconds, backfill seconds, the slugs)."""
-    from newsletter.store import Store
+    from newsletter.store.engine import Store
 
     started = time.perf_counter()
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)

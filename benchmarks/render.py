@@ -6,12 +6,12 @@ costs scale differently and are measured differently:
 * **Once per issue** (median and p95 of ``--runs`` timed runs, after warm-up, each
   stage capped at ``--max-seconds``), on the seed issue ``issues/2017-07-07-trump-putin.md``:
 
-  1. parse: :func:`newsletter.issues.load_issue` (file read + Markdown parse);
+  1. parse: :func:`newsletter.issue.parse.load_issue` (file read + Markdown parse);
   2. Jinja2: ``_render_template(issue, folder, _context(...))``, so it includes building
      the context (the Markdown blocks rendered to HTML fragments);
   3. MJML: ``_compile_mjml`` (mjml-python, Rust);
   4. premailer: ``_inline_css`` (CSS inlining with cssutils and lxml);
-  5. plain text: :func:`newsletter.plaintext.render_text`;
+  5. plain text: :func:`newsletter.render.plaintext.render_text`;
   6. the whole :func:`newsletter.render.render_issue` (2-5 plus the placeholder prefix);
   7. :func:`newsletter.compose.compile_message` (quoted-printable encoding, once per issue).
 
@@ -23,7 +23,7 @@ costs scale differently and are measured differently:
   batches of the per-recipient mean, with the slowest batch beside it. It is run
   once with ASCII names ("Reader 123") and once with non-ASCII names ("Zoë Ünïcode 123"),
   which take the RFC 2047 and quoted-printable paths. Then, apart, personalising and
-  DKIM-signing (:meth:`newsletter.dkim.DkimSigner.sign`, a fresh 2048-bit key, every signed
+  DKIM-signing (:meth:`newsletter.compose.dkim.DkimSigner.sign`, a fresh 2048-bit key, every signed
   header over-signed) ``DKIM_RECIPIENTS`` recipients a batch, the same way.
 
 Targets: personalisation ≤ 20 µs per recipient (ASCII names); the whole render is
@@ -51,13 +51,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import command_line, publish
-from newsletter.compose import MessageTemplate, compile_message, now_header_date, personalise
+from newsletter.compose.dkim import DkimSigner, generate_key, load_signer
+from newsletter.compose.message import MessageTemplate, compile_message, now_header_date, personalise
 from newsletter.config import SenderSettings
-from newsletter.dkim import DkimSigner, generate_key, load_signer
-from newsletter.issues import load_issue
+from newsletter.issue.parse import load_issue
 from newsletter.models import Issue, Recipient
-from newsletter.plaintext import render_text
-from newsletter.render import (
+from newsletter.render.engine import (
     RECIPIENT_FIELDS,
     _compile_mjml,
     _context,
@@ -68,6 +67,7 @@ from newsletter.render import (
     render_issue,
     view_url,
 )
+from newsletter.render.plaintext import render_text
 
 __all__ = ["add_arguments", "main", "run"]
 

@@ -6,7 +6,7 @@
   ``--startup-runs`` runs after one warm-up run (which also compiles the bytecode).
   Target: < 1 s. For scale, the same for ``python -c pass`` (the interpreter alone) and
   ``newsletter --version`` (the command-line module and everything it imports).
-* ``python -X importtime -c "import newsletter.cli"`` (median of 3 runs per module):
+* ``python -X importtime -c "import newsletter.cli.commands"`` (median of 3 runs per module):
   the 10 largest cumulative import times, and the modules from outside the package
   (third-party and stdlib) that its own modules import directly, largest first: the
   candidates to import lazily.
@@ -77,10 +77,10 @@ def parse_importtime(text: str) -> list[ImportLine]:
 
 
 def import_times(python: Path, runs: int = IMPORTTIME_RUNS) -> list[ImportLine]:
-    """``python -X importtime -c "import newsletter.cli"``, median per module over ``runs`` runs."""
+    """``python -X importtime -c "import newsletter.cli.commands"``, median per module over ``runs`` runs."""
     samples: dict[str, list[ImportLine]] = defaultdict(list)
     for _ in range(runs):
-        completed = subprocess.run([str(python), "-X", "importtime", "-c", "import newsletter.cli"],
+        completed = subprocess.run([str(python), "-X", "importtime", "-c", "import newsletter.cli.commands"],
                                    capture_output=True, text=True, check=True, env=environment())
         for line in parse_importtime(completed.stderr):
             samples[line.module].append(line)
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     table = report.format_table(["Command", "Runs", "Median", "Range", "CPU", "Peak RSS", "Target"], rows,
                                 right=(1, 2, 3, 4, 5))
     cumulative, direct = import_tables(lines)
-    whole = next((line for line in lines if line.module == "newsletter.cli"), None)
+    whole = next((line for line in lines if line.module == "newsletter.cli.commands"), None)
     notes = [
         "Wall time from just before the fork to the exit (`os.wait4`), after one warm-up run (which leaves the "
         "package's bytecode cached, as a user's first run does: PYTHONDONTWRITEBYTECODE is dropped); "
@@ -177,13 +177,13 @@ def run(args: argparse.Namespace, command: str) -> int:
         "send-test talks to `smtp-sink` on 127.0.0.1 (it counted "
         f"{'?' if received is None else received} messages, of {runs + 1} sends with the warm-up), "
         "database of 1,000 subscribers, no DKIM.",
-        f"`import newsletter.cli` takes {_ms(whole.cumulative_us) if whole else '?'} "
+        f"`import newsletter.cli.commands` takes {_ms(whole.cumulative_us) if whole else '?'} "
         f"(`-X importtime`, median of {1 if args.quick else IMPORTTIME_RUNS} run(s) per module; "
         "importtime itself adds some overhead).",
     ]
     body = [
         table, "", *(f"- {note}" for note in notes), "",
-        "Largest cumulative import times (`python -X importtime -c \"import newsletter.cli\"`):", "",
+        "Largest cumulative import times (`python -X importtime -c \"import newsletter.cli.commands\"`):", "",
         cumulative, "",
         "Modules from outside the package that its own modules import directly, largest first "
         "(the candidates to import lazily):", "",

@@ -54,7 +54,7 @@ from benchmarks.servers import Finished, newsletter_command, run_measured, signa
 from benchmarks.workers import ensure_postgres, machine_ticks, wait_for_quiet
 
 if TYPE_CHECKING:
-    from newsletter.store import Store
+    from newsletter.store.engine import Store
 
 __all__ = ["add_arguments", "plan_problems", "run"]
 
@@ -140,7 +140,7 @@ def plan_problems(postgres: bool, plan: str) -> list[str]:
 
 def statements(store: Store, count: int) -> dict[str, tuple[str, Sequence[object]]]:
     """Every statement the measured commands run over the subscribers, with realistic parameters."""
-    from newsletter.store import _EXISTING, _ON_LIST
+    from newsletter.store.engine import _EXISTING, _ON_LIST
 
     list_id = store.find_list(LIST_NAME)
     keys = [f"reader{number}@mail{number % DOMAINS}.example.org" for number in range(0, count, max(1, count // 2000))]
@@ -154,7 +154,7 @@ def statements(store: Store, count: int) -> dict[str, tuple[str, Sequence[object
         "import: their membership": next(iter(store._lookups(_ON_LIST, ids, list_id))),
     }
     if store.postgres:
-        from newsletter.store import _UPDATE_PEOPLE_PG
+        from newsletter.store.engine import _UPDATE_PEOPLE_PG
 
         found["import: update the chunk's subscribers"] = (
             _UPDATE_PEOPLE_PG, ("now", ids, ["x"] * len(ids), ["{}"] * len(ids)))
@@ -163,7 +163,7 @@ def statements(store: Store, count: int) -> dict[str, tuple[str, Sequence[object
 
 def explain_all(location: str | Path, count: int) -> tuple[dict[str, str], list[str]]:
     """The plan of each statement (cut to :data:`PLAN_WIDTH`), and the problems found in them."""
-    from newsletter.store import _INDEX_LOOKUPS_ONLY, Store
+    from newsletter.store.engine import _INDEX_LOOKUPS_ONLY, Store
 
     plans: dict[str, str] = {}
     problems: list[str] = []

@@ -6,10 +6,10 @@ The pipeline, one direction::
         -> compose.compile_message (once per issue) -> compose.personalise (per recipient)
 """
 
-from newsletter.compose import compile_message, personalise
+from newsletter.compose.message import compile_message, personalise
 from newsletter.errors import NewsletterError
-from newsletter.issues import load_issue, parse_issue
-from newsletter.render import render_issue
+from newsletter.issue.parse import load_issue, parse_issue
+from newsletter.render.engine import render_issue
 
 __all__ = [
     "NewsletterError",

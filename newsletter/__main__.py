@@ -1,5 +1,5 @@
 """``python -m newsletter`` runs the CLI."""
 
-from newsletter.cli import run
+from newsletter.cli.commands import run
 
 run()

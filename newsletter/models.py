@@ -1,12 +1,13 @@
 """The data that flows through the pipeline: frozen dataclasses, no I/O.
 
 ``Issue`` (parsed file) -> ``RenderedIssue`` (html + text with placeholders)
--> per-recipient bytes (see :mod:`newsletter.compose`).
+-> per-recipient bytes (see :mod:`newsletter.compose.message`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -34,7 +35,15 @@ __all__ = [
     "Strong",
     "Text",
     "ThematicBreak",
+    "is_valid_name",
 ]
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def is_valid_name(value: str) -> bool:
+    """Whether ``value`` may name a list or a template (it becomes part of List-Id)."""
+    return _NAME_RE.fullmatch(value) is not None
 
 
 # --- inline content ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Build newsletter/data/caniemail.json from the caniemail.com data set (MIT licence).
+"""Build newsletter/preflight/data/caniemail.json from the caniemail.com data set (MIT licence).
 
     .venv/bin/python scripts/caniemail_data.py [FEATURES_DIR] [--commit SHA] [--out DIR]
 
@@ -34,7 +34,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = ROOT.parent / "shared" / "caniemail"
-DEFAULT_OUT = ROOT / "newsletter" / "data"
+DEFAULT_OUT = ROOT / "newsletter" / "preflight" / "data"
 SITE = "https://www.caniemail.com/features/"
 REPOSITORY = "https://github.com/hteumeuleu/caniemail"
 _CATEGORIES = ("css", "html", "image")  # caniemail's others (amp, bimi) say nothing about an email's HTML

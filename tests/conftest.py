@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import SenderSettings, Settings
-from newsletter.issues import load_issue
+from newsletter.issue.parse import load_issue
 from newsletter.models import Issue, RenderedIssue
-from newsletter.render import render_issue
+from newsletter.render.engine import render_issue
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_ISSUE = ROOT / "issues" / "2017-07-07-trump-putin.md"

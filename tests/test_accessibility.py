@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.accessibility import check_accessibility, check_plain_text
-from newsletter.colour import contrast_ratio, parse_colour
-from newsletter.compose import fill_html, fill_text
+from newsletter.compose.message import fill_html, fill_text
+from newsletter.compose.sample import example_recipient
 from newsletter.config import Settings
-from newsletter.css import matches, parse_selector_list, specificity
-from newsletter.htmldom import parse_document
-from newsletter.jobs import example_recipient
 from newsletter.models import RenderedIssue
-from newsletter.preflight import PreflightFinding
-from newsletter.styles import StyledDocument, media_matches
+from newsletter.preflight.accessibility import check_accessibility, check_plain_text
+from newsletter.preflight.colour import contrast_ratio, parse_colour
+from newsletter.preflight.css import matches, parse_selector_list, specificity
+from newsletter.preflight.finding import PreflightFinding
+from newsletter.preflight.htmldom import parse_document
+from newsletter.preflight.styles import StyledDocument, media_matches
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "preflight"
 

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from newsletter.errors import StoreError
-from newsletter.ledger import Ledger, Result
-from newsletter.store import MIGRATIONS, Store, SubscriberRow
+from newsletter.store.engine import MIGRATIONS, Store, SubscriberRow
+from newsletter.store.ledger import Ledger, Result
 from tests.conftest import ROOT
 
 pytest_plugins = ["tests.pgserver"]
@@ -217,8 +217,8 @@ def test_two_workers_claiming_at_once_get_disjoint_rows(database: str | Path, op
 # A run in a child process: starts, marks two rows sending, says so, then waits to be killed.
 CHILD = """\
 import sys, time
-from newsletter.ledger import Ledger
-from newsletter.store import Store
+from newsletter.store.ledger import Ledger
+from newsletter.store.engine import Store
 ledger = Ledger(Store.open(sys.argv[1]))
 issue = ledger.find_issue("s")
 run_id, lock = ledger.start_run()
@@ -347,7 +347,7 @@ def test_export_and_list_find_each_subscriber_s_lists_by_index(database: str | P
 
 
 def test_an_import_s_lookups_are_index_searches(database: str | Path) -> None:
-    from newsletter.store import _EXISTING, _INDEX_LOOKUPS_ONLY, _ON_LIST
+    from newsletter.store.engine import _EXISTING, _INDEX_LOOKUPS_ONLY, _ON_LIST
 
     with Store.open(database) as store:
         store.upsert_subscribers([SubscriberRow(f"r{n}@example.org") for n in range(20)], list_name="default")
@@ -388,7 +388,7 @@ def _cli(database: str | Path, folder: Path, *args: str) -> tuple[int, str, str]
     """``newsletter ARGS`` on ``database``: exit code, standard output exactly as written, standard error."""
     from click.testing import CliRunner
 
-    from newsletter.cli import main
+    from newsletter.cli.commands import main
 
     config = folder / "newsletter.toml"
     if isinstance(database, Path):
@@ -414,8 +414,8 @@ def test_export_and_list_print_what_they_printed_before_they_streamed(database: 
 def test_an_import_in_many_chunks_is_the_import_in_one(database: str | Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The same address in different chunks (and scratch batches): the later row wins in the earlier's place."""
-    from newsletter import store as store_module
-    from newsletter.subscribers import UniqueRows
+    from newsletter.store import engine as store_module
+    from newsletter.store.subscriber_files import UniqueRows
 
     rows = "".join(f"r{n % 7}@example.org,Reader {n},{'x' * (n % 3)}\n" for n in range(30))
     csv_path = tmp_path / "readers.csv"
@@ -488,8 +488,8 @@ def test_a_bounced_address_is_not_revived_by_resubscribing(database: str | Path)
 
 def _at_version_4(database: str | Path) -> None:
     """The database as newsletter made it before migration 5 (its first four migrations, as they shipped)."""
-    from newsletter.postgres import MIGRATIONS as PG_MIGRATIONS
-    from newsletter.store import _statements
+    from newsletter.store.engine import _statements
+    from newsletter.store.postgres import MIGRATIONS as PG_MIGRATIONS
 
     if isinstance(database, Path):
         import sqlite3
@@ -545,7 +545,7 @@ def test_migrations_5_and_6_bring_old_removals_and_sent_issues_up_to_date(databa
 
 
 def test_the_ledger_keeps_when_an_issue_first_went_out(database: str | Path, open_ledger: OpenLedger) -> None:
-    from newsletter import archive
+    from newsletter.web import archive
 
     ledger, issue_id, list_id = open_ledger(database, 3)
     assert archive.sent_issues(database) == [] and archive.sent_issue(database, "s") is None
@@ -569,7 +569,7 @@ def test_the_ledger_keeps_when_an_issue_first_went_out(database: str | Path, ope
 
 def test_the_archive_reads_one_row_per_issue_and_finds_a_slug_by_index(database: str | Path,
                                                                        open_ledger: OpenLedger) -> None:
-    from newsletter import archive
+    from newsletter.web import archive
 
     ledger, _, _ = open_ledger(database, 2)
     store = ledger.store

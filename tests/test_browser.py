@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from newsletter.compose.sample import render_to_files
 from newsletter.config import Settings
-from newsletter.jobs import render_to_files
 
 from .conftest import SEED_ISSUE, write_issue
 

@@ -15,8 +15,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from newsletter.checks import GMAIL_CLIP_BYTES
-from newsletter.cli import main
+from newsletter.cli.commands import main
+from newsletter.preflight.content import GMAIL_CLIP_BYTES
 
 from .conftest import ROOT, SEED_ISSUE, write_issue
 

@@ -15,8 +15,12 @@ from types import ModuleType
 
 import pytest
 
-from newsletter import compat
-from newsletter.compat import (
+from newsletter.compose.message import fill_html
+from newsletter.compose.sample import example_recipient
+from newsletter.config import Settings
+from newsletter.models import RenderedIssue
+from newsletter.preflight import compat
+from newsletter.preflight.compat import (
     BRIEFING_CHOICES,
     DEFAULT_CLIENTS,
     Accepted,
@@ -27,11 +31,7 @@ from newsletter.compat import (
     resolve_clients,
     target_name,
 )
-from newsletter.compose import fill_html
-from newsletter.config import Settings
-from newsletter.jobs import example_recipient
-from newsletter.models import RenderedIssue
-from newsletter.preflight import PreflightFinding
+from newsletter.preflight.finding import PreflightFinding
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "preflight"
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "caniemail_data.py"
@@ -62,9 +62,9 @@ def by_feature(findings: list[PreflightFinding], check: str) -> dict[str, Prefli
 def test_packaged_data_keeps_source_commit_licence_and_addresses() -> None:
     data = load_caniemail()
     assert re.fullmatch(r"[0-9a-f]{40}", data.commit)
-    licence = resources.files("newsletter").joinpath("data", "CANIEMAIL-LICENSE").read_text(encoding="utf-8")
+    licence = resources.files("newsletter.preflight").joinpath("data", "CANIEMAIL-LICENSE").read_text(encoding="utf-8")
     assert licence.startswith("MIT License") and "Rémi Parmentier" in licence
-    raw = json.loads(resources.files("newsletter").joinpath("data", "caniemail.json").read_text(encoding="utf-8"))
+    raw = json.loads(resources.files("newsletter.preflight").joinpath("data", "caniemail.json").read_text(encoding="utf-8"))
     assert raw["source"] == "https://github.com/hteumeuleu/caniemail" and raw["commit"] == data.commit
     assert len(data.features) > 250
     for slug, feature in data.features.items():

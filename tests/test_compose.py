@@ -14,14 +14,14 @@ from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.cli import main
-from newsletter.compose import compile_message, fill_html, fill_text, format_recipient, personalise
+from newsletter.cli.commands import main
+from newsletter.compose.message import compile_message, fill_html, fill_text, format_recipient, personalise
 from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError
-from newsletter.issues import parse_issue
+from newsletter.issue.parse import parse_issue
 from newsletter.models import Recipient, RenderedIssue
-from newsletter.render import render_issue
-from newsletter.store import Store, SubscriberRow
+from newsletter.render.engine import render_issue
+from newsletter.store.engine import Store, SubscriberRow
 
 from .conftest import write_issue
 from .htmltext import visible_text

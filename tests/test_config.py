@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from newsletter.cli import main
+from newsletter.cli.commands import main
 from newsletter.config import load_settings
 
 from .conftest import SEED_ISSUE

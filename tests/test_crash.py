@@ -27,8 +27,8 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from newsletter.config import Settings, load_settings
-from newsletter.dispatch import EXIT_INCOMPLETE, DispatchOptions, DispatchReport, dispatch
-from newsletter.store import Store, SubscriberRow
+from newsletter.deliver.dispatch import EXIT_INCOMPLETE, DispatchOptions, DispatchReport, dispatch
+from newsletter.store.engine import Store, SubscriberRow
 from tests.conftest import ROOT, SEED_ISSUE
 from tests.smtpserver import Recorder, SmtpServer
 
@@ -40,7 +40,7 @@ WAIT = 60.0  # seconds: a ceiling for CI, never a timing assertion
 CHILD = """\
 import json, sys
 from newsletter.config import load_settings
-from newsletter.dispatch import DispatchOptions, dispatch
+from newsletter.deliver.dispatch import dispatch, DispatchOptions
 report = dispatch(load_settings(sys.argv[1]), DispatchOptions(issue=sys.argv[2]))
 print(json.dumps({"exit_code": report.exit_code, "errors": report.errors,
                   "issues": [summary.as_dict() for summary in report.issues]}), flush=True)

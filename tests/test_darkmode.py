@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.darkmode import DEFAULT_CHROMIUM, check_dark_mode, find_chromium
 from newsletter.errors import ConfigError
+from newsletter.preflight.darkmode import DEFAULT_CHROMIUM, check_dark_mode, find_chromium
 
 pytestmark = pytest.mark.browser
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from newsletter.cli import main
-from newsletter.store import BUSY_TIMEOUT, Store, SubscriberRow
+from newsletter.cli.commands import main
+from newsletter.store.engine import BUSY_TIMEOUT, Store, SubscriberRow
 from tests.conftest import ROOT, SEED_ISSUE
 from tests.smtpserver import SmtpServer, running_server
 
@@ -48,14 +48,14 @@ EXIT_ERROR = 1  # cli.py: dispatch hit an error
 EXIT_STORE = 1  # cli.py's _store(): a database that fails is an error (1), not bad input (2)
 EXIT_INCOMPLETE = 3
 
-# The real command line (newsletter.cli.run, as the console script), with the store's busy
+# The real command line (newsletter.cli.commands.run, as the console script), with the store's busy
 # timeout set first when argv[1] is a number: the one knob the lock tests turn.
 CLI = """\
 import sys
-import newsletter.store
+import newsletter.store.engine
 if sys.argv[1] != "default":
-    newsletter.store.BUSY_TIMEOUT = float(sys.argv[1])
-from newsletter.cli import run
+    newsletter.store.engine.BUSY_TIMEOUT = float(sys.argv[1])
+from newsletter.cli.commands import run
 sys.argv[1:2] = []
 run()
 """

@@ -11,12 +11,12 @@ import dkim  # type: ignore[import-untyped]
 import pytest
 from click.testing import CliRunner, Result
 
-from newsletter.cli import main
+from newsletter.cli.commands import main
+from newsletter.compose.dkim import generate_key
 from newsletter.config import load_settings
-from newsletter.dkim import generate_key
 from newsletter.errors import ConfigError
-from newsletter.ledger import Ledger
-from newsletter.store import Store, SubscriberRow
+from newsletter.store.engine import Store, SubscriberRow
+from newsletter.store.ledger import Ledger
 from tests.conftest import SEED_ISSUE, write_issue
 from tests.smtpserver import SmtpServer, running_server
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import DatabaseSettings, DispatchSettings, Secret, Settings, SmtpSettings
-from newsletter.dispatch import DispatchOptions, dispatch, retry_delay
-from newsletter.ledger import Ledger
-from newsletter.store import Store, SubscriberRow
+from newsletter.deliver.dispatch import DispatchOptions, dispatch, retry_delay
+from newsletter.store.engine import Store, SubscriberRow
+from newsletter.store.ledger import Ledger
 from newsletter.tokens import TokenSigner, split_keys
 from tests.conftest import SEED_ISSUE
 from tests.smtpserver import SmtpServer, running_server
@@ -273,7 +273,7 @@ def test_deferred_too_long_is_given_up_as_failed(tmp_path: Path, server: SmtpSer
 def test_rate_limiter_spaces_sends_evenly() -> None:
     import asyncio
 
-    from newsletter.dispatch import RateLimiter
+    from newsletter.deliver.ratelimit import RateLimiter
 
     waits: list[float] = []
 

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from newsletter.compose import compile_message, personalise
+from newsletter.compose.dkim import DkimSigner, generate_key, load_signer
+from newsletter.compose.message import compile_message, personalise
 from newsletter.config import SenderSettings
-from newsletter.dkim import DkimSigner, generate_key, load_signer
 from newsletter.errors import ComposeError, ConfigError
 from newsletter.models import Recipient, RenderedIssue
 
@@ -405,7 +405,7 @@ def test_selector_and_domain_must_be_dns_names(selector: str, domain: str, wrong
 def test_relaxed_body_matches_dkimpy(body: bytes) -> None:
     from dkim.canonicalization import Relaxed  # type: ignore[import-untyped]
 
-    from newsletter.dkim import _relaxed_body
+    from newsletter.compose.dkim import _relaxed_body
 
     assert _relaxed_body(body) == Relaxed.canonicalize_body(body)
 
@@ -414,7 +414,7 @@ def test_relaxed_body_matches_dkimpy(body: bytes) -> None:
 def test_relaxed_header_matches_dkimpy(text: str) -> None:
     from dkim.canonicalization import Relaxed
 
-    from newsletter.dkim import _relaxed_header
+    from newsletter.compose.dkim import _relaxed_header
 
     value = text.replace("\r", "").replace("\n", "\r\n ").encode("ascii")  # folded lines start with a blank
     ((name, canonical),) = Relaxed.canonicalize_headers([(b"Subject", value)])

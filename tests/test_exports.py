@@ -11,11 +11,19 @@ import pytest
 
 import newsletter
 
+#: every module of the package, sub-packages' modules included (a sub-package's __init__ only describes it)
 MODULES = [
-    importlib.import_module(f"newsletter.{info.name}")
-    for info in pkgutil.iter_modules(newsletter.__path__)
-    if not info.name.startswith("_")
+    importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(newsletter.__path__, prefix="newsletter.")
+    if not info.ispkg and not info.name.rsplit(".", 1)[1].startswith("_")
 ]
+
+
+def test_every_stage_is_found() -> None:
+    names = {module.__name__ for module in MODULES}
+    assert {"newsletter.models", "newsletter.issue.parse", "newsletter.render.engine", "newsletter.compose.message",
+            "newsletter.deliver.dispatch", "newsletter.store.ledger", "newsletter.preflight.report",
+            "newsletter.web.app", "newsletter.cli.commands", "newsletter.devtools.outbox"} <= names
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -37,18 +37,18 @@ from click.testing import CliRunner
 from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from newsletter.checks import check_issue, check_rendered
-from newsletter.cli import main
-from newsletter.compose import compile_message, fill_html, fill_text, personalise
+from newsletter.cli.commands import main
+from newsletter.compose.message import compile_message, fill_html, fill_text, personalise
 from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError, ConfigError, IssueError, SubscriberError
-from newsletter.issues import _trailing_source, load_issue, parse_issue
-from newsletter.markup import block_html, inline_html
+from newsletter.issue.parse import _trailing_source, load_issue, parse_issue
 from newsletter.models import Recipient, RenderedIssue
-from newsletter.render import render_issue
+from newsletter.preflight.content import check_issue, check_rendered
+from newsletter.render.engine import render_issue
+from newsletter.render.markup import block_html, inline_html
 from newsletter.sanitize import one_line
-from newsletter.store import Store, Subscriber
-from newsletter.subscribers import decode_csv, export_csv, export_json, normalise_address, subscriber_row
+from newsletter.store.engine import Store, Subscriber
+from newsletter.store.subscriber_files import decode_csv, export_csv, export_json, normalise_address, subscriber_row
 from newsletter.tokens import TokenSigner, UnsubscribeToken, split_keys, unsubscribe_links
 
 from .htmltext import visible_text
@@ -170,7 +170,7 @@ def issue_texts(draw: st.DrawFn) -> str:
     return text
 
 
-#: characters an issue may not hold (see newsletter.issues)
+#: characters an issue may not hold (see newsletter.issue.parse)
 _FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 #: printable text: what most of a real issue is made of
 _PRINTABLE = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=30)
@@ -1067,7 +1067,7 @@ _REFERENCE_TEXT_LINE = "Some words <i> here &amp; a [link](https://x.org) and [N
 def test_the_text_parts_checks_are_linear_in_a_line(run: str) -> None:
     """``check`` looks for markup in each line of the text part; one unbroken line (a run with no space
     never wraps) must not take quadratic time."""
-    from newsletter.accessibility import check_plain_text
+    from newsletter.preflight.accessibility import check_plain_text
 
     html = "<p>Some words here</p>"
     text = "Some words here, more words there.\n" + run + "\n"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from newsletter.errors import IssueError
-from newsletter.issues import parse_issue
+from newsletter.issue.parse import parse_issue
 from newsletter.models import Citation, Image, Link, ListBlock, Paragraph, Quote, Text
 
 FRONT = "---\nsubject: Hello\ndate: 2024-01-02\n---\n"

@@ -8,12 +8,12 @@ from email.message import EmailMessage
 
 import pytest
 
-from newsletter.compose import compile_message, fill_html, fill_text, personalise
+from newsletter.compose.message import compile_message, fill_html, fill_text, personalise
 from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError
-from newsletter.issues import parse_issue
+from newsletter.issue.parse import parse_issue
 from newsletter.models import Code, Emphasis, MergeField, Recipient, Text
-from newsletter.render import render_issue
+from newsletter.render.engine import render_issue
 
 from .htmltext import visible_text
 

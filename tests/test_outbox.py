@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.devtools.outbox import MAX_MESSAGE_BYTES, Outbox, serve_outbox
 from newsletter.errors import ConfigError
-from newsletter.outbox import MAX_MESSAGE_BYTES, Outbox, serve_outbox
 
 SENDER = "briefing@news.example.com"
 LONG_LINE = b"x" * 998  # the longest line RFC 5321 allows (1000 octets with CRLF)

@@ -25,12 +25,12 @@ from typing import IO
 import httpx
 import pytest
 
-from newsletter.checks import GMAIL_CLIP_BYTES
+from newsletter.compose.sample import render_to_files
 from newsletter.config import Settings
 from newsletter.errors import IssueError
-from newsletter.jobs import render_to_files
-from newsletter.preview import LONG_POLL_SECONDS, PreviewServer, preview_app
-from newsletter.render import default_templates_dir
+from newsletter.preflight.content import GMAIL_CLIP_BYTES
+from newsletter.render.engine import default_templates_dir
+from newsletter.web.preview import LONG_POLL_SECONDS, PreviewServer, preview_app
 
 from .conftest import ROOT, SEED_ISSUE
 
@@ -319,7 +319,7 @@ def test_a_missing_issue_file_is_refused_before_serving(tmp_path: Path) -> None:
 def test_serve_preview_prints_the_url_and_stops_cleanly_on_ctrl_c(issue: Path, tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from newsletter.config import Settings;"
-        " from newsletter.preview import serve_preview;"
+        " from newsletter.web.preview import serve_preview;"
         " serve_preview(Path(sys.argv[1]), Settings(), port=0)"
     )
     lines: queue.Queue[str] = queue.Queue()

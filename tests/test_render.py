@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from newsletter.compose import fill_html
+from newsletter.compose.message import fill_html
 from newsletter.config import SenderSettings
 from newsletter.errors import IssueError, RenderError
-from newsletter.issues import parse_issue
+from newsletter.issue.parse import parse_issue
 from newsletter.models import Recipient, RenderedIssue
-from newsletter.render import available_templates, render_issue
+from newsletter.render.engine import available_templates, render_issue
 
 from .htmltext import parse
 
@@ -114,7 +114,7 @@ def test_html_shape(seed_rendered: RenderedIssue) -> None:
 def test_premailer_is_imported_without_requests_and_requests_still_works() -> None:
     """render doesn't pay for requests at start-up, and doesn't break it for anyone else."""
     code = (
-        "import sys, newsletter.render\n"
+        "import sys, newsletter.render.engine\n"
         "assert 'requests' not in sys.modules, 'requests was imported'\n"
         "import requests\n"
         "assert callable(requests.get), 'the real requests is shadowed'\n"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.compose import fill_html, fill_text
+from newsletter.compose.message import fill_html, fill_text
 from newsletter.models import Issue, Recipient, RenderedIssue
-from newsletter.plaintext import WIDTH
+from newsletter.render.plaintext import WIDTH
 
 from .conftest import GOLDEN, SEED_BRIEFING
 from .htmltext import squash, visible_text

@@ -21,10 +21,10 @@ import dkim  # type: ignore[import-untyped]
 import pytest
 from click.testing import CliRunner
 
-from newsletter.cli import main
-from newsletter.dkim import generate_key
-from newsletter.outbox import Outbox
-from newsletter.store import Store, SubscriberRow
+from newsletter.cli.commands import main
+from newsletter.compose.dkim import generate_key
+from newsletter.devtools.outbox import Outbox
+from newsletter.store.engine import Store, SubscriberRow
 from tests.conftest import SEED_ISSUE
 from tests.spamassassin import Verdict, judge, spamassassin_command
 

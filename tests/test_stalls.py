@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import SmtpSettings
-from newsletter.dispatch import EXIT_INCOMPLETE
-from newsletter.transport import SendResult, SmtpConnection
+from newsletter.deliver.dispatch import EXIT_INCOMPLETE
+from newsletter.deliver.transport import SendResult, SmtpConnection
 from tests import test_crash
 from tests.smtpserver import SmtpServer, running_server
 from tests.test_crash import WAIT, dispatch_child, finish, make_newsletter, recorder_of, wait_until_received

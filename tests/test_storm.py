@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import DatabaseSettings, DispatchSettings, Secret, Settings, SmtpSettings
-from newsletter.dispatch import DispatchOptions, dispatch
-from newsletter.store import Store, SubscriberRow
+from newsletter.deliver.dispatch import DispatchOptions, dispatch
+from newsletter.store.engine import Store, SubscriberRow
 from tests.stormserver import StormServer
 
 from .conftest import SEED_ISSUE

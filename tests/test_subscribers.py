@@ -12,10 +12,10 @@ from hypothesis import example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from newsletter.cli import main
+from newsletter.cli.commands import main
 from newsletter.errors import StoreError
-from newsletter.store import MIGRATIONS, Store, Subscriber
-from newsletter.subscribers import parse_csv, subscriber_row
+from newsletter.store.engine import MIGRATIONS, Store, Subscriber
+from newsletter.store.subscriber_files import parse_csv, subscriber_row
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def _validator(address: str) -> str | None:
 @example(local="a" * 13, domain=_LONG, space="")  # one too many
 def test_a_remembered_domain_gives_email_validator_s_own_answer(local: str, domain: str, space: str) -> None:
     from newsletter.errors import SubscriberError
-    from newsletter.subscribers import normalise_address
+    from newsletter.store.subscriber_files import normalise_address
 
     def ours(address: str) -> str | None:
         try:
@@ -194,7 +194,7 @@ def test_csv_lines_are_the_lines_of_the_decoded_file(data: bytes) -> None:
     import io
 
     from newsletter.errors import SubscriberError
-    from newsletter.subscribers import csv_lines, decode_csv
+    from newsletter.store.subscriber_files import csv_lines, decode_csv
 
     try:
         expected: list[str] | str = [line for line in io.StringIO(decode_csv(data, source="r.csv"), newline="")]
@@ -213,7 +213,7 @@ def test_csv_lines_are_the_lines_of_the_decoded_file(data: bytes) -> None:
     fields=st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=3), status=st.text(max_size=3),
     lists=st.lists(st.text(max_size=3), max_size=3).map(tuple)), max_size=4))
 def test_the_json_export_is_json_dumps_text(people: list[Subscriber]) -> None:
-    from newsletter.subscribers import export_json
+    from newsletter.store.subscriber_files import export_json
 
     assert export_json(people) == json.dumps(
         [{"email": p.email, "name": p.name, "status": p.status, "lists": list(p.lists), "fields": dict(p.fields)}

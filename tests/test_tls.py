@@ -20,8 +20,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from newsletter.config import SmtpSettings, load_settings
+from newsletter.deliver.transport import SendResult, SmtpConnection
 from newsletter.errors import ConfigError, DeliveryError
-from newsletter.transport import SendResult, SmtpConnection
 from tests.smtpserver import Recorder, free_port
 from tests.tlsfiles import make_certificate
 

@@ -10,8 +10,8 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from newsletter.config import Secret, SmtpSettings
+from newsletter.deliver.transport import SendResult, SmtpConnection, classify_refusal
 from newsletter.errors import DeliveryError
-from newsletter.transport import SendResult, SmtpConnection, classify_refusal
 from tests.smtpserver import Recorder, free_port
 from tests.tlsfiles import make_certificate
 

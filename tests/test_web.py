@@ -33,15 +33,15 @@ import httpx
 import pytest
 import uvicorn
 
-from newsletter.archive import build_static
-from newsletter.cli import main
+from newsletter.cli.commands import main
 from newsletter.config import DatabaseSettings, DispatchSettings, Secret, SenderSettings, Settings, SmtpSettings
-from newsletter.dispatch import DispatchOptions, dispatch
-from newsletter.outbox import Outbox
-from newsletter.store import Store, SubscriberRow
+from newsletter.deliver.dispatch import DispatchOptions, dispatch
+from newsletter.devtools.outbox import Outbox
+from newsletter.store.engine import Store, SubscriberRow
 from newsletter.tokens import TokenSigner, split_keys
-from newsletter.webapp import create_app
-from newsletter.webserver import OPEN_FILES_WANTED
+from newsletter.web.app import create_app
+from newsletter.web.archive import build_static
+from newsletter.web.server import OPEN_FILES_WANTED
 from tests.smtpserver import free_port
 
 from .conftest import SEED_ISSUE
@@ -434,7 +434,8 @@ def test_a_one_click_unsubscribe_does_not_wait_behind_archive_pages(site: Site,
     only after the one-click POST has been answered (it once waited for all of them, 123 s)."""
     import concurrent.futures
 
-    from newsletter import archive, webapp
+    from newsletter.web import app as webapp
+    from newsletter.web import archive
 
     gate = threading.Event()
     entered = threading.Semaphore(0)

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from newsletter.errors import StoreError
-from newsletter.store import Cursor, Store
+from newsletter.store.engine import Cursor, Store
 
 if TYPE_CHECKING:
-    from newsletter.postgres import RunLock as PgRunLock
+    from newsletter.store.postgres import RunLock as PgRunLock
 
 __all__ = [
     "Delivery",
@@ -290,7 +290,7 @@ class Ledger:
 
     def _run_lock(self, run_id: int) -> RunLock | PgRunLock:
         if self.store.postgres:
-            from newsletter.postgres import RunLock as PgRunLock
+            from newsletter.store.postgres import RunLock as PgRunLock
 
             return PgRunLock(self.store.url, run_id, timeout=self.store.timeout)
         return RunLock(self.locks_dir, run_id)
@@ -298,7 +298,7 @@ class Ledger:
     def run_is_alive(self, run_id: int) -> bool:
         """Whether the run ``run_id`` still holds its lock."""
         if self.store.postgres:
-            from newsletter.postgres import PgConnection, run_is_alive
+            from newsletter.store.postgres import PgConnection, run_is_alive
 
             assert isinstance(self.store.connection, PgConnection)
             return run_is_alive(self.store.connection, run_id)

@@ -42,13 +42,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from watchfiles import Change, DefaultFilter, awatch
 
-from newsletter.checks import GMAIL_CLIP_BYTES, Finding, check_issue, check_rendered, check_source
-from newsletter.compat import DEFAULT_CLIENTS
+from newsletter.compose.sample import render_sample
 from newsletter.config import Settings, is_loopback
 from newsletter.errors import ConfigError, IssueError, NewsletterError
-from newsletter.jobs import preflight_findings, render_sample
-from newsletter.render import default_templates_dir
-from newsletter.websecurity import MAX_BODY, SecurityHeaders, page_policy
+from newsletter.preflight.compat import DEFAULT_CLIENTS
+from newsletter.preflight.content import GMAIL_CLIP_BYTES, Finding, check_issue, check_rendered, check_source
+from newsletter.preflight.report import preflight_findings
+from newsletter.render.engine import default_templates_dir
+from newsletter.web.security import MAX_BODY, SecurityHeaders, page_policy
 
 __all__ = [
     "PreviewServer",
@@ -328,8 +329,8 @@ def preview_app(issue: Path, settings: Settings, *, report: Callable[[str], None
     if not templates.is_dir():
         raise ConfigError(f"the templates folder {templates} does not exist")
     preview = _Preview(issue, settings, templates, report)
-    script = resources.files("newsletter").joinpath("static", "preview.js").read_bytes()
-    style = resources.files("newsletter").joinpath("static", "preview.css").read_text(encoding="utf-8")
+    script = resources.files("newsletter.web").joinpath("static", "preview.js").read_bytes()
+    style = resources.files("newsletter.web").joinpath("static", "preview.css").read_text(encoding="utf-8")
 
     async def page(request: Request) -> Response:
         return HTMLResponse(_page(preview, style), headers=_NO_STORE)

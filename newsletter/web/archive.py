@@ -17,12 +17,12 @@ from typing import Any
 
 import jinja2
 
-from newsletter.compose import fill_html
+from newsletter.compose.message import fill_html
 from newsletter.config import Settings
-from newsletter.issues import parse_issue, slug_from_path
+from newsletter.issue.parse import parse_issue, slug_from_path
 from newsletter.models import Recipient
-from newsletter.render import render_issue
-from newsletter.store import Store
+from newsletter.render.engine import render_issue
+from newsletter.store.engine import Store
 
 __all__ = [
     "ArchiveEntry",
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 _PAGES = jinja2.Environment(
-    loader=jinja2.PackageLoader("newsletter", "pages"),
+    loader=jinja2.PackageLoader("newsletter.web", "pages"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
@@ -72,7 +72,7 @@ class ArchiveEntry:
 
 
 def page(template: str, settings: Settings, **values: object) -> str:
-    """One of the small pages in ``newsletter/pages`` (autoescaped), with the sender's name and address."""
+    """One of the small pages in ``newsletter/web/pages`` (autoescaped), with the sender's name and address."""
     return _PAGES.get_template(template).render(
         sender_name=settings.sender.from_name, postal_address=settings.sender.postal_address, **values
     )

@@ -8,7 +8,7 @@ given as ``data:`` URIs (caniemail's ``image-base64``).
 doesn't support (warning), supports partly or hasn't been tested in (info), and what
 caniemail has no data on at all (info: unknown, never taken as supported).
 
-The data is ``newsletter/data/caniemail.json``, made by ``scripts/caniemail_data.py``
+The data is ``newsletter/preflight/data/caniemail.json``, made by ``scripts/caniemail_data.py``
 from caniemail's ``_features/*.md`` (MIT licence in ``data/CANIEMAIL-LICENSE``); for each
 client and platform it holds the level of the latest version tested.
 
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Literal
 
-from newsletter.css import Declaration, Selector, parse_declarations, parse_stylesheet
-from newsletter.htmldom import Document, Element, parse_document
-from newsletter.preflight import PreflightFinding, where_list
+from newsletter.preflight.css import Declaration, Selector, parse_declarations, parse_stylesheet
+from newsletter.preflight.finding import PreflightFinding, where_list
+from newsletter.preflight.htmldom import Document, Element, parse_document
 
 __all__ = [
     "Accepted",
@@ -218,8 +218,8 @@ class CaniemailData:
 
 @functools.lru_cache(maxsize=1)
 def load_caniemail() -> CaniemailData:
-    """The caniemail data shipped in the package (read once, from ``newsletter/data/caniemail.json``)."""
-    text = resources.files("newsletter").joinpath("data", "caniemail.json").read_text(encoding="utf-8")
+    """The caniemail data shipped in the package (read once, from ``newsletter/preflight/data/caniemail.json``)."""
+    text = resources.files("newsletter.preflight").joinpath("data", "caniemail.json").read_text(encoding="utf-8")
     raw = json.loads(text)
     features = {
         slug: Feature(

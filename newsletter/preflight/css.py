@@ -4,7 +4,7 @@ It reads what an email's ``<style>`` blocks and ``style`` attributes hold: style
 ``@media``/``@supports`` blocks (their rules carry the conditions they sit in), other
 at-rules (recorded, not entered), ``!important``, comments. Selectors are parsed into
 compound parts so a check can ask what a selector *uses* (combinators, pseudo-classes …)
-and whether it *matches* an element of :mod:`newsletter.htmldom`.
+and whether it *matches* an element of :mod:`newsletter.preflight.htmldom`.
 
 Dynamic pseudo-classes (``:hover``, ``:focus`` …) never match: the checks look at the
 message as it first appears.
@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from newsletter.htmldom import Element
+from newsletter.preflight.htmldom import Element
 
 __all__ = [
     "AtRule",

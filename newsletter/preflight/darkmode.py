@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from newsletter.colour import AA_NORMAL_TEXT, RGBA, blend, contrast_ratio, parse_colour
 from newsletter.errors import ConfigError, RenderError
-from newsletter.preflight import PreflightFinding, where_list
+from newsletter.preflight.colour import AA_NORMAL_TEXT, RGBA, blend, contrast_ratio, parse_colour
+from newsletter.preflight.finding import PreflightFinding, where_list
 
 __all__ = [
     "CHROMIUM_FLAGS",

@@ -24,9 +24,9 @@ from markupsafe import Markup
 
 from newsletter.config import SenderSettings
 from newsletter.errors import IssueError, RenderError
-from newsletter.markup import block_html, block_kind, inline_html
 from newsletter.models import Issue, MergeField, RenderedIssue, Text
-from newsletter.plaintext import render_text
+from newsletter.render.markup import block_html, block_kind, inline_html
+from newsletter.render.plaintext import render_text
 
 __all__ = [
     "RECIPIENT_FIELDS",
@@ -49,11 +49,11 @@ _DOCTYPE = "<!doctype html>\n"
 
 def default_templates_dir() -> Path:
     """Where the built-in templates are: inside the installed package, else the checkout's ``templates/``."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent / "templates"):
+    package = Path(__file__).resolve().parent.parent  # newsletter/, beside templates/ in a checkout
+    for candidate in (package / "templates", package.parent / "templates"):
         if (candidate / "briefing.mjml").is_file():
             return candidate
-    raise RenderError(f"the built-in templates are missing (looked in {here / 'templates'} and {here.parent})")
+    raise RenderError(f"the built-in templates are missing (looked in {package / 'templates'} and {package.parent})")
 
 
 def available_templates(templates_dir: Path | None = None) -> list[str]:
@@ -146,7 +146,7 @@ class _RenderedSection:
 
 
 def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str, str]) -> dict[str, Any]:
-    # Fragments are built (and escaped) by newsletter.markup, hence Markup here.
+    # Fragments are built (and escaped) by newsletter.render.markup, hence Markup here.
     sections = [
         _RenderedSection(
             Markup(inline_html(section.title)),

@@ -1,6 +1,6 @@
 """How a dispatch shows its progress: a rich progress bar on a terminal, plain lines elsewhere.
 
-Both implement :class:`newsletter.dispatch.Progress`. Lines go to standard error, so
+Both implement :class:`newsletter.deliver.dispatch.Progress`. Lines go to standard error, so
 ``--json`` output on standard output stays clean.
 """
 
@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from newsletter.dispatch import IssueSummary
+from newsletter.deliver.dispatch import IssueSummary
 
 if TYPE_CHECKING:  # rich is imported only when a bar is shown: ~20 ms of start-up for cron runs
     from rich.console import Console

@@ -1,7 +1,7 @@
 """The store: schema and migrations, subscribers, lists and memberships.
 
 SQLite by default (one file, WAL mode, versioned migrations in ``PRAGMA user_version``),
-or PostgreSQL when the location is a ``postgresql://`` URL (:mod:`newsletter.postgres`:
+or PostgreSQL when the location is a ``postgresql://`` URL (:mod:`newsletter.store.postgres`:
 the same migrations in its types, the version in a ``schema_version`` table), so that
 several dispatch processes on several machines can share one ledger. The SQL is written
 once; every write that belongs together happens in one transaction, so a failure leaves
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 from newsletter.errors import StoreError
 
 if TYPE_CHECKING:
-    from newsletter.postgres import PgConnection
+    from newsletter.store.postgres import PgConnection
 
 __all__ = [
     "BUSY_TIMEOUT",
@@ -320,7 +320,7 @@ class Store:
 
     @classmethod
     def _open_postgres(cls, url: str, wait: float) -> Store:
-        from newsletter import postgres
+        from newsletter.store import postgres
 
         label = postgres.redacted(url)
         try:
@@ -391,7 +391,7 @@ class Store:
 
     def _migrations(self) -> tuple[str, ...]:
         if self.postgres:
-            from newsletter.postgres import MIGRATIONS as PG_MIGRATIONS
+            from newsletter.store.postgres import MIGRATIONS as PG_MIGRATIONS
 
             return PG_MIGRATIONS
         return MIGRATIONS

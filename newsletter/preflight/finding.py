@@ -1,6 +1,6 @@
 """The finding type shared by the rendered-email checks (client compatibility, accessibility, dark mode).
 
-It is shaped to map one to one onto :class:`newsletter.checks.Finding`: ``severity`` is the
+It is shaped to map one to one onto :class:`newsletter.preflight.content.Finding`: ``severity`` is the
 same scale, ``check`` becomes ``code``, and ``message``, ``where`` and ``url`` join into
 its message (``str(finding)`` is that joined text).
 """

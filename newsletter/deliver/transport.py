@@ -17,7 +17,7 @@ sender address) raise :class:`~newsletter.errors.DeliveryError` instead, so that
 stops rather than failing every subscriber one by one.
 
 aiosmtplib opens the connection (EHLO, STARTTLS or TLS, AUTH). The connection then
-passes to :class:`newsletter.pipeline.PipelinedSession`, which sends each message in two
+passes to :class:`newsletter.deliver.pipelining.PipelinedSession`, which sends each message in two
 round trips when the server offers PIPELINING, and command by command when it doesn't;
 either way it knows whether a failure came before or after the final dot.
 """
@@ -33,8 +33,8 @@ from typing import Literal, NamedTuple
 import aiosmtplib
 
 from newsletter.config import SmtpSettings, is_loopback
+from newsletter.deliver.pipelining import Interrupted, PipelinedSession, Reply
 from newsletter.errors import DeliveryError
-from newsletter.pipeline import Interrupted, PipelinedSession, Reply
 from newsletter.sanitize import one_line
 
 __all__ = [

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from newsletter.colour import RGBA, blend, parse_colour
-from newsletter.css import Declaration, StyleRule, matches, parse_declarations, parse_stylesheet, specificity
-from newsletter.htmldom import Document, Element
+from newsletter.preflight.colour import RGBA, blend, parse_colour
+from newsletter.preflight.css import Declaration, StyleRule, matches, parse_declarations, parse_stylesheet, specificity
+from newsletter.preflight.htmldom import Document, Element
 
 __all__ = [
     "ComputedStyle",

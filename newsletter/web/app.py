@@ -37,11 +37,11 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from newsletter import archive, unsubscribe
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.tokens import TokenSigner, split_keys
-from newsletter.websecurity import MAX_BODY, SecurityHeaders, page_policy, redact_path
+from newsletter.web import archive, unsubscribe
+from newsletter.web.security import MAX_BODY, SecurityHeaders, page_policy, redact_path
 
 __all__ = [
     "AccessLog",
@@ -273,13 +273,13 @@ class AccessLog:
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the application with uvicorn until Ctrl-C (uvicorn's own access log off: ours redacts).
 
-    Each request has :data:`~newsletter.webserver.REQUEST_TIMEOUT` seconds to arrive, and an
+    Each request has :data:`~newsletter.web.server.REQUEST_TIMEOUT` seconds to arrive, and an
     idle connection closes 5 s after its last response; no limit counts connections (uvicorn's
     ``limit_concurrency`` counted idle ones, so silent sockets locked everyone out).
     """
     import uvicorn
 
-    from newsletter.webserver import DeadlineH11Protocol, raise_open_file_limit
+    from newsletter.web.server import DeadlineH11Protocol, raise_open_file_limit
 
     app = create_app(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -23,7 +23,7 @@ from html import escape
 from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError
 from newsletter.models import Recipient, RenderedIssue
-from newsletter.render import RECIPIENT_FIELDS, placeholder_pattern
+from newsletter.render.engine import RECIPIENT_FIELDS, placeholder_pattern
 from newsletter.sanitize import one_line
 
 __all__ = [

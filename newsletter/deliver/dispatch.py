@@ -16,7 +16,6 @@ exist.
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
 import hashlib
 import random
@@ -30,16 +29,17 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Protocol
 
-from newsletter.compose import MessageTemplate, compile_message, personalise
+from newsletter.compose.message import MessageTemplate, compile_message, personalise
 from newsletter.config import DispatchSettings, Settings
+from newsletter.deliver.ratelimit import RateLimiter, SharedRateLimiter
+from newsletter.deliver.transport import NextMessage, SendResult, SmtpConnection
 from newsletter.errors import ComposeError, DeliveryError, IssueError, NewsletterError, StoreError
-from newsletter.issues import load_issue
-from newsletter.ledger import Delivery, IssueRecord, Ledger, Result
+from newsletter.issue.parse import load_issue
 from newsletter.models import Issue, Recipient
-from newsletter.render import render_issue
-from newsletter.store import Store
+from newsletter.render.engine import render_issue
+from newsletter.store.engine import Store
+from newsletter.store.ledger import Delivery, IssueRecord, Ledger, Result
 from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
-from newsletter.transport import NextMessage, SendResult, SmtpConnection
 
 __all__ = [
     "DispatchOptions",
@@ -47,8 +47,6 @@ __all__ = [
     "EXIT_INCOMPLETE",
     "IssueSummary",
     "Progress",
-    "RateLimiter",
-    "SharedRateLimiter",
     "dispatch",
     "dispatch_async",
     "due_issues",
@@ -169,53 +167,6 @@ def retry_delay(attempts: int, settings: DispatchSettings, *, rng: random.Random
     base = min(settings.retry_max, settings.retry_initial * 2 ** max(0, attempts - 1))
     # Jitter spreads the retries of a greylisting burst instead of sending them back together.
     return float(base * (rng or random).uniform(0.8, 1.2))
-
-
-class RateLimiter:
-    """At most ``rate`` sends a second across all connections (0 = no limit), evenly spaced."""
-
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._clock = clock
-        self._sleep = sleep
-        self._next = 0.0
-
-    async def wait(self) -> None:
-        """Return when the next send may start."""
-        if not self.interval:
-            return
-        now = self._clock()
-        slot = max(now, self._next)
-        self._next = slot + self.interval
-        if slot > now:
-            await self._sleep(slot - now)
-
-
-class SharedRateLimiter(RateLimiter):
-    """``rate`` sends a second across every process on the database, evenly spaced.
-
-    Slots are reserved from the ledger a quarter of a second's worth at a time (one small
-    transaction), so the processes' slots interleave instead of adding up.
-    """
-
-    def __init__(self, rate: float, reserve: Callable[[int, float], float], *,
-                 clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        super().__init__(rate, clock=clock, sleep=sleep)
-        self._reserve = reserve
-        self._chunk = max(1, int(rate / 4))
-        self._slots: collections.deque[float] = collections.deque()
-
-    async def wait(self) -> None:
-        """Return when this process's next reserved slot comes."""
-        if not self._slots:
-            start = self._reserve(self._chunk, self.interval)
-            self._slots.extend(start + number * self.interval for number in range(self._chunk))
-        slot = self._slots.popleft()
-        now = self._clock()
-        if slot > now:
-            await self._sleep(slot - now)
 
 
 def due_issues(settings: Settings, now: dt.datetime, *, only: str | None = None

@@ -23,10 +23,10 @@ import re
 from collections.abc import Iterator
 from urllib.parse import unquote
 
-from newsletter.colour import AA_NORMAL_TEXT, contrast_ratio
-from newsletter.htmldom import Document, Element, parse_document
-from newsletter.preflight import PreflightFinding, where_list
-from newsletter.styles import Scheme, StyledDocument
+from newsletter.preflight.colour import AA_NORMAL_TEXT, contrast_ratio
+from newsletter.preflight.finding import PreflightFinding, where_list
+from newsletter.preflight.htmldom import Document, Element, parse_document
+from newsletter.preflight.styles import Scheme, StyledDocument
 
 __all__ = [
     "GENERIC_ALT_TEXTS",

@@ -41,13 +41,13 @@ from newsletter.models import (
     Strong,
     Text,
     ThematicBreak,
+    is_valid_name,
 )
 from newsletter.sanitize import direction_control
 
 __all__ = [
     "FRONT_MATTER_KEYS",
     "inline_text",
-    "is_valid_name",
     "load_issue",
     "parse_issue",
     "slug_from_path",
@@ -65,7 +65,6 @@ FRONT_MATTER_KEYS: dict[str, bool] = {
 }
 
 # Used with fullmatch: "$" would also let a value end in a line break through.
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SIZE_RE = re.compile(r"^\s*(\d{1,4})\s*[x×]\s*(\d{1,4})\s*$")
 # {{ field }} or {{ field | fallback }}; field names as subscriber CSV columns allow them.
@@ -355,11 +354,6 @@ def _parse_send_at(value: str, source: str, line: int) -> dt.datetime:
             f"add one, e.g. {moment.isoformat()}+00:00",
         )
     return moment
-
-
-def is_valid_name(value: str) -> bool:
-    """Whether ``value`` may name a list or a template (it becomes part of List-Id)."""
-    return _NAME_RE.fullmatch(value) is not None
 
 
 def _name(value: str, key: str, source: str, key_lines: dict[str, int]) -> str:

@@ -1,4 +1,4 @@
-"""The ``newsletter`` command: parses arguments, calls :mod:`newsletter.jobs`, prints.
+"""The ``newsletter`` command: parses arguments, calls the stages' library functions, prints.
 
 Exit codes: 0 success; 1 ``check`` found problems, or ``dispatch``/``send-test`` hit an
 error; 2 bad input (issue file, config); 3 ``dispatch`` left something deferred, failed
@@ -19,23 +19,19 @@ from typing import NoReturn
 
 import click
 
+from newsletter.cli.progress import describe, progress_for
+from newsletter.compose.sample import render_to_files
+from newsletter.compose.signing import message_signer
 from newsletter.config import Settings, load_settings
-from newsletter.dispatch import DispatchOptions, dispatch
+from newsletter.deliver.dispatch import DispatchOptions, dispatch
+from newsletter.deliver.send_test import send_test
 from newsletter.errors import IssueError, NewsletterError, StoreError, SubscriberError
-from newsletter.issues import slug_from_path
-from newsletter.jobs import (
-    COMPAT_KINDS,
-    check_files,
-    check_list_name,
-    import_subscribers,
-    message_signer,
-    render_to_files,
-    send_test,
-)
-from newsletter.ledger import STATES, Ledger
-from newsletter.progress import describe, progress_for
-from newsletter.store import Store
-from newsletter.subscribers import subscriber_row, write_csv, write_json
+from newsletter.issue.parse import slug_from_path
+from newsletter.preflight.report import COMPAT_KINDS, check_files
+from newsletter.store.engine import Store
+from newsletter.store.importing import check_list_name, import_subscribers
+from newsletter.store.ledger import STATES, Ledger
+from newsletter.store.subscriber_files import subscriber_row, write_csv, write_json
 
 __all__ = [
     "main",
@@ -579,7 +575,7 @@ def outbox_command(port: int, maildir: str) -> None:
       newsletter outbox --port 8025 --maildir build/outbox
     """
 
-    from newsletter.outbox import Outbox, serve_outbox  # aiosmtpd: only this command needs it
+    from newsletter.devtools.outbox import Outbox, serve_outbox  # aiosmtpd: only this command needs it
 
     def ready(outbox: Outbox) -> None:
         click.echo(f"outbox listening on {outbox.address}, saving to {outbox.maildir}/new (Ctrl-C stops)", err=True)
@@ -611,7 +607,7 @@ def serve_command(ctx: click.Context, host: str, port: int) -> None:
     Example:
       newsletter serve --port 8000
     """
-    from newsletter.webapp import serve  # starlette and uvicorn: only this command needs them
+    from newsletter.web.app import serve  # starlette and uvicorn: only this command needs them
 
     settings = _settings(ctx)
     click.echo(f"serving on http://{host}:{port}/ (links in emails point at {settings.sender.site_url}/)", err=True)
@@ -646,7 +642,7 @@ def archive_build_command(ctx: click.Context, out_dir: str, as_json: bool) -> No
     Example:
       newsletter archive build public/ && rsync -a public/ web:/srv/news/
     """
-    from newsletter.archive import build_static
+    from newsletter.web.archive import build_static
 
     settings = _settings(ctx)
     try:
@@ -676,7 +672,7 @@ def preview_command(ctx: click.Context, issue: str, host: str, port: int, open_b
     Example:
       newsletter preview issues/2017-07-07-trump-putin.md --open
     """
-    from newsletter.preview import serve_preview  # starlette, uvicorn, watchfiles: only here
+    from newsletter.web.preview import serve_preview  # starlette, uvicorn, watchfiles: only here
 
     settings = _settings(ctx)
     if not Path(issue).is_file():
@@ -702,7 +698,7 @@ def dkim_keygen_command(ctx: click.Context, key_file: str, selector: str, bits: 
     Example:
       newsletter dkim-keygen /etc/newsletter/dkim.pem --selector nl2026
     """
-    from newsletter.dkim import generate_key
+    from newsletter.compose.dkim import generate_key
 
     settings = _settings(ctx)
     try:

@@ -1,0 +1,1 @@
+"""Tools for trying the newsletter out locally: ``outbox``, a capture SMTP server writing a Maildir."""
