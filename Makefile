@@ -1,6 +1,6 @@
 # Benchmarks (issue 4). Each writes its figures into its own section of BENCHMARKS.md;
 # bench-quick is a smoke run of every path that writes build/BENCHMARKS.quick.md instead.
-# --postgres: the workers benchmark runs a throwaway PostgreSQL (tests/pgserver.py).
+# --postgres: the workers benchmark runs a throwaway PostgreSQL (tests/harness/pgserver.py).
 .PHONY: bench bench-quick
 
 bench:

@@ -1,7 +1,7 @@
 """Archive (issue 13, item 12): archive pages at 3 issues × 1,000,000 deliveries, and a one-click
 unsubscribe while 40 archive requests are in flight, against the real ``newsletter serve``.
 
-For each backend (SQLite file; PostgreSQL: ``tests/pgserver.py``'s throwaway server over its
+For each backend (SQLite file; PostgreSQL: ``tests/harness/pgserver.py``'s throwaway server over its
 unix socket) the benchmark makes a database with the project's own migrations, then adds
 with SQL, in one transaction: N subscribers (``--archive-subscribers``, default 1,000,000;
 quick: 20,000) on one list, and 3 issues each with N deliveries ``sent`` (the issue's text
@@ -250,7 +250,7 @@ def database(backend: str, folder: Path) -> Iterator[str | Path]:
     if backend == "sqlite":
         yield folder / "newsletter.db"
         return
-    from tests.pgserver import PgServer
+    from tests.harness.pgserver import PgServer
 
     with PgServer() as pg:
         name = pg.create_database("archive").rsplit("/", 1)[1]

@@ -6,7 +6,7 @@ Each step is the real command line in a child process, as a user runs it::
     .venv/bin/newsletter --config <tmp>/newsletter.toml subscribers export --format csv > backup.csv
 
 (PostgreSQL: the same, with ``NEWSLETTER_DATABASE_URL`` naming a fresh database of a
-throwaway server, ``tests/pgserver.py``'s ``PgServer``, reached over its unix socket).
+throwaway server, ``tests/harness/pgserver.py``'s ``PgServer``, reached over its unix socket).
 The CSV has N rows (``--subscriber-count``, default 1,000,000; quick: 20,000):
 ``reader<i>@<one of 2,000 domains>``, a name, and a ``city`` merge field on every other
 row. The steps, in order, on one database per backend:
@@ -192,7 +192,7 @@ def database(backend: str, folder: Path) -> Iterator[tuple[str | Path, dict[str,
     if backend == "sqlite":
         yield folder / "newsletter.db", env
         return
-    from tests.pgserver import PgServer
+    from tests.harness.pgserver import PgServer
 
     with PgServer() as pg:
         url = pg.socket_url_for(pg.create_database("subscribers").rsplit("/", 1)[1])

@@ -19,7 +19,7 @@ throughput grows with W close to linearly, to the ideal ``W × C / (2 × RTT)`` 
 round trips a message, as in B2). N is sized for about ``--workers-seconds`` (10 s) at
 that ideal.
 
-**Where PostgreSQL runs.** One throwaway server (``tests/pgserver.py``'s ``PgServer``,
+**Where PostgreSQL runs.** One throwaway server (``tests/harness/pgserver.py``'s ``PgServer``,
 as the postgres user, in /dev/shm) in the root network namespace, reached by the workers
 through its **unix socket**: a socket is a file, and ``ip netns exec`` changes the
 network namespace (and remounts /sys) but leaves /dev/shm shared, so the socket that
@@ -94,7 +94,7 @@ from benchmarks.netns import FAR_ADDRESS, SINK_PORT, Wire, ensure_tool, wire
 from benchmarks.servers import BOOTSTRAP, SmtpSink, signals_deferred, signals_interrupt
 
 if TYPE_CHECKING:
-    from tests.pgserver import PgServer
+    from tests.harness.pgserver import PgServer
 
 __all__ = ["add_arguments", "run"]
 
@@ -188,7 +188,7 @@ def wait_for_quiet(max_wait: float) -> tuple[float, float]:
 
 def ensure_postgres() -> bool:
     """Whether PostgreSQL's server binaries are there, running ``scripts/bootstrap.sh --postgres`` if not."""
-    from tests.pgserver import find_bindir
+    from tests.harness.pgserver import find_bindir
 
     try:
         find_bindir()
@@ -608,7 +608,7 @@ def notes(results: Sequence[WorkersRun], made: Wire, rtt_ms: float, ping_ms: flo
         f"smtp-sink in the far namespace, the workers in the near one. Round trip: "
         f"{', '.join(part for part in measured if part)}; the ideal uses {rtt_ms:.1f} ms.",
         f"Each worker: the real `newsletter dispatch --json -q` with `[smtp] connections = {connections}`, all started "
-        "together on the same issue; PostgreSQL (tests/pgserver.py, fsync off, in /dev/shm) in the root namespace, "
+        "together on the same issue; PostgreSQL (tests/harness/pgserver.py, fsync off, in /dev/shm) in the root namespace, "
         "reached through its unix socket (shared across network namespaces), so only SMTP crosses the delayed veth. "
         f"N = about {seconds:g} s at the ideal; a fresh database and smtp-sink for each worker count; one message is "
         f"{message_bytes:,} bytes, no DKIM.",
@@ -691,7 +691,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         return 1
     if ensure_tool("ip", "iproute2") is None or not ensure_postgres():
         return 1
-    from tests.pgserver import PgServer
+    from tests.harness.pgserver import PgServer
 
     counts: list[int] = args.worker_counts
     connections: int = args.worker_connections

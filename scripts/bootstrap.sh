@@ -5,7 +5,7 @@
 # smtp-sink test server (the postfix package, installed without configuring or starting
 # the mail daemon), and with --spamassassin Debian's SpamAssassin for the deliverability
 # test (the rules the package ships; no daemon started, no sa-update run), and with
-# --postgres Debian's PostgreSQL server binaries for tests/pgserver.py (no cluster created,
+# --postgres Debian's PostgreSQL server binaries for tests/harness/pgserver.py (no cluster created,
 # no service started: the tests run their own throwaway server). Safe to run again: it only
 # installs what is missing.
 set -euo pipefail

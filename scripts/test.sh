@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --browser --smtp-sink --spamassassin --postgres
 .venv/bin/ruff check newsletter tests benchmarks scripts
 .venv/bin/mypy --strict newsletter
+.venv/bin/lint-imports --no-cache  # the stages import only downward (pyproject.toml [tool.importlinter])
 .venv/bin/pytest "$@"

@@ -9,8 +9,7 @@ from click.testing import CliRunner
 
 from newsletter.cli.commands import main
 from newsletter.config import load_settings
-
-from .conftest import SEED_ISSUE
+from tests.conftest import SEED_ISSUE
 
 
 def render_with(tmp_path: Path, toml: str) -> tuple[int, str]:

@@ -50,8 +50,9 @@ from newsletter.sanitize import one_line
 from newsletter.store.engine import Store, Subscriber
 from newsletter.store.subscriber_files import decode_csv, export_csv, export_json, normalise_address, subscriber_row
 from newsletter.tokens import TokenSigner, UnsubscribeToken, split_keys, unsubscribe_links
+from tests.harness.htmltext import visible_text
 
-from .htmltext import visible_text
+pytestmark = pytest.mark.slow  # the inner loop is `pytest -m "not slow"`; CI runs everything
 
 _SCALE = float(os.environ.get("NEWSLETTER_FUZZ_SCALE", "1"))
 

@@ -10,9 +10,8 @@ import pytest
 from newsletter.compose.message import fill_html, fill_text
 from newsletter.models import Issue, Recipient, RenderedIssue
 from newsletter.render.plaintext import WIDTH
-
-from .conftest import GOLDEN, SEED_BRIEFING
-from .htmltext import squash, visible_text
+from tests.conftest import GOLDEN, SEED_BRIEFING
+from tests.harness.htmltext import squash, visible_text
 
 RECIPIENT = Recipient("reader@example.com", "Example Reader", "https://news.example.com/unsubscribe/example-token")
 _CITATION = re.compile(r"\[[^\]]+\]")

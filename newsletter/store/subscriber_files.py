@@ -62,7 +62,7 @@ def normalise_address(address: str) -> str:
     (dot-atom, not a role name it lower-cases) depends on the domain alone, apart from the
     total length: so an address at a domain it already accepted in this process is put
     together from the remembered answer (~1 µs instead of ~25 µs; a million rows of an
-    import share a few thousand domains). tests/test_subscribers.py holds the two equal.
+    import share a few thousand domains). tests/store/test_subscriber_files.py holds the two equal.
     """
     candidate = address.strip()
     local, at, domain = candidate.rpartition("@")
