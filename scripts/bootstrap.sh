@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the project needs on a fresh Debian/Ubuntu machine with Python 3.11:
-# a virtual environment in .venv with the project and its dev tools, openssl (DKIM keys),
+# a virtual environment in .venv with the project and its dev tools, openssl (the tests' TLS
+# certificates and DKIM key variants),
 # with --browser Debian's Chromium for the browser tests, with --smtp-sink Postfix's
 # smtp-sink test server (the postfix package, installed without configuring or starting
 # the mail daemon), and with --spamassassin Debian's SpamAssassin for the deliverability
@@ -67,7 +68,7 @@ if ! .venv/bin/python -c "import newsletter, pytest, playwright" 2>/dev/null \
 fi
 
 if ! command -v openssl >/dev/null 2>&1; then
-  echo "installing openssl (apt) for DKIM keys" >&2
+  echo "installing openssl (apt) for the tests' TLS certificates and DKIM key variants" >&2
   apt_install openssl
 fi
 

@@ -698,7 +698,7 @@ def dkim_keygen_command(ctx: click.Context, key_file: str, selector: str, bits: 
     Example:
       newsletter dkim-keygen /etc/newsletter/dkim.pem --selector nl2026
     """
-    from newsletter.compose.dkim import generate_key
+    from newsletter.compose.dkim import generate_key, txt_strings
 
     settings = _settings(ctx)
     try:
@@ -707,8 +707,7 @@ def dkim_keygen_command(ctx: click.Context, key_file: str, selector: str, bits: 
         _fail(exc)
     domain = settings.dkim.domain or settings.sender.domain
     click.echo(f"wrote {key_file}; publish this TXT record:", err=True)
-    # A TXT string holds at most 255 characters: zone files take several, joined by resolvers.
-    chunks = " ".join(f'"{record[start:start + 255]}"' for start in range(0, len(record), 255))
+    chunks = " ".join(f'"{string}"' for string in txt_strings(record))
     click.echo(f"{selector}._domainkey.{domain}. IN TXT ( {chunks} )")
 
 

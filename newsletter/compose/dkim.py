@@ -3,35 +3,35 @@
 ``load_signer`` reads and checks an RSA private key once; ``DkimSigner.sign`` then prepends
 a ``DKIM-Signature:`` header (rsa-sha256, relaxed/relaxed, folded to lines of at most 78
 octets with CRLF). ``generate_key`` writes a new key and returns the DNS TXT record to publish
-at ``<selector>._domainkey.<domain>``.
+at ``<selector>._domainkey.<domain>``; ``txt_strings`` cuts it into the strings a TXT record holds.
 
-The signature is made here, relaxed/relaxed as RFC 6376 says, with OpenSSL's RSA through
-``cryptography``: ~0.5 ms for a 30 KB message, where dkimpy (pure-Python RSA) took ~8 ms
-and would cap a sender at ~120 messages a second. dkimpy still reads and checks the key
-(:func:`load_signer`), and the tests verify every signature with dkimpy's verifier.
+Signing, and reading, checking, making and publishing keys, go through ``cryptography``
+(OpenSSL). The signature is made here, relaxed/relaxed as RFC 6376 says: ~0.5 ms for a 30 KB
+message with OpenSSL's RSA, where dkimpy (pure-Python RSA) took ~8 ms and would cap a sender
+at ~120 messages a second. dkimpy is only a test dependency: the tests verify every
+signature with its verifier.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import re
-import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dkim  # type: ignore[import-untyped]
-import dkim.asn1  # type: ignore[import-untyped]
-import dkim.crypto  # type: ignore[import-untyped]
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from newsletter.errors import ComposeError, ConfigError
 
-__all__ = ["DkimSigner", "generate_key", "load_signer"]
+__all__ = ["DkimSigner", "generate_key", "load_signer", "txt_strings"]
 
 # The headers signed: every instance of each, and then each name once more, whether the
 # message has it or not ("over-signing", RFC 6376 section 8.15). A verifier hashes an empty
@@ -67,31 +67,14 @@ _MAX_NAME = 63
 _MAX_LINE = 78
 _MAX_KEY_FILE = 64 * 1024  # a 16384-bit PEM is ~12 KB
 _MIN_BITS = 1024  # RFC 8301: verifiers must not accept smaller keys
+_MAX_TXT_STRING = 255  # octets in one character-string of a TXT record (RFC 1035 3.3)
+# The PEM armour is read here, not by ``cryptography``, so that each way a file can be wrong
+# gets its own message (no block, a public key, an encrypted key, bad base64); the DER inside
+# goes to ``cryptography``.
 _PEM_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
-_ED25519_OID = b"\x06\x03\x2b\x65\x70"  # 1.3.101.112 in DER
-_RSA_OID = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01"  # 1.2.840.113549.1.1.1 (rsaEncryption)
-
-
-class _PrivateKey:
-    """Key material that no repr, str or traceback of local variables shows."""
-
-    __slots__ = ("_rsa", "numbers", "pem")
-
-    def __init__(self, pem: bytes, numbers: dict[str, int]) -> None:
-        self.pem = pem
-        self.numbers = numbers  # modulus, exponents, primes, CRT coefficient
-        public = rsa.RSAPublicNumbers(numbers["publicExponent"], numbers["modulus"])
-        self._rsa = rsa.RSAPrivateNumbers(
-            numbers["prime1"], numbers["prime2"], numbers["privateExponent"], numbers["exponent1"],
-            numbers["exponent2"], numbers["coefficient"], public,
-        ).private_key()
-
-    def sign(self, data: bytes) -> bytes:
-        """RSASSA-PKCS1-v1_5 with SHA-256 over ``data`` (OpenSSL, through ``cryptography``)."""
-        return self._rsa.sign(data, padding.PKCS1v15(), hashes.SHA256())
-
-    def __repr__(self) -> str:
-        return "<DKIM private key>"
+# RSASSA-PKCS1-v1_5 is deterministic: the same key and the same signed data give the same bytes.
+_PADDING = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 
 
 @dataclass(frozen=True)
@@ -106,7 +89,8 @@ class DkimSigner:
     domain: str
     key_file: Path
     bits: int
-    _key: _PrivateKey = field(repr=False, compare=False)
+    # repr=False keeps it out of the dataclass's repr; the key object's own repr shows no material.
+    _key: rsa.RSAPrivateKey = field(repr=False, compare=False)
 
     @property
     def dns_name(self) -> str:
@@ -116,7 +100,7 @@ class DkimSigner:
     @property
     def dns_record(self) -> str:
         """The TXT record value that publishes this key: ``v=DKIM1; k=rsa; p=…``."""
-        return _dns_record(self._key.numbers)
+        return _dns_record(self._key)
 
     def sign(self, message: bytes, *, timestamp: int | None = None) -> bytes:
         """``message`` with a ``DKIM-Signature:`` header prepended; raises ComposeError if it can't be signed.
@@ -139,7 +123,7 @@ class DkimSigner:
         ])
         signed_data = b"".join(_relaxed_header(name, value) for name, value in _pick(fields, include))
         signed_data += _relaxed_header(b"DKIM-Signature", header[len(b"DKIM-Signature:"):])[:-2]
-        signature = base64.b64encode(self._key.sign(signed_data))
+        signature = base64.b64encode(self._key.sign(signed_data, _PADDING, _SHA256))
         return header + _fold_value(signature, len(header) - header.rfind(b"\n") - 1) + b"\r\n" + message
 
 
@@ -242,51 +226,76 @@ def load_signer(key_file: Path, *, selector: str, domain: str) -> DkimSigner:
         raise ConfigError(f"DKIM key file {key_file}: can't be read ({exc.strerror or type(exc).__name__})") from exc
     if len(data) > _MAX_KEY_FILE:
         raise ConfigError(f"DKIM key file {key_file}: too large for a PEM private key")
-    pem, numbers = _parse_key(data, str(key_file))
-    return DkimSigner(selector, domain, key_file, numbers["modulus"].bit_length(), _PrivateKey(pem, numbers))
+    key = _parse_key(data, f"DKIM key file {key_file}")
+    return DkimSigner(selector, domain, key_file, key.key_size, key)
 
 
 def generate_key(path: Path, *, bits: int = 2048) -> str:
-    """Write a new RSA private key to ``path`` (PEM, mode 0600) and return its DNS TXT record value.
+    """Write a new RSA private key to ``path`` (PEM, PKCS#8, mode 0600) and return its DNS TXT record value.
 
-    The value, ``v=DKIM1; k=rsa; p=…``, is to be published at ``<selector>._domainkey.<domain>``.
-    An existing file is never overwritten (its key may be the one in DNS). The key is made
-    by the ``openssl`` command (dkimpy has no key generator of its own but a wrapper around
-    the same command, and the ``cryptography`` package isn't a dependency).
+    The value, ``v=DKIM1; k=rsa; p=…``, is to be published at ``<selector>._domainkey.<domain>``
+    (:func:`txt_strings` cuts it for a zone file). An existing file is never overwritten (its
+    key may be the one in DNS), and the file appears whole or not at all.
     """
     if not 2048 <= bits <= 4096:
         raise ConfigError(f"DKIM key size {bits}: use 2048 to 4096 bits (2048 is what receivers expect)")
     if path.exists():
         raise ConfigError(f"DKIM key file {path}: already exists (not overwritten: its key may be published in DNS)")
-    command = ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}"]
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    _write_new_private_file(path, pem)
+    return _dns_record(key)
+
+
+def txt_strings(record: str) -> list[str]:
+    """``record`` cut into the character-strings of a TXT record: at most 255 octets each, in order.
+
+    One string can't hold a 2048-bit key's record (~400 characters); zone files and DNS
+    providers take several, which resolvers join back without anything in between.
+    """
+    data = record.encode("ascii")
+    return [data[start : start + _MAX_TXT_STRING].decode("ascii") for start in range(0, len(data), _MAX_TXT_STRING)]
+
+
+def _write_new_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` with mode 0600: whole or not at all, never over another file.
+
+    The bytes go to a temporary file beside ``path`` (created 0600, so no one else can open
+    it even for a moment) and reach the disk; then it is hard-linked under its name, which
+    fails if the name is taken (a rename would replace that file) and never shows a
+    half-written key. The temporary name is removed whatever happens.
+    """
+    where = f"DKIM key file {path}"
     try:
-        result = subprocess.run(command, capture_output=True, check=True, timeout=300)
-    except FileNotFoundError as exc:
-        raise ConfigError("can't generate a DKIM key: the openssl command isn't installed") from exc
-    except subprocess.CalledProcessError as exc:
-        detail = exc.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit status {exc.returncode}"]
-        raise ConfigError(f"can't generate a DKIM key: openssl failed ({detail[0]})") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ConfigError("can't generate a DKIM key: openssl took too long") from exc
-    stdout: bytes = result.stdout
-    _pem, numbers = _parse_key(stdout, f"{path} (from openssl)")
-    try:
-        # O_EXCL: never replace a file that appeared meanwhile. The key is written only here.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise ConfigError(f"DKIM key file {path}: already exists (not overwritten)") from exc
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise ConfigError(f"DKIM key file {path}: can't be created ({exc.strerror or type(exc).__name__})") from exc
+        raise ConfigError(f"{where}: can't be created ({exc.strerror or type(exc).__name__})") from exc
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # exactly 0600, whatever the umask
-            handle.write(stdout)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise ConfigError(f"DKIM key file {path}: can't be written ({exc.strerror or type(exc).__name__})") from exc
-    return _dns_record(numbers)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o600)  # exactly 0600, whatever the umask
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise ConfigError(f"{where}: can't be written ({exc.strerror or type(exc).__name__})") from exc
+        try:
+            os.link(temporary, path)
+        except FileExistsError as exc:
+            raise ConfigError(f"{where}: already exists (not overwritten)") from exc
+        except OSError as exc:
+            raise ConfigError(f"{where}: can't be created ({exc.strerror or type(exc).__name__})") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+    # The new name reaches the disk too (best effort: not every file system syncs a directory).
+    with contextlib.suppress(OSError):
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def _check_names(selector: str, domain: str) -> None:
@@ -297,12 +306,11 @@ def _check_names(selector: str, domain: str) -> None:
         raise ConfigError(f"DKIM domain {domain!r} is not a DNS domain name ({hint}, at least one dot)")
 
 
-def _parse_key(data: bytes, source: str) -> tuple[bytes, dict[str, int]]:
-    """The PEM dkimpy reads (LF line ends) and the key's numbers; checks size and consistency.
+def _parse_key(data: bytes, where: str) -> rsa.RSAPrivateKey:
+    """The RSA private key of the first private-key PEM block of ``data``, checked for size and consistency.
 
-    Error messages name ``source`` and the PEM label at most: never any of the key's bytes.
+    Error messages begin with ``where`` and name the PEM label at most: never any of the key's bytes.
     """
-    where = f"DKIM key file {source}"
     blocks = [(match.group(1).decode("ascii"), match.group(2)) for match in _PEM_RE.finditer(data)]
     if not blocks:
         raise ConfigError(f"{where}: not a PEM private key (no '-----BEGIN … PRIVATE KEY-----' block)")
@@ -316,61 +324,38 @@ def _parse_key(data: bytes, source: str) -> tuple[bytes, dict[str, int]]:
         der = base64.b64decode(b"".join(body.split()), validate=True)
     except binascii.Error as exc:
         raise ConfigError(f"{where}: the PEM block is not valid base64") from exc
-    if label == "PRIVATE KEY" and _ED25519_OID in der[:16]:
-        # dkimpy signs ed25519-sha256 only with PyNaCl installed and from a raw base64 seed,
-        # and not every receiver verifies it (RFC 8463 signs with RSA as well): RSA only.
+    not_rsa = f"{where}: not an RSA private key in PKCS#1 or PKCS#8 form"
+    damaged = False
+    try:
+        # PKCS#8 or PKCS#1 DER; an RSA key is checked as it loads (OpenSSL's RSA_check_key:
+        # primes, modulus, exponents, CRT coefficient), since a key with a damaged part
+        # would sign every message and every signature would fail.
+        key = serialization.load_der_private_key(der, password=None)
+    except TypeError as exc:  # an encrypted PKCS#8 structure under a plain label
+        raise ConfigError(f"{where}: the key is encrypted; DKIM signing needs it unencrypted") from exc
+    except UnsupportedAlgorithm as exc:
+        raise ConfigError(not_rsa) from exc
+    except ValueError as exc:
+        # Not a key it reads, or an RSA key that fails the check: reading it unchecked tells which.
+        try:
+            key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
+        except (TypeError, UnsupportedAlgorithm, ValueError):
+            raise ConfigError(not_rsa) from exc
+        damaged = True
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        # Not every receiver verifies Ed25519 signatures (RFC 8463 has senders sign with RSA
+        # as well), and this signer makes rsa-sha256 only.
         raise ConfigError(f"{where}: Ed25519 keys are not supported; use an RSA key (2048 bits)")
-    try:
-        numbers: dict[str, int] = dkim.crypto.parse_private_key(der)
-    except (dkim.crypto.UnparsableKeyError, dkim.asn1.ASN1FormatError, AssertionError, ValueError) as exc:
-        # AssertionError: dkimpy's ASN.1 reader asserts that a NULL is empty.
-        raise ConfigError(f"{where}: not an RSA private key in PKCS#1 or PKCS#8 form") from exc
-    size = numbers["modulus"].bit_length()
-    if size < _MIN_BITS:
-        raise ConfigError(f"{where}: a {size}-bit key is too small for DKIM (at least {_MIN_BITS}; use 2048)")
-    if not _consistent(numbers):
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(not_rsa)
+    if key.key_size < _MIN_BITS:
+        raise ConfigError(f"{where}: a {key.key_size}-bit key is too small for DKIM (at least {_MIN_BITS}; use 2048)")
+    if damaged:
         raise ConfigError(f"{where}: the RSA key is damaged (its parts don't match)")
-    # dkimpy's reader wants LF line ends; base64.encodebytes gives 76-character lines ending in LF.
-    armour = f"-----BEGIN {label}-----\n", f"-----END {label}-----\n"
-    return armour[0].encode("ascii") + base64.encodebytes(der) + armour[1].encode("ascii"), numbers
+    return key
 
 
-def _consistent(numbers: dict[str, int]) -> bool:
-    """Whether a signature made with the key's CRT parts (as dkimpy signs) verifies with its public part.
-
-    A key with a damaged part would otherwise sign every message, and every signature would fail.
-    """
-    if numbers["prime1"] * numbers["prime2"] != numbers["modulus"]:
-        return False
-    digest = hashlib.sha256(b"newsletter DKIM key self-test")
-    try:
-        signature = dkim.crypto.RSASSA_PKCS1_v1_5_sign(digest, numbers)
-        return bool(dkim.crypto.RSASSA_PKCS1_v1_5_verify(digest, bytes(signature), numbers))
-    except (dkim.crypto.DigestTooLargeError, ValueError, ZeroDivisionError):
-        return False
-
-
-def _dns_record(numbers: dict[str, int]) -> str:
+def _dns_record(key: rsa.RSAPrivateKey) -> str:
     """``v=DKIM1; k=rsa; p=<base64 DER SubjectPublicKeyInfo>`` for the key's public part."""
-    rsa_public_key = _der(0x30, _der_int(numbers["modulus"]) + _der_int(numbers["publicExponent"]))
-    algorithm = _der(0x30, _RSA_OID + b"\x05\x00")  # rsaEncryption, NULL parameters
-    spki = _der(0x30, algorithm + _der(0x03, b"\x00" + rsa_public_key))  # BIT STRING, no unused bits
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "v=DKIM1; k=rsa; p=" + base64.b64encode(spki).decode("ascii")
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    """One DER element: tag, definite length (short or long form), content."""
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(length)]) + length + content
-
-
-def _der_int(value: int) -> bytes:
-    """A non-negative DER INTEGER: big-endian, with a leading zero octet when the top bit is set."""
-    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

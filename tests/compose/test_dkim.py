@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import re
 import stat
 import subprocess
+import sys
 from collections.abc import Callable
 from email import policy
 from email.message import EmailMessage
@@ -19,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from newsletter.compose.dkim import DkimSigner, generate_key, load_signer
+from newsletter.compose.dkim import DkimSigner, generate_key, load_signer, txt_strings
 from newsletter.compose.message import compile_message, personalise
 from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError, ConfigError
@@ -307,6 +309,105 @@ def test_pkcs1_key_is_accepted(key: Key, tmp_path: Path, unsigned: bytes) -> Non
     assert verifies(load_signer(path, selector=SELECTOR, domain=DOMAIN).sign(unsigned), key.record)
 
 
+@pytest.fixture(scope="module")
+def openssl_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[bytes, str]]:
+    """RSA keys made by the openssl command (not by the code under test): PKCS#8 PEM and the DNS record openssl gives."""
+    keys = {}
+    for bits in (1024, 2048):
+        pem = openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{bits}")
+        keys[bits] = (pem, "v=DKIM1; k=rsa; p=" + base64.b64encode(openssl("pkey", "-pubout", "-outform", "DER", data=pem)).decode())
+    return keys
+
+
+KEY_FORMS: dict[str, Callable[[bytes], bytes]] = {
+    "PKCS#8": lambda pem: pem,
+    "PKCS#1": lambda pem: openssl("pkey", "-traditional", data=pem),
+    "PKCS#8, CRLF line ends": lambda pem: pem.replace(b"\n", b"\r\n"),
+    "PKCS#1 after a certificate": lambda pem: openssl(
+        "req", "-x509", "-key", "/dev/stdin", "-subj", "/CN=news.example.com", "-days", "1", data=pem,
+    ) + openssl("pkey", "-traditional", data=pem),
+}
+
+
+@pytest.mark.parametrize("bits", [1024, 2048])
+@pytest.mark.parametrize("form", KEY_FORMS, ids=list(KEY_FORMS))
+def test_pkcs8_and_pkcs1_keys_load_and_sign_verifiably(form: str, bits: int, openssl_keys: dict[int, tuple[bytes, str]],
+                                                      tmp_path: Path, unsigned: bytes) -> None:
+    """A key openssl made, in each form a user may have it, signs what dkimpy verifies against openssl's record."""
+    pem, record = openssl_keys[bits]
+    path = tmp_path / "dkim.key"
+    path.write_bytes(KEY_FORMS[form](pem))
+    signer = load_signer(path, selector=SELECTOR, domain=DOMAIN)
+    assert signer.bits == bits
+    assert signer.dns_record == record
+    signed = signer.sign(unsigned, timestamp=1499421600)
+    assert verifies(signed, record)
+    # RSASSA-PKCS1-v1_5 is deterministic: the same key signs the same bytes whatever form its file has.
+    (tmp_path / "pkcs8.key").write_bytes(pem)
+    assert load_signer(tmp_path / "pkcs8.key", selector=SELECTOR, domain=DOMAIN).sign(unsigned, timestamp=1499421600) == signed
+
+
+def test_generated_key_is_pkcs8_0600_whatever_the_umask(tmp_path: Path) -> None:
+    for umask in (0o000, 0o077, 0o377):
+        path = tmp_path / f"umask-{umask:03o}" / "dkim.pem"
+        path.parent.mkdir()
+        previous = os.umask(umask)
+        try:
+            record = generate_key(path)
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"umask {umask:03o}"
+        assert [entry.name for entry in path.parent.iterdir()] == ["dkim.pem"], "no temporary file left beside it"
+        assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----\n")
+        assert "valid" in openssl("pkey", "-noout", "-check", data=path.read_bytes()).decode()
+        assert record == load_signer(path, selector=SELECTOR, domain=DOMAIN).dns_record
+
+
+def test_generate_key_into_a_missing_folder_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "dkim.pem"
+    with pytest.raises(ConfigError) as caught:
+        generate_key(path)
+    assert str(caught.value) == f"DKIM key file {path}: can't be created (No such file or directory)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generated_record_verifies_what_the_key_signs(tmp_path: Path, unsigned: bytes) -> None:
+    """The record generate_key returns is the one DNS must answer: dkimpy verifies with exactly it."""
+    path = tmp_path / "dkim.pem"
+    record = generate_key(path, bits=3072)
+    signed = load_signer(path, selector="s3072", domain=DOMAIN).sign(unsigned)
+    assert verifies(signed, record, name=f"s3072._domainkey.{DOMAIN}")
+    assert "3072 bit" in openssl("pkey", "-noout", "-text", data=path.read_bytes()).decode().splitlines()[0]
+    strings = txt_strings(record)
+    assert [len(string) for string in strings] == [255, 255, len(record) - 510]
+    assert "".join(strings) == record
+
+
+@pytest.mark.parametrize("size", [0, 1, 254, 255, 256, 510, 511, 800])
+def test_txt_strings_are_at_most_255_octets_and_join_back(size: int) -> None:
+    record = ("v=DKIM1; k=rsa; p=" + "A" * 800)[:size]
+    strings = txt_strings(record)
+    assert "".join(strings) == record
+    assert all(0 < len(string) <= 255 for string in strings)
+    assert len(strings) == -(-size // 255)
+
+
+def test_keys_are_made_without_the_openssl_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   unsigned: bytes) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no openssl (nor anything else) to run
+    path = tmp_path / "dkim.pem"
+    record = generate_key(path)
+    assert verifies(load_signer(path, selector=SELECTOR, domain=DOMAIN).sign(unsigned), record)
+
+
+def test_importing_the_dkim_module_leaves_dkimpy_alone() -> None:
+    """dkimpy is a test dependency only: signing, keys and records don't import it."""
+    code = ("import sys, newsletter.compose.dkim, newsletter.compose.signing; "
+            "print(sorted(name for name in sys.modules if name.split('.')[0] == 'dkim'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def _key_pieces(data: bytes) -> set[str]:
     """Every 16-character run of the base64 in ``data``: key material a message must not contain."""
     text = "".join(re.findall(r"[A-Za-z0-9+/=]{20,}", data.decode("ascii", "replace")))
@@ -345,6 +446,19 @@ BAD_KEYS: dict[str, tuple[Callable[[bytes], bytes | None], str]] = {
     "EC": (lambda pem: openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"), "not an RSA private key"),
     "512-bit RSA": (lambda pem: openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:512"), "too small"),
     "damaged RSA": (_damaged_pkcs1, "damaged"),
+    "encrypted PKCS#1 (Proc-Type)": (lambda pem: openssl("pkey", "-traditional", "-aes256", "-passout", "pass:x", data=pem),
+                                     "encrypted"),
+    "encrypted PKCS#8 under a plain label": (
+        lambda pem: openssl("pkey", "-aes256", "-passout", "pass:x", data=pem).replace(b"ENCRYPTED PRIVATE KEY", b"PRIVATE KEY"),
+        "encrypted"),
+    "EC (SEC1)": (lambda pem: openssl("pkey", "-traditional", data=openssl(
+        "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")), "not an RSA private key"),
+    "EC under an RSA label": (lambda pem: openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
+                              .replace(b" PRIVATE KEY-----", b" RSA PRIVATE KEY-----"), "not an RSA private key"),
+    "512-bit RSA PKCS#1": (lambda pem: openssl("pkey", "-traditional", data=openssl(
+        "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:512")), "a 512-bit key is too small"),
+    "1023-bit RSA": (lambda pem: openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1023"),
+                     "a 1023-bit key is too small"),
 }
 
 
