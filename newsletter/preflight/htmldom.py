@@ -103,13 +103,15 @@ def parse_document(html: str, *, fragment: bool = False) -> Document:
     if fragment:
         document._implied.add(root)
     else:
+        markup = _COMMENT.sub("", html)
         # libxml2 supplies <html>, <head> and <body> when the markup has none: they aren't the email's
-        written = {match.lower() for match in _STRUCTURE_TAG.findall(_COMMENT.sub("", html))}
+        written = {name.lower() for name in _STRUCTURE_TAG.findall(markup)}
         document._implied.update(element for element in root.iter("html", "head", "body")
                                  if element.tag not in written)
-    if not fragment and root.getroottree().docinfo.doctype:
-        written = _DOCTYPE.search(html)
-        document.doctype = written.group(1) if written else root.getroottree().docinfo.doctype[2:-1]
+        doctype = root.getroottree().docinfo.doctype  # "<!DOCTYPE html>": libxml2 spells it its way
+        if doctype:
+            spelled = _DOCTYPE.search(markup)
+            document.doctype = spelled.group(1) if spelled else doctype[2:-1]
     _read_comments(document)
     return document
 
