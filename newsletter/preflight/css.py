@@ -49,7 +49,7 @@ _UNIVERSAL = "urn:newsletter:universal"
 
 @dataclass(frozen=True)
 class Declaration:
-    """``name: value [!important]``; the name in lower case, the value as written (trimmed)."""
+    """``name: value [!important]``; the name in lower case, the value as written (trimmed, no comments)."""
 
     name: str
     value: str
@@ -114,7 +114,7 @@ def serialize(tokens: Iterable[Any]) -> str:
 
 
 def _written(tokens: Iterable[Any]) -> str:
-    """The tokens as written (tinycss2 keeps each one's representation), comments left out.
+    """The tokens as written (tinycss2 keeps each one's representation; strings get double quotes).
 
     ``tinycss2.serialize`` would put ``/**/`` between tokens that could run together when
     read again (``2n/**/+1``); a message wants the text as its author wrote it.
@@ -222,11 +222,20 @@ def _selector_list(tokens: list[Any]) -> list[Selector]:
 
 
 def _selector(tokens: list[Any]) -> Selector | None:
+    text = serialize(tokens)
+    while tokens and tokens[-1].type == "whitespace":
+        tokens = tokens[:-1]
+    pseudo_element: str | None = None
+    if len(tokens) > 3 and tokens[-3] == ":" and tokens[-2] == ":" and tokens[-1].type == "ident":
+        # A pseudo-element ends a selector; cssselect2 refuses those it doesn't know (::-webkit-scrollbar),
+        # which a check still wants to see used. No pseudo-element matches an element.
+        pseudo_element, tokens = str(tokens[-1].lower_value), tokens[:-3]
     try:
         [shape] = selectors.parse(tokens, {None: _UNIVERSAL})
         [parsed] = selectors.parse(tokens)
     except (selectors.SelectorError, ValueError):
         return None
+    pseudo_element = pseudo_element or shape.pseudo_element
     parts: list[Compound] = []
     combinators: list[str] = []
     node = shape.parsed_tree
@@ -237,17 +246,22 @@ def _selector(tokens: list[Any]) -> Selector | None:
     parts.append(_compound(node))
     parts.reverse()
     combinators.reverse()
-    if shape.pseudo_element is not None:
+    specificity = tuple(parsed.specificity)
+    compiled = None
+    if pseudo_element is not None:
         last = parts[-1]
-        parts[-1] = Compound(last.tag, last.ids, last.classes, last.attributes, last.pseudo_classes,
-                             (shape.pseudo_element,))
-    try:
-        compiled = cssselect2.compiler.CompiledSelector(parsed)
-    except (selectors.SelectorError, ValueError, NotImplementedError):
-        compiled = None  # parsed, but cssselect2 can't tell what it matches (an unknown pseudo-class …)
-    if compiled is not None and (compiled.never_matches or compiled.pseudo_element is not None):
-        compiled = None
-    return Selector(serialize(tokens), tuple(parts), tuple(combinators), tuple(parsed.specificity), compiled)
+        parts[-1] = Compound(last.tag, last.ids, last.classes, last.attributes, last.pseudo_classes, (pseudo_element,))
+        if parsed.pseudo_element is None:
+            specificity = (specificity[0], specificity[1], specificity[2] + 1)
+    else:
+        try:
+            compiled = cssselect2.compiler.CompiledSelector(parsed)
+        except (selectors.SelectorError, ValueError, NotImplementedError):
+            pass  # parsed, but cssselect2 can't tell what it matches (an unknown pseudo-class …)
+        if compiled is not None and compiled.never_matches:
+            compiled = None
+    return Selector(text, tuple(parts), tuple(combinators), (specificity[0], specificity[1], specificity[2]),
+                    compiled)
 
 
 def _compound(node: Any) -> Compound:
