@@ -129,7 +129,7 @@ def _layout_tables(document: Document, fragments: list[Document]) -> Iterator[Fi
             if any(cell.tag in _DATA_TABLE_PARTS or cell.get("scope") is not None
                    for cell in table.iter() if isinstance(cell.tag, str)):
                 continue  # a data table: its headers are what screen readers should announce
-            places.append(f"{prefix}{describe(table)} (line {table.sourceline})")
+            places.append(f"{prefix}{describe(table)} (line {tree.line(table)})")
     if places:
         yield Finding(
             "warning", "a11y-layout-table",

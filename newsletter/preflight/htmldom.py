@@ -66,6 +66,8 @@ class Document:
     fragment: bool = False  # the root is a wrapper, not part of the markup
     _hidden_from_mso: set[Element] = field(default_factory=set)
     _implied: set[Element] = field(default_factory=set)  # <html>, <head>, <body> libxml2 added
+    _markup: str = ""  # the source with its comments blanked out (their line breaks kept)
+    _lines: dict[str, dict[Element, int]] = field(default_factory=dict)  # tag -> element -> line
 
     @property
     def html(self) -> Element:
@@ -81,6 +83,22 @@ class Document:
         """Every element of the markup in document order: no comments, none that libxml2 added."""
         return (node for node in self.root.iter()
                 if isinstance(node.tag, str) and node not in self._implied)
+
+    def line(self, element: Element) -> int:
+        """The line ``element``'s start tag begins on.
+
+        libxml2's ``sourceline`` is the line where the start tag *ends*: the n-th element of
+        a tag name is the n-th start tag of that name in the markup (comments left out).
+        """
+        tag = str(element.tag)
+        if tag not in self._lines:
+            starts = [match.start() for match in re.finditer(rf"<{re.escape(tag)}[\s/>]", self._markup, re.I)]
+            elements = [node for node in self.iter() if node.tag == tag]
+            if len(starts) != len(elements):
+                starts = []  # a start tag in raw text (<style>, <script>): keep libxml2's lines
+            self._lines[tag] = {node: self._markup.count("\n", 0, start) + 1
+                                for node, start in zip(elements, starts, strict=False)}
+        return self._lines[tag].get(element) or element.sourceline or 0
 
     def hidden_from_mso(self, element: Element) -> bool:
         """Whether ``element`` is inside ``<!--[if !mso]><!--> … <!--<![endif]-->``."""
@@ -99,11 +117,11 @@ def parse_document(html: str, *, fragment: bool = False) -> Document:
         root = etree.Element("html")
     if fragment:
         root = next(root.iter("body"), root)
-    document = Document(root, fragment=fragment)
+    markup = _COMMENT.sub(lambda comment: "\n" * comment.group().count("\n"), html)
+    document = Document(root, fragment=fragment, _markup=markup)
     if fragment:
         document._implied.add(root)
     else:
-        markup = _COMMENT.sub("", html)
         # libxml2 supplies <html>, <head> and <body> when the markup has none: they aren't the email's
         written = {name.lower() for name in _STRUCTURE_TAG.findall(markup)}
         document._implied.update(element for element in root.iter("html", "head", "body")

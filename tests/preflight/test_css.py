@@ -112,3 +112,11 @@ def test_colours_tinycss2_reads(value: str, expected: str) -> None:
                                    "Canvas", "#12", "red blue", ""])
 def test_colours_only_a_browser_knows_are_unknown(value: str) -> None:
     assert parse_colour(value) is None
+
+
+def test_an_elements_line_is_where_its_start_tag_begins() -> None:
+    html = "<html><body>\n<!-- <table> in a\ncomment -->\n<table class='a'\n  width='600'><tr><td>x</td></tr></table>\n<table class='b'>"
+    document = parse_document(html)
+    first, second = (element for element in document.iter() if element.tag == "table")
+    assert (document.line(first), document.line(second)) == (4, 6)
+    assert first.sourceline == 5  # libxml2 counts the line where the start tag ends
