@@ -7,6 +7,7 @@ check in Chromium.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 from tinycss2.color4 import Color, parse_color
@@ -46,6 +47,7 @@ class RGBA(NamedTuple):
         return text if self.opaque else f"{text} at {self.alpha:.0%}"
 
 
+@functools.lru_cache(maxsize=1024)  # an email repeats its few colours in every style attribute
 def parse_colour(value: str) -> RGBA | None:
     """A CSS colour (hex, ``rgb()``/``rgba()``, ``hsl()``/``hsla()``, a name, ``transparent``), by tinycss2.
 

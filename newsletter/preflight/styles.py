@@ -14,7 +14,9 @@ lengths) are read with tinycss2. The media queries and the cascade itself are ou
 
 from __future__ import annotations
 
+import functools
 import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -130,7 +132,7 @@ class StyledDocument:
             for selector in rule.selectors:
                 if selector.compiled is not None:
                     self._matcher.add_selector(selector.compiled, index)
-        self._wrappers: dict[Element, Any] = wrap(document.root)
+        self._wrappers = _wrappers(document)
         self.dark_canvas = scheme == "dark" and self._opts_into_dark()
         canvas_scheme: Scheme = "dark" if self.dark_canvas else "light"
         self.canvas = _CANVAS[canvas_scheme]
@@ -266,6 +268,17 @@ class StyledDocument:
         return _hidden_by_box(values)
 
 
+# cssselect2's view of a document's elements, built once for the four views of one document
+_WRAPPERS: weakref.WeakKeyDictionary[Document, dict[Element, Any]] = weakref.WeakKeyDictionary()
+
+
+def _wrappers(document: Document) -> dict[Element, Any]:
+    found = _WRAPPERS.get(document)
+    if found is None:
+        found = _WRAPPERS[document] = wrap(document.root)
+    return found
+
+
 def _assign(values: dict[str, str], declaration: Declaration) -> None:
     name, value = declaration.name, declaration.value
     if name == "background":
@@ -303,16 +316,24 @@ def _number(text: str) -> float | None:
         return None
 
 
-def _length_px(value: str, em: float) -> float | None:
+@functools.lru_cache(maxsize=1024)
+def _quantity(value: str) -> tuple[float, str] | None:
+    """A number and its unit ("" for none, "%"), as tinycss2 reads them; None for anything else."""
     token = tinycss2.parse_one_component_value(value, skip_comments=True)
     if token.type == "dimension":
-        number, unit = float(token.value), str(token.lower_unit)
-    elif token.type == "percentage":
-        number, unit = float(token.value), "%"
-    elif token.type == "number":
-        number, unit = float(token.value), ""
-    else:
+        return float(token.value), str(token.lower_unit)
+    if token.type == "percentage":
+        return float(token.value), "%"
+    if token.type == "number":
+        return float(token.value), ""
+    return None
+
+
+def _length_px(value: str, em: float) -> float | None:
+    quantity = _quantity(value)
+    if quantity is None:
         return None
+    number, unit = quantity
     factors = {"": 1.0, "px": 1.0, "pt": 4 / 3, "pc": 16.0, "in": 96.0, "cm": 96 / 2.54, "mm": 96 / 25.4,
                "q": 96 / 101.6, "em": em, "%": em / 100, "rem": _ROOT_FONT_SIZE}
     if unit not in factors or (unit == "" and number != 0):
