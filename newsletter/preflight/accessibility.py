@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from urllib.parse import unquote
 
 from newsletter.preflight.colour import AA_NORMAL_TEXT, contrast_ratio
-from newsletter.preflight.finding import PreflightFinding, where_list
-from newsletter.preflight.htmldom import Document, Element, parse_document
+from newsletter.preflight.finding import Finding, Severity, where_list
+from newsletter.preflight.htmldom import Document, Element, describe, own_text, parse_document, text_content
 from newsletter.preflight.styles import Scheme, StyledDocument
 
 __all__ = [
@@ -74,7 +74,7 @@ _WORD_RE = re.compile(r"[^\W\d_]{4,}")
 _MIN_WORD_SHARE = 0.8  # of the HTML's distinct words that the text part must have too
 
 
-def check_accessibility(html: str, text: str | None = None, *, missing_alt: bool = True) -> list[PreflightFinding]:
+def check_accessibility(html: str, text: str | None = None, *, missing_alt: bool = True) -> list[Finding]:
     """Every accessibility finding about the final HTML (and the text part, when given).
 
     ``missing_alt=False`` leaves out images without an ``alt`` attribute, for a caller that
@@ -82,7 +82,7 @@ def check_accessibility(html: str, text: str | None = None, *, missing_alt: bool
     text finding (empty, a file name, only "image") stays.
     """
     document = parse_document(html)
-    fragments = [parse_document(block.html) for block in document.conditional]
+    fragments = [parse_document(block.html, fragment=True) for block in document.conditional]
     findings = [
         *_language(document),
         *_layout_tables(document, fragments),
@@ -99,44 +99,45 @@ def check_accessibility(html: str, text: str | None = None, *, missing_alt: bool
 # --- document language ----------------------------------------------------------------
 
 
-def _language(document: Document) -> Iterator[PreflightFinding]:
+def _language(document: Document) -> Iterator[Finding]:
     root = document.html
     lang = (root.get("lang") or "").strip()
     direction = (root.get("dir") or "").strip().lower()
     if not lang:
-        yield PreflightFinding("warning", "a11y-lang", "<html> has no lang attribute: screen readers may read the "
+        yield Finding("warning", "a11y-lang", "<html> has no lang attribute: screen readers may read the "
                                "email in the wrong language (the template's <mjml lang> sets it)", "html", _LANG_URL)
     elif not _LANG_RE.fullmatch(lang):
-        yield PreflightFinding("warning", "a11y-lang", f"lang='{lang}' is not a language tag such as 'en' or 'pt-BR'",
+        yield Finding("warning", "a11y-lang", f"lang='{lang}' is not a language tag such as 'en' or 'pt-BR'",
                                "html", _LANG_URL)
     if not direction:
-        yield PreflightFinding("warning", "a11y-lang", "<html> has no dir attribute: give the text direction "
+        yield Finding("warning", "a11y-lang", "<html> has no dir attribute: give the text direction "
                                "(dir=\"ltr\" or \"rtl\"; the template's <mjml dir> sets it)", "html", _LANG_URL)
     elif direction not in ("ltr", "rtl", "auto"):
-        yield PreflightFinding("warning", "a11y-lang", f"dir='{direction}' is none of ltr, rtl, auto", "html",
+        yield Finding("warning", "a11y-lang", f"dir='{direction}' is none of ltr, rtl, auto", "html",
                                _LANG_URL)
 
 
 # --- tables, headings, images, links ---------------------------------------------------
 
 
-def _layout_tables(document: Document, fragments: list[Document]) -> Iterator[PreflightFinding]:
+def _layout_tables(document: Document, fragments: list[Document]) -> Iterator[Finding]:
     places: list[str] = []
     for tree, prefix in ((document, ""), *((fragment, "<!--[if mso]> ") for fragment in fragments)):
         for table in tree.iter():
             if table.tag != "table" or (table.get("role") or "").strip().lower() in ("presentation", "none"):
                 continue
-            if any(cell.tag in _DATA_TABLE_PARTS or cell.get("scope") is not None for cell in table.iter()):
+            if any(cell.tag in _DATA_TABLE_PARTS or cell.get("scope") is not None
+                   for cell in table.iter() if isinstance(cell.tag, str)):
                 continue  # a data table: its headers are what screen readers should announce
-            places.append(f"{prefix}{table.describe()} (line {table.line})")
+            places.append(f"{prefix}{describe(table)} (line {tree.line(table)})")
     if places:
-        yield PreflightFinding(
+        yield Finding(
             "warning", "a11y-layout-table",
             "layout tables without role=\"presentation\": screen readers announce them as grids of data",
             where_list(places), _TABLE_URL)
 
 
-def _heading_order(document: Document) -> Iterator[PreflightFinding]:
+def _heading_order(document: Document) -> Iterator[Finding]:
     styled = StyledDocument(document, scheme="light")
     previous = 0
     for element in document.iter():
@@ -145,15 +146,15 @@ def _heading_order(document: Document) -> Iterator[PreflightFinding]:
             continue
         if level > previous + 1:
             before = f"h{previous}" if previous else "the start"
-            yield PreflightFinding(
+            yield Finding(
                 "warning", "a11y-heading-order",
-                f"heading level jumps from {before} to h{level} ('{_snippet(element.text_content())}'): "
-                f"use h{previous + 1}", element.describe(), _HEADINGS_URL)
+                f"heading level jumps from {before} to h{level} ('{_snippet(text_content(element))}'): "
+                f"use h{previous + 1}", describe(element), _HEADINGS_URL)
         previous = level
 
 
 def _heading_level(element: Element) -> int | None:
-    match = _HEADING_RE.fullmatch(element.tag)
+    match = _HEADING_RE.fullmatch(str(element.tag))
     if match:
         return int(match.group(1))
     if (element.get("role") or "").lower() == "heading":
@@ -162,34 +163,34 @@ def _heading_level(element: Element) -> int | None:
     return None
 
 
-def _images(document: Document, *, missing_alt: bool) -> Iterator[PreflightFinding]:
+def _images(document: Document, *, missing_alt: bool) -> Iterator[Finding]:
     for image in document.iter():
         if image.tag != "img":
             continue
         src = image.get("src") or "?"
         alt = image.get("alt")
-        link = next((ancestor for ancestor in image.ancestors() if ancestor.tag == "a"), None)
+        link = next((ancestor for ancestor in image.iterancestors() if ancestor.tag == "a"), None)
         if alt is None:
             if not missing_alt:
                 continue
-            yield PreflightFinding("error", "a11y-alt", f"image '{src}' has no alt attribute: screen readers read "
+            yield Finding("error", "a11y-alt", f"image '{src}' has no alt attribute: screen readers read "
                                    "out its address; describe it, or alt=\"\" if it is decoration",
-                                   image.describe(), _ALT_URL)
+                                   describe(image), _ALT_URL)
         elif not alt.strip():
             if link is not None and not _accessible_name(link):
-                yield PreflightFinding("error", "a11y-alt", f"image '{src}' is a link's only content but its alt is "
+                yield Finding("error", "a11y-alt", f"image '{src}' is a link's only content but its alt is "
                                        "empty: the link has no name; say where it goes in the alt",
-                                       link.describe(), _ALT_URL)
+                                       describe(link), _ALT_URL)
             elif not _decorative(image):
-                yield PreflightFinding("warning", "a11y-alt", f"image '{src}' has an empty alt but is not marked "
+                yield Finding("warning", "a11y-alt", f"image '{src}' has an empty alt but is not marked "
                                        "decorative: describe it, or add role=\"presentation\" if it is decoration",
-                                       image.describe(), _ALT_URL)
+                                       describe(image), _ALT_URL)
         elif _FILE_NAME_RE.match(alt.strip()):
-            yield PreflightFinding("warning", "a11y-alt", f"image '{src}' has alt='{alt}', a file name: say what the "
-                                   "image shows", image.describe(), _ALT_URL)
+            yield Finding("warning", "a11y-alt", f"image '{src}' has alt='{alt}', a file name: say what the "
+                                   "image shows", describe(image), _ALT_URL)
         elif _ARTICLE_RE.sub("", re.sub(r"[^\w\s]", "", alt).strip()).lower() in GENERIC_ALT_TEXTS:
-            yield PreflightFinding("warning", "a11y-alt", f"image '{src}' has alt='{alt}', which only says there is a "
-                                   "picture: say what it shows", image.describe(), _ALT_URL)
+            yield Finding("warning", "a11y-alt", f"image '{src}' has alt='{alt}', which only says there is a "
+                                   "picture: say what it shows", describe(image), _ALT_URL)
 
 
 def _decorative(image: Element) -> bool:
@@ -202,7 +203,7 @@ def _decorative(image: Element) -> bool:
                for size in sizes)  # a spacer or tracking pixel
 
 
-def _links(document: Document) -> Iterator[PreflightFinding]:
+def _links(document: Document) -> Iterator[Finding]:
     for link in document.iter():
         if link.tag != "a" or link.get("href") is None:
             continue
@@ -210,33 +211,31 @@ def _links(document: Document) -> Iterator[PreflightFinding]:
         if not name:
             if any(child.tag == "img" for child in link.iter()):
                 continue  # reported by the alt check, with the image
-            yield PreflightFinding("error", "a11y-link-text", f"a link to '{link.get('href')}' has no text: "
-                                   "screen readers read out its address", link.describe(), _LINK_URL)
+            yield Finding("error", "a11y-link-text", f"a link to '{link.get('href')}' has no text: "
+                                   "screen readers read out its address", describe(link), _LINK_URL)
         elif re.sub(r"[^\w\s]", "", name).strip().lower() in GENERIC_LINK_TEXTS:
-            yield PreflightFinding("warning", "a11y-link-text", f"link text '{name}' doesn't say where the link "
-                                   "goes: use words that do (\"Read the full report\")", link.describe(), _LINK_URL)
+            yield Finding("warning", "a11y-link-text", f"link text '{name}' doesn't say where the link "
+                                   "goes: use words that do (\"Read the full report\")", describe(link), _LINK_URL)
 
 
 def _accessible_name(element: Element) -> str:
     label = (element.get("aria-label") or "").strip()
     if label:
         return label
-    parts: list[str] = []
-    for child in element.children:
-        if isinstance(child, Element):
-            if child.tag == "img":
-                parts.append(child.get("alt") or "")
-            elif (child.get("aria-hidden") or "").lower() != "true":
-                parts.append(_accessible_name(child))
-        else:
-            parts.append(child.text)
+    parts: list[str] = [element.text or ""]
+    for child in element:
+        if child.tag == "img":
+            parts.append(child.get("alt") or "")
+        elif isinstance(child.tag, str) and (child.get("aria-hidden") or "").lower() != "true":
+            parts.append(_accessible_name(child))
+        parts.append(child.tail or "")
     return " ".join(" ".join(parts).split())
 
 
 # --- contrast and size, in both schemes ------------------------------------------------------
 
 
-def _rendering(document: Document) -> Iterator[PreflightFinding]:
+def _rendering(document: Document) -> Iterator[Finding]:
     low: dict[tuple[str, str, str, float], list[str]] = {}
     unknown: list[str] = []
     over_image: list[str] = []
@@ -247,7 +246,7 @@ def _rendering(document: Document) -> Iterator[PreflightFinding]:
             styled = StyledDocument(document, scheme=scheme, width=width)
             for element in styled.text_elements():
                 style = styled.style(element)
-                place = element.describe()
+                place = describe(element)
                 if style.font_size < MIN_FONT_PX - 0.05:
                     small.setdefault(round(style.font_size, 1), []).append(f"{place} at {width} px")
                 background, image = styled.backdrop(element)
@@ -262,31 +261,31 @@ def _rendering(document: Document) -> Iterator[PreflightFinding]:
                     key = (scheme, str(style.colour), str(background), round(ratio, 2))
                     low.setdefault(key, []).append(place)
     for (scheme_name, text, behind, ratio), places in low.items():
-        yield PreflightFinding(
+        yield Finding(
             "warning", "a11y-contrast",
             f"text {text} on {behind} is {ratio:.2f}:1 in the {scheme_name} scheme, under {MIN_CONTRAST}:1 (WCAG AA)",
             where_list(places), _CONTRAST_URL)
     for size, places in sorted(small.items()):
-        yield PreflightFinding(
+        yield Finding(
             "warning", "a11y-font-size", f"text is {size:g} px, under {MIN_FONT_PX:g} px: hard to read on a phone",
             where_list(places))
     if unknown:
-        yield PreflightFinding("info", "a11y-contrast", "text colour can't be computed without a browser "
+        yield Finding("info", "a11y-contrast", "text colour can't be computed without a browser "
                                "(var(), currentcolor …): check it with --screenshots", where_list(unknown))
     if over_image:
-        yield PreflightFinding("info", "a11y-contrast", "text over a background image: its contrast can't be "
+        yield Finding("info", "a11y-contrast", "text over a background image: its contrast can't be "
                                "computed; check it with --screenshots", where_list(over_image))
 
 
 # --- the text part ------------------------------------------------------------------------
 
 
-def check_plain_text(text: str, html: str) -> list[PreflightFinding]:
+def check_plain_text(text: str, html: str) -> list[Finding]:
     """Whether the text part reads on its own: words, links, and nothing left of markup."""
-    findings: list[PreflightFinding] = []
+    findings: list[Finding] = []
 
-    def add(severity: str, message: str, where: str = "") -> None:
-        findings.append(PreflightFinding(severity, "a11y-plain-text", message, where))
+    def add(severity: Severity, message: str, where: str = "") -> None:
+        findings.append(Finding(severity, "a11y-plain-text", message, where))
 
     if len(_WORD_RE.findall(text)) < 5:
         add("error", "the text part is (nearly) empty: readers of plain text get nothing")
@@ -300,7 +299,7 @@ def check_plain_text(text: str, html: str) -> list[PreflightFinding]:
                 f"the text part has {what}, which its readers see as written", where_list(lines))
     document = parse_document(html)
     styled = StyledDocument(document, scheme="light")
-    html_words = {word.lower() for element in styled.text_elements() for word in _WORD_RE.findall(element.own_text())}
+    html_words = {word.lower() for element in styled.text_elements() for word in _WORD_RE.findall(own_text(element))}
     text_words = {word.lower() for word in _WORD_RE.findall(text)}
     if html_words:
         missing = html_words - text_words

@@ -32,8 +32,8 @@ from importlib import resources
 from typing import Literal
 
 from newsletter.preflight.css import Declaration, Selector, parse_declarations, parse_stylesheet
-from newsletter.preflight.finding import PreflightFinding, where_list
-from newsletter.preflight.htmldom import Document, Element, parse_document
+from newsletter.preflight.finding import Finding, Severity, where_list
+from newsletter.preflight.htmldom import Document, Element, describe, parse_document, text_content
 
 __all__ = [
     "Accepted",
@@ -373,7 +373,7 @@ def features_used(html: str) -> list[Usage]:
         usages.append(Usage("html-comments", "HTML comments", where))
     usages.extend(_document_usages(document, known, "all"))
     for block in document.conditional:
-        fragment = parse_document(block.html)
+        fragment = parse_document(block.html, fragment=True)
         usages.extend(_document_usages(fragment, known, "mso", prefix=f"<!--[if {block.condition}]> "))
     return usages
 
@@ -381,8 +381,8 @@ def features_used(html: str) -> list[Usage]:
 def _document_usages(document: Document, known: Mapping[str, Feature], audience: Audience, *,
                      prefix: str = "") -> Iterator[Usage]:
     for element in document.iter():
-        who: Audience = "not-mso" if element.hidden_from_mso and audience == "all" else audience
-        place = prefix + element.describe()
+        who: Audience = "not-mso" if audience == "all" and document.hidden_from_mso(element) else audience
+        place = prefix + describe(element)
         yield from _element_usages(element, known, place, who)
         for declaration in parse_declarations(element.get("style") or ""):
             yield from _declaration_usages(declaration, known, f"{place}[style]", (), who)
@@ -392,7 +392,7 @@ def _document_usages(document: Document, known: Mapping[str, Feature], audience:
 
 def _element_usages(element: Element, known: Mapping[str, Feature], place: str,
                     audience: Audience) -> Iterator[Usage]:
-    tag = element.tag
+    tag = str(element.tag)
     if ":" in tag or tag == "xml":
         return  # Office XML (<o:OfficeDocumentSettings>) is read by Word only, and is no HTML
     kind = (element.get("type") or "").lower()
@@ -416,7 +416,7 @@ def _element_usages(element: Element, known: Mapping[str, Feature], place: str,
         yield Usage("html-anchor-links", "local anchor link", place, (), audience)
     elif tag == "a" and href.startswith("mailto:"):
         yield Usage("html-mailto-links", "mailto: link", place, (), audience)
-    for attribute in element.attrs:
+    for attribute in element.attrib:
         slug = _ATTRIBUTE_FEATURES.get(attribute, "")
         if slug in known:
             yield Usage(slug, f"{attribute} attribute", f"{place}[{attribute}]", (), audience)
@@ -432,7 +432,7 @@ def _stylesheet_usages(element: Element, known: Mapping[str, Feature], prefix: s
     if media:
         yield from _media_usages(media, f"{place}[media]", base, audience)
         base = (*base, *_media_conditions(media))
-    sheet = parse_stylesheet(element.text_content())
+    sheet = parse_stylesheet(text_content(element))
     if sheet.has_comments:
         yield Usage("css-comments", "CSS comments", place, base, audience)
     for at_rule in sheet.at_rules:
@@ -499,7 +499,7 @@ def _selector_usages(selector: Selector, known: Mapping[str, Feature], where: st
             yield use("css-selector-attribute", "attribute selector")
         if (part.tag not in (None, "*")) + len(part.ids) + len(part.classes) + len(part.attributes) > 1:
             yield use("css-selector-chaining", "chained selectors (a.b)")
-        for name, _ in part.pseudo_classes:
+        for name in part.pseudo_classes:
             yield use(f"css-pseudo-class-{name}", f":{name} pseudo-class")
         for name in part.pseudo_elements:
             yield use(f"css-pseudo-element-{name}", f"::{name} pseudo-element")
@@ -545,7 +545,7 @@ def _short(text: str, limit: int = 60) -> str:
 
 # --- the check ------------------------------------------------------------------------
 
-_LEVEL_FINDINGS = {
+_LEVEL_FINDINGS: dict[str, tuple[Severity, str, str]] = {
     "n": ("warning", "compat-unsupported", "not supported in"),
     "a": ("info", "compat-partial", "only partly supported in"),
     "u": ("info", "compat-untested", "not tested by caniemail in"),
@@ -564,7 +564,7 @@ def check_compat(
     *,
     clients: Sequence[str] = DEFAULT_CLIENTS,
     accepted: Iterable[Accepted] = (),
-) -> list[PreflightFinding]:
+) -> list[Finding]:
     """What the chosen clients don't support, support partly, or weren't tested with; then the unknowns.
 
     One finding per feature and level, naming the clients, up to three places where the
@@ -593,7 +593,7 @@ def check_compat(
                 tally.targets.setdefault(target, version)
                 tally.places.append(usage.where)
     choices = list(accepted)
-    findings: list[PreflightFinding] = []
+    findings: list[Finding] = []
     for (slug, level), tally in sorted(tallies.items(), key=lambda item: ("nau".index(item[0][1]), item[0][0])):
         feature = data.features[slug]
         severity, check, phrase = _LEVEL_FINDINGS[level]
@@ -603,9 +603,10 @@ def check_compat(
         reason = _accepted_reason(choices, slug, tally.targets)
         if reason:
             severity, message = "info", f"{message}: accepted, {reason}"
-        findings.append(PreflightFinding(severity, check, message, where_list(tally.places), feature.url))
+        findings.append(Finding(severity, check, message, where_list(tally.places), feature.url,
+                                accepted=bool(reason)))
     for label, places in unknown.items():
-        findings.append(PreflightFinding(
+        findings.append(Finding(
             "info", "compat-unknown", f"support for the {label} is unknown: caniemail has no data on it",
             where_list(places),
         ))

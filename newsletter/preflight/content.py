@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
@@ -22,10 +21,10 @@ from newsletter.models import (
     Quote,
     Strong,
 )
+from newsletter.preflight.finding import Finding, Severity
 
 __all__ = [
     "DIRECTION_CONTROLS",
-    "Finding",
     "GMAIL_CLIP_BYTES",
     "MAX_SUBJECT",
     "MAX_TEXT_COLUMNS",
@@ -43,42 +42,18 @@ MAX_TEXT_COLUMNS = 78
 #: (U+2066–U+2069). Invisible, they reorder the text after them: "Invoice \u202egpj.exe\u202c" shows as
 #: "Invoice exe.jpg" (the "Trojan Source" trick, CVE-2021-42574).
 DIRECTION_CONTROLS = frozenset(chr(code) for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
-_SEVERITIES = ("error", "warning", "info")
 _URL_LINE_RE = re.compile(r"^\s*(\[\d+\]\s*)?<?[a-z][a-z0-9+.-]*:\S+>?$")
 _DIRECTION_RE = re.compile("[" + "".join(sorted(DIRECTION_CONTROLS)) + "]")
 # the data: images an issue may have (issues.py keeps exactly these as images); the compat check says who shows them
 _DATA_IMAGE_RE = re.compile(r"data:image/(gif|png|jpeg|webp);", re.I)
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One thing the check found: where, how bad, and what to do."""
-
-    source: str
-    line: int
-    severity: str  # error | warning | info
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.severity}: {self.message} [{self.code}]"
-
-    def as_dict(self) -> dict[str, object]:
-        """The finding as a JSON-ready mapping."""
-        return asdict(self)
-
-    @property
-    def counts(self) -> bool:
-        """Whether this finding makes ``check`` exit 1 (info doesn't)."""
-        return self.severity != "info"
-
-
 def check_issue(issue: Issue) -> list[Finding]:
     """Findings about the parsed issue itself: subject, preheader, links, images."""
     found: list[Finding] = []
 
-    def add(line: int, severity: str, code: str, message: str) -> None:
-        found.append(Finding(issue.source, line, severity, code, message))
+    def add(line: int, severity: Severity, code: str, message: str) -> None:
+        found.append(Finding(severity, code, message, source=issue.source, line=line))
 
     if len(issue.subject) > MAX_SUBJECT:
         add(issue.line_of("subject"), "warning", "subject-length",
@@ -104,22 +79,22 @@ def check_rendered(source: str, html: str, text: str) -> list[Finding]:
     found: list[Finding] = []
     size = len(html.encode("utf-8"))
     if size >= GMAIL_CLIP_BYTES:
-        found.append(Finding(source, 1, "error", "gmail-clip",
-                             f"HTML is {size / 1024:.1f} KB; Gmail clips messages over 102 KB"))
+        found.append(Finding("error", "gmail-clip", f"HTML is {size / 1024:.1f} KB; Gmail clips messages over 102 KB",
+                             source=source))
     elif size >= GMAIL_CLIP_BYTES * 0.85:
-        found.append(Finding(source, 1, "warning", "gmail-clip",
-                             f"HTML is {size / 1024:.1f} KB, close to Gmail's 102 KB clip"))
+        found.append(Finding("warning", "gmail-clip", f"HTML is {size / 1024:.1f} KB, close to Gmail's 102 KB clip",
+                             source=source))
     images = _ImageAudit()
     images.feed(html)
     for src in images.missing_alt:
-        found.append(Finding(source, 1, "error", "image-alt", f"image '{src}' in the HTML has no alt attribute"))
+        found.append(Finding("error", "image-alt", f"image '{src}' in the HTML has no alt attribute", source=source))
     for src in images.missing_size:
-        found.append(Finding(source, 1, "info", "image-size",
-                             f"image '{src}' has no height; give its size as ![alt](url \"600x400\")"))
+        found.append(Finding("info", "image-size",
+                             f"image '{src}' has no height; give its size as ![alt](url \"600x400\")", source=source))
     for number, line in enumerate(text.splitlines(), 1):
         if len(line) > MAX_TEXT_COLUMNS and not _URL_LINE_RE.match(line):
-            found.append(Finding(source, 1, "warning", "text-width",
-                                 f"text line {number} is {len(line)} columns (over {MAX_TEXT_COLUMNS})"))
+            found.append(Finding("warning", "text-width",
+                                 f"text line {number} is {len(line)} columns (over {MAX_TEXT_COLUMNS})", source=source))
     return found
 
 
@@ -145,9 +120,10 @@ def check_source(source: str, text: str) -> list[Finding]:
         if start + 80 < len(line):
             shown += "…"
         found.append(Finding(
-            source, number, "warning", "direction-control",
+            "warning", "direction-control",
             f"invisible {what} (from column {controls[0].start() + 1}): they reorder the text shown after them, "
             f"so that it can pass for other text; remove them unless right-to-left text needs them: {shown}",
+            source=source, line=number,
         ))
     return found
 

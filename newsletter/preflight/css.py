@@ -1,20 +1,28 @@
-"""A small CSS reader for the preflight checks: style sheets, declarations, selectors.
+"""An email's CSS, read by tinycss2; its selectors parsed and matched by cssselect2 (both Kozea).
 
-It reads what an email's ``<style>`` blocks and ``style`` attributes hold: style rules,
-``@media``/``@supports`` blocks (their rules carry the conditions they sit in), other
-at-rules (recorded, not entered), ``!important``, comments. Selectors are parsed into
-compound parts so a check can ask what a selector *uses* (combinators, pseudo-classes …)
-and whether it *matches* an element of :mod:`newsletter.preflight.htmldom`.
+tinycss2 reads the ``<style>`` blocks and ``style`` attributes: style rules, the rules
+inside ``@media``/``@supports`` blocks (they carry the conditions they sit in), other
+at-rules (recorded, not entered), ``!important``, comments, CSS nesting. cssselect2 parses
+each selector (escapes, ``:is()``/``:not()``/``:has()``, ``[x="a" i]`` …) into what a
+check can ask it *uses* (combinators, pseudo-classes …), and compiles it to *match* lxml
+elements; its specificity is the selector's.
 
 Dynamic pseudo-classes (``:hover``, ``:focus`` …) never match: the checks look at the
-message as it first appears.
+message as it first appears. A selector cssselect2 parses but can't match (an unknown
+pseudo-class) is kept for what it uses and never matches; one it can't parse is left out,
+and the others of its list stay.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cssselect2
+import tinycss2
+from cssselect2 import parser as selectors
 
 from newsletter.preflight.htmldom import Element
 
@@ -29,19 +37,19 @@ __all__ = [
     "parse_declarations",
     "parse_selector_list",
     "parse_stylesheet",
-    "specificity",
+    "serialize",
+    "wrap",
 ]
 
 # At-rules whose block holds style rules; any other block at-rule is recorded, not entered.
 _CONDITIONAL_AT_RULES = frozenset({"media", "supports", "document", "-moz-document", "layer", "container"})
-_COMMENT = re.compile(r"/\*.*?(\*/|\Z)", re.S)
-_IMPORTANT = re.compile(r"!\s*important\s*$", re.I)
-_AT_NAME = re.compile(r"@(-?[a-zA-Z][\w-]*)")
+# A default namespace no element has: parsed with it, "*" leaves a trace (cssselect2 drops a bare "*").
+_UNIVERSAL = "urn:newsletter:universal"
 
 
 @dataclass(frozen=True)
 class Declaration:
-    """``name: value [!important]``; the name in lower case, the value as written (trimmed)."""
+    """``name: value [!important]``; the name in lower case, the value as written (trimmed, no comments)."""
 
     name: str
     value: str
@@ -50,31 +58,25 @@ class Declaration:
 
 @dataclass(frozen=True)
 class Compound:
-    """A compound selector: ``div.card#top[lang]:first-child::before``."""
+    """A compound selector, as what it uses: ``div.card#top[lang]:first-child::before``."""
 
     tag: str | None = None  # None when absent; "*" for the universal selector
     ids: tuple[str, ...] = ()
     classes: tuple[str, ...] = ()
-    attributes: tuple[tuple[str, str, str], ...] = ()  # (name, operator or "", value)
-    pseudo_classes: tuple[tuple[str, str], ...] = ()  # (name, argument or "")
+    attributes: tuple[str, ...] = ()  # the attribute names
+    pseudo_classes: tuple[str, ...] = ()  # the names, in lower case
     pseudo_elements: tuple[str, ...] = ()
 
-    @property
-    def simple_count(self) -> int:
-        """How many simple selectors are chained in it (``a.b`` is 2)."""
-        return (
-            (self.tag is not None) + len(self.ids) + len(self.classes) + len(self.attributes)
-            + len(self.pseudo_classes) + len(self.pseudo_elements)
-        )
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Selector:
     """A complex selector: compounds joined by combinators (" ", ">", "+", "~"), left to right."""
 
     text: str
     parts: tuple[Compound, ...]
     combinators: tuple[str, ...]  # len(parts) - 1 of them
+    specificity: tuple[int, int, int]  # (ids, classes + attributes + pseudo-classes, types + pseudo-elements)
+    compiled: Any  # cssselect2's CompiledSelector; None when it never matches an element
 
 
 @dataclass(frozen=True)
@@ -97,386 +99,195 @@ class AtRule:
     conditions: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stylesheet:
     """Everything read from one style sheet, in source order."""
 
-    rules: list[StyleRule] = field(default_factory=list)
-    at_rules: list[AtRule] = field(default_factory=list)
+    rules: tuple[StyleRule, ...] = ()
+    at_rules: tuple[AtRule, ...] = ()
     has_comments: bool = False
 
 
+def serialize(tokens: Iterable[Any]) -> str:
+    """tinycss2 tokens back to text, white space collapsed: how a message shows a prelude or a value."""
+    return " ".join(_written(tokens).split())
+
+
+def _written(tokens: Iterable[Any]) -> str:
+    """The tokens as written (tinycss2 keeps each one's representation; strings get double quotes).
+
+    ``tinycss2.serialize`` would put ``/**/`` between tokens that could run together when
+    read again (``2n/**/+1``); a message wants the text as its author wrote it.
+    """
+    parts: list[str] = []
+    for token in tokens:
+        if token.type == "function":
+            parts.append(f"{tinycss2.serializer.serialize_identifier(token.name)}({_written(token.arguments)})")
+        elif token.type in ("() block", "[] block", "{} block"):
+            parts.append(f"{token.type[0]}{_written(token.content)}{token.type[1]}")
+        else:
+            parts.append(tinycss2.serialize([token]))
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=256)
 def parse_stylesheet(text: str, *, conditions: tuple[str, ...] = ()) -> Stylesheet:
-    """Read a style sheet; ``conditions`` are put around every rule (a ``<style media>``, say)."""
-    sheet = Stylesheet(has_comments=bool(_COMMENT.search(text)))
-    _read_block(_COMMENT.sub(" ", text), conditions, sheet)
-    return sheet
+    """Read a style sheet; ``conditions`` are put around every rule (a ``<style media>``, say).
+
+    Cached: the checks read the same ``<style>`` blocks once per client and colour scheme.
+    """
+    rules: list[StyleRule] = []
+    at_rules: list[AtRule] = []
+    _read_rules(tinycss2.parse_stylesheet(text, skip_comments=True, skip_whitespace=True), conditions,
+                rules, at_rules)
+    return Stylesheet(tuple(rules), tuple(at_rules), "/*" in text and _has_comment(text))
 
 
-def parse_declarations(text: str) -> list[Declaration]:
+@functools.lru_cache(maxsize=4096)
+def parse_declarations(text: str) -> tuple[Declaration, ...]:
     """The declarations of a ``style`` attribute or a rule's block (empty and broken ones dropped)."""
-    found: list[Declaration] = []
-    for part in _split_top(_COMMENT.sub(" ", text), ";"):
-        name, colon, value = part.partition(":")
-        name = name.strip().lower()
-        if not colon or not name or not re.fullmatch(r"-{0,2}[a-z_][\w-]*", name):
-            continue
-        value = value.strip()
-        important = bool(_IMPORTANT.search(value))
-        if important:
-            value = _IMPORTANT.sub("", value).strip()
-        if value:
-            found.append(Declaration(name, value, important))
-    return found
-
-
-def _read_block(text: str, conditions: tuple[str, ...], sheet: Stylesheet) -> None:
-    position = 0
-    while position < len(text):
-        stop = _find_top(text, "{;}", position)
-        if stop < 0:
-            break
-        prelude = " ".join(text[position:stop].split())
-        if text[stop] == "}":  # a stray closing brace: skip it
-            position = stop + 1
-            continue
-        if text[stop] == ";":
-            if prelude.startswith("@"):
-                sheet.at_rules.append(_at_rule(prelude, conditions))
-            position = stop + 1
-            continue
-        end = _matching_brace(text, stop)
-        inner = text[stop + 1:end]
-        position = end + 1
-        if prelude.startswith("@"):
-            rule = _at_rule(prelude, conditions)
-            sheet.at_rules.append(rule)
-            if rule.name in _CONDITIONAL_AT_RULES:
-                _read_block(inner, (*conditions, prelude), sheet)
-        elif prelude:
-            nested = _find_top(inner, "{", 0) >= 0
-            body = _strip_nested(inner) if nested else inner
-            sheet.rules.append(StyleRule(
-                prelude, tuple(parse_selector_list(prelude)), tuple(parse_declarations(body)), conditions, nested,
-            ))
-
-
-def _at_rule(prelude: str, conditions: tuple[str, ...]) -> AtRule:
-    match = _AT_NAME.match(prelude)
-    name = match.group(1).lower() if match else ""
-    return AtRule(name, prelude[len(name) + 1:].strip(), conditions)
-
-
-def _strip_nested(block: str) -> str:
-    """The declarations of a block with its nested rules taken out."""
-    kept: list[str] = []
-    position = 0
-    while True:
-        brace = _find_top(block, "{", position)
-        if brace < 0:
-            kept.append(block[position:])
-            return "".join(kept)
-        start = max(block.rfind(";", position, brace), block.rfind("}", position, brace)) + 1
-        kept.append(block[position:max(start, position)] + ";")
-        position = _matching_brace(block, brace) + 1
-
-
-def _find_top(text: str, chars: str, start: int) -> int:
-    """The index of the first of ``chars`` outside strings and brackets, or -1."""
-    depth = 0
-    quote = ""
-    index = start
-    while index < len(text):
-        char = text[index]
-        if quote:
-            if char == "\\":
-                index += 1
-            elif char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char in "([" and char not in chars:
-            depth += 1
-        elif char in ")]" and depth:
-            depth -= 1
-        elif depth == 0 and char in chars:
-            return index
-        index += 1
-    return -1
-
-
-def _matching_brace(text: str, opening: int) -> int:
-    depth = 0
-    index = opening
-    while index < len(text):
-        found = _find_top(text, "{}", index)
-        if found < 0:
-            return len(text)
-        depth += 1 if text[found] == "{" else -1
-        if depth == 0:
-            return found
-        index = found + 1
-    return len(text)
-
-
-def _split_top(text: str, separator: str) -> Iterator[str]:
-    position = 0
-    while True:
-        found = _find_top(text, separator, position)
-        if found < 0:
-            yield text[position:]
-            return
-        yield text[position:found]
-        position = found + 1
-
-
-# --- selectors -------------------------------------------------------------------
-
-_IDENT = r"-?(?:[_a-zA-Z]|[^\x00-\x7f]|\\.)(?:[\w-]|[^\x00-\x7f]|\\.)*"
-_TOKEN = re.compile(
-    rf"""(?P<space>\s*(?P<comb>[>+~])\s*|\s+)
-      | (?P<tag>{_IDENT}|\*)(?:\|(?P<tag2>{_IDENT}|\*))?
-      | \#(?P<id>(?:[\w-]|[^\x00-\x7f]|\\.)+)
-      | \.(?P<cls>{_IDENT})
-      | \[\s*(?P<attr>{_IDENT})\s*(?:(?P<op>[~|^$*]?=)\s*(?P<val>"[^"]*"|'[^']*'|[^\s\]]+)\s*(?:[is]\s*)?)?\]
-      | (?P<pe>::)(?P<pename>{_IDENT})
-      | :(?P<pc>{_IDENT})(?:\((?P<arg>(?:[^()]|\([^()]*\))*)\))?
-    """,
-    re.X,
-)
-# Pseudo-classes written with one colon that are really pseudo-elements (CSS 2 spelling).
-_LEGACY_PSEUDO_ELEMENTS = frozenset({"before", "after", "first-line", "first-letter"})
+    return tuple(_declarations(tinycss2.parse_blocks_contents(text, skip_comments=True, skip_whitespace=True)))
 
 
 def parse_selector_list(text: str) -> list[Selector]:
     """``a, b > c`` as selectors; a selector that can't be read is left out."""
-    selectors = []
-    for part in _split_top(text, ","):
-        selector = _parse_selector(part.strip())
-        if selector is not None:
-            selectors.append(selector)
-    return selectors
+    return _selector_list(tinycss2.parse_component_value_list(text, skip_comments=True))
 
 
-@dataclass
-class _CompoundBuilder:
-    tag: str | None = None
-    ids: list[str] = field(default_factory=list)
-    classes: list[str] = field(default_factory=list)
-    attributes: list[tuple[str, str, str]] = field(default_factory=list)
-    pseudo_classes: list[tuple[str, str]] = field(default_factory=list)
-    pseudo_elements: list[str] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return self.tag is None and not (self.ids or self.classes or self.attributes or self.pseudo_classes
-                                         or self.pseudo_elements)
-
-    def build(self) -> Compound:
-        return Compound(self.tag, tuple(self.ids), tuple(self.classes), tuple(self.attributes),
-                        tuple(self.pseudo_classes), tuple(self.pseudo_elements))
-
-
-def _parse_selector(text: str) -> Selector | None:
-    if not text:
-        return None
-    parts: list[Compound] = []
-    combinators: list[str] = []
-    current = _CompoundBuilder()
-    pending = ""  # the combinator seen since the last compound
-    position = 0
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if not match or match.end() == position:
-            return None
-        position = match.end()
-        if match.group("space") is not None:
-            if current.empty:
-                if match.group("comb") and not parts:
-                    return None  # a leading combinator: not a selector we read
-                pending = match.group("comb") or pending
-                continue
-            parts.append(current.build())
-            current = _CompoundBuilder()
-            pending = match.group("comb") or " "
-            continue
-        if pending and parts and len(combinators) < len(parts):
-            combinators.append(pending)
-        pending = ""
-        if match.group("tag"):
-            current.tag = (match.group("tag2") or match.group("tag")).lower()
-        elif match.group("id"):
-            current.ids.append(match.group("id"))
-        elif match.group("cls"):
-            current.classes.append(match.group("cls"))
-        elif match.group("attr"):
-            value = match.group("val") or ""
-            if value[:1] in "\"'":
-                value = value[1:-1]
-            current.attributes.append((match.group("attr").lower(), match.group("op") or "", value))
-        elif match.group("pe"):
-            current.pseudo_elements.append(match.group("pename").lower())
-        elif match.group("pc"):
-            name = match.group("pc").lower()
-            if name in _LEGACY_PSEUDO_ELEMENTS:
-                current.pseudo_elements.append(name)
-            else:
-                current.pseudo_classes.append((name, (match.group("arg") or "").strip()))
-    if not current.empty:
-        parts.append(current.build())
-    if not parts or len(combinators) != len(parts) - 1:
-        return None
-    return Selector(" ".join(text.split()), tuple(parts), tuple(combinators))
-
-
-def specificity(selector: Selector) -> tuple[int, int, int]:
-    """(ids, classes + attributes + pseudo-classes, types + pseudo-elements), as CSS counts them."""
-    ids = classes = types = 0
-    for part in selector.parts:
-        a, b, c = _compound_specificity(part)
-        ids, classes, types = ids + a, classes + b, types + c
-    return ids, classes, types
-
-
-def _compound_specificity(part: Compound) -> tuple[int, int, int]:
-    ids = len(part.ids)
-    classes = len(part.classes) + len(part.attributes)
-    types = len(part.pseudo_elements) + (part.tag not in (None, "*"))
-    for name, argument in part.pseudo_classes:
-        if name in ("not", "is", "has"):
-            inner = [specificity(selector) for selector in parse_selector_list(argument)]
-            if inner:
-                a, b, c = max(inner)
-                ids, classes, types = ids + a, classes + b, types + c
-        elif name != "where":
-            classes += 1
-    return ids, classes, types
+def wrap(root: Element) -> dict[Element, Any]:
+    """cssselect2's view of every element under ``root`` (its ElementWrapper), for matching."""
+    return {wrapper.etree_element: wrapper
+            for wrapper in cssselect2.ElementWrapper.from_html_root(root).iter_subtree()}
 
 
 def matches(selector: Selector, element: Element) -> bool:
     """Whether ``selector`` matches ``element`` (a selector with a pseudo-element never does)."""
-    if any(part.pseudo_elements for part in selector.parts):
+    if selector.compiled is None:
         return False
-    return _match_from(selector, len(selector.parts) - 1, element)
+    root = element
+    while (parent := root.getparent()) is not None:
+        root = parent
+    return bool(selector.compiled.test(wrap(root)[element]))
 
 
-def _match_from(selector: Selector, index: int, element: Element) -> bool:
-    if not _match_compound(selector.parts[index], element):
-        return False
-    if index == 0:
-        return True
-    combinator = selector.combinators[index - 1]
-    if combinator == ">":
-        parent = _parent(element)
-        return parent is not None and _match_from(selector, index - 1, parent)
-    if combinator == " ":
-        return any(_match_from(selector, index - 1, ancestor) for ancestor in _element_ancestors(element))
-    siblings = _previous_siblings(element)
-    if combinator == "+":
-        return bool(siblings) and _match_from(selector, index - 1, siblings[0])
-    return any(_match_from(selector, index - 1, sibling) for sibling in siblings)
-
-
-def _parent(element: Element) -> Element | None:
-    parent = element.parent
-    return parent if parent is not None and parent.tag != "#document" else None
-
-
-def _element_ancestors(element: Element) -> Iterator[Element]:
-    return (ancestor for ancestor in element.ancestors() if ancestor.tag != "#document")
-
-
-def _previous_siblings(element: Element) -> list[Element]:
-    """The element siblings before ``element``, nearest first."""
-    if element.parent is None:
-        return []
-    siblings = element.parent.elements
-    return list(reversed(siblings[:next(i for i, s in enumerate(siblings) if s is element)]))
-
-
-def _match_compound(part: Compound, element: Element) -> bool:
-    if part.tag not in (None, "*") and part.tag != element.tag:
-        return False
-    if any(element.get("id") != wanted for wanted in part.ids):
-        return False
-    classes = element.classes
-    if any(wanted not in classes for wanted in part.classes):
-        return False
-    if not all(_match_attribute(element, *attribute) for attribute in part.attributes):
-        return False
-    return all(_match_pseudo(element, name, argument) for name, argument in part.pseudo_classes)
-
-
-def _match_attribute(element: Element, name: str, operator: str, wanted: str) -> bool:
-    value = element.get(name)
-    if value is None:
-        return False
-    if operator == "":
-        return True
-    if operator == "=":
-        return value == wanted
-    if operator == "~=":
-        return wanted in value.split()
-    if operator == "|=":
-        return value == wanted or value.startswith(wanted + "-")
-    if operator == "^=":
-        return bool(wanted) and value.startswith(wanted)
-    if operator == "$=":
-        return bool(wanted) and value.endswith(wanted)
-    return bool(wanted) and wanted in value  # *=
-
-
-def _match_pseudo(element: Element, name: str, argument: str) -> bool:
-    parent = element.parent
-    siblings = parent.elements if parent is not None else [element]
-    same_type = [sibling for sibling in siblings if sibling.tag == element.tag]
-    if name == "root":
-        return _parent(element) is None
-    if name in ("link", "any-link"):
-        return element.tag in ("a", "area") and element.get("href") is not None
-    if name in ("first-child", "last-child", "only-child", "first-of-type", "last-of-type", "only-of-type"):
-        pool = same_type if name.endswith("of-type") else siblings
-        first, last = pool[0] is element, pool[-1] is element
-        return {"first": first, "last": last, "only": first and last}[name.split("-")[0]]
-    if name in ("nth-child", "nth-last-child", "nth-of-type", "nth-last-of-type"):
-        pool = same_type if name.endswith("of-type") else siblings
-        if "last" in name:
-            pool = list(reversed(pool))
-        position = next(i for i, sibling in enumerate(pool) if sibling is element) + 1
-        return _nth(argument, position)
-    if name == "not":
-        return not any(matches(selector, element) for selector in parse_selector_list(argument))
-    if name in ("is", "where", "matches", "-webkit-any"):
-        return any(matches(selector, element) for selector in parse_selector_list(argument))
-    if name == "lang":
-        wanted = argument.strip("\"' ").lower()
-        for node in (element, *element.ancestors()):
-            lang = node.get("lang")
-            if lang is not None:
-                return lang.lower() == wanted or lang.lower().startswith(wanted + "-")
-        return False
-    if name == "empty":
-        return not element.children or all(
-            not isinstance(child, Element) and not child.text for child in element.children
-        )
-    # :hover, :focus, :active, :visited, :checked, :target …: states a static look never has
+def _has_comment(text: str) -> bool:
+    """Whether the tokenizer finds a comment (a ``/*`` in a string or a URL is none)."""
+    pending = list(tinycss2.parse_component_value_list(text, skip_comments=False))
+    while pending:
+        token = pending.pop()
+        if token.type == "comment":
+            return True
+        pending.extend(getattr(token, "content", None) or getattr(token, "arguments", None) or ())
     return False
 
 
-def _nth(expression: str, position: int) -> bool:
-    text = expression.replace(" ", "").lower()
-    if text == "odd":
-        text = "2n+1"
-    elif text == "even":
-        text = "2n"
-    match = re.fullmatch(r"([+-]?\d*)n([+-]\d+)?|([+-]?\d+)", text)
-    if not match:
-        return False
-    if match.group(3) is not None:
-        return position == int(match.group(3))
-    step_text = match.group(1)
-    step = -1 if step_text == "-" else int(step_text) if step_text not in ("", "+") else 1
-    offset = int(match.group(2) or 0)
-    if step == 0:
-        return position == offset
-    return (position - offset) % step == 0 and (position - offset) // step >= 0
+def _read_rules(nodes: Iterable[Any], conditions: tuple[str, ...], rules: list[StyleRule],
+                at_rules: list[AtRule]) -> None:
+    for node in nodes:
+        if node.type == "at-rule":
+            name = str(node.lower_at_keyword)
+            at_rules.append(AtRule(name, serialize(node.prelude), conditions))
+            if node.content is not None and name in _CONDITIONAL_AT_RULES:
+                inner = tinycss2.parse_rule_list(node.content, skip_comments=True, skip_whitespace=True)
+                condition = " ".join(f"@{node.at_keyword}{_written(node.prelude)}".split())
+                _read_rules(inner, (*conditions, condition), rules, at_rules)
+        elif node.type == "qualified-rule":
+            content = tinycss2.parse_blocks_contents(node.content, skip_comments=True, skip_whitespace=True)
+            nested = any(item.type in ("qualified-rule", "at-rule") for item in content)
+            rules.append(StyleRule(serialize(node.prelude), tuple(_selector_list(node.prelude)),
+                                   tuple(_declarations(content)), conditions, nested))
+        # a parse error: the rule is dropped, as browsers do
+
+
+def _declarations(items: Iterable[Any]) -> Iterator[Declaration]:
+    for item in items:
+        if item.type == "declaration":
+            value = _written(item.value).strip()
+            if value:
+                yield Declaration(str(item.lower_name), value, bool(item.important))
+
+
+# --- selectors -------------------------------------------------------------------
+
+
+def _selector_list(tokens: list[Any]) -> list[Selector]:
+    groups: list[list[Any]] = [[]]
+    for token in tokens:
+        if token.type == "literal" and token.value == ",":
+            groups.append([])
+        else:
+            groups[-1].append(token)
+    found = (_selector(group) for group in groups)
+    return [selector for selector in found if selector is not None]
+
+
+def _selector(tokens: list[Any]) -> Selector | None:
+    text = serialize(tokens)
+    while tokens and tokens[-1].type == "whitespace":
+        tokens = tokens[:-1]
+    pseudo_element: str | None = None
+    if len(tokens) > 3 and tokens[-3] == ":" and tokens[-2] == ":" and tokens[-1].type == "ident":
+        # A pseudo-element ends a selector; cssselect2 refuses those it doesn't know (::-webkit-scrollbar),
+        # which a check still wants to see used. No pseudo-element matches an element.
+        pseudo_element, tokens = str(tokens[-1].lower_value), tokens[:-3]
+    try:
+        [shape] = selectors.parse(tokens, {None: _UNIVERSAL})
+        [parsed] = selectors.parse(tokens)
+    except (selectors.SelectorError, ValueError):
+        return None
+    pseudo_element = pseudo_element or shape.pseudo_element
+    parts: list[Compound] = []
+    combinators: list[str] = []
+    node = shape.parsed_tree
+    while isinstance(node, selectors.CombinedSelector):
+        parts.append(_compound(node.right))
+        combinators.append(node.combinator)
+        node = node.left
+    parts.append(_compound(node))
+    parts.reverse()
+    combinators.reverse()
+    specificity = tuple(parsed.specificity)
+    compiled = None
+    if pseudo_element is not None:
+        last = parts[-1]
+        parts[-1] = Compound(last.tag, last.ids, last.classes, last.attributes, last.pseudo_classes, (pseudo_element,))
+        if parsed.pseudo_element is None:
+            specificity = (specificity[0], specificity[1], specificity[2] + 1)
+    else:
+        try:
+            compiled = cssselect2.compiler.CompiledSelector(parsed)
+        except (selectors.SelectorError, ValueError, NotImplementedError):
+            pass  # parsed, but cssselect2 can't tell what it matches (an unknown pseudo-class …)
+        if compiled is not None and compiled.never_matches:
+            compiled = None
+    return Selector(text, tuple(parts), tuple(combinators), (specificity[0], specificity[1], specificity[2]),
+                    compiled)
+
+
+def _compound(node: Any) -> Compound:
+    tag: str | None = None
+    ids: list[str] = []
+    classes: list[str] = []
+    attributes: list[str] = []
+    pseudo: list[str] = []
+    for simple in node.simple_selectors:
+        if isinstance(simple, selectors.LocalNameSelector):
+            tag = str(simple.lower_local_name)
+        elif isinstance(simple, selectors.NamespaceSelector):
+            if simple.namespace == _UNIVERSAL and tag is None:
+                tag = "*"
+        elif isinstance(simple, selectors.IDSelector):
+            ids.append(str(simple.ident))
+        elif isinstance(simple, selectors.ClassSelector):
+            classes.append(str(simple.class_name))
+        elif isinstance(simple, selectors.AttributeSelector):
+            attributes.append(str(simple.lower_name))
+        else:
+            pseudo.append(_pseudo_class_name(simple))
+    return Compound(tag, tuple(ids), tuple(classes), tuple(attributes), tuple(pseudo))
+
+
+def _pseudo_class_name(simple: Any) -> str:
+    logical = {selectors.NegationSelector: "not", selectors.MatchesAnySelector: "is",
+               selectors.SpecificityAdjustmentSelector: "where", selectors.RelationalSelector: "has"}
+    return logical.get(type(simple)) or str(simple.name)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from newsletter.errors import ConfigError, RenderError
 from newsletter.preflight.colour import AA_NORMAL_TEXT, RGBA, blend, contrast_ratio, parse_colour
-from newsletter.preflight.finding import PreflightFinding, where_list
+from newsletter.preflight.finding import Finding, where_list
 
 __all__ = [
     "CHROMIUM_FLAGS",
@@ -104,7 +104,7 @@ _TEXT_COLOURS_JS = """() => {
 class DarkModeReport:
     """What the browser check found, and the screenshots it wrote."""
 
-    findings: list[PreflightFinding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     screenshots: list[Path] = field(default_factory=list)
 
 
@@ -176,7 +176,7 @@ def check_dark_mode(
     return DarkModeReport(_findings(samples), written)
 
 
-def _findings(samples: dict[str, list[dict[str, Any]]]) -> list[PreflightFinding]:
+def _findings(samples: dict[str, list[dict[str, Any]]]) -> list[Finding]:
     low: dict[tuple[str, str, str, float], list[str]] = {}
     unknown: list[str] = []
     over_image: list[str] = []
@@ -195,7 +195,7 @@ def _findings(samples: dict[str, list[dict[str, Any]]]) -> list[PreflightFinding
                 key = (scheme, str(colour), str(background), round(ratio, 2))
                 low.setdefault(key, []).append(f"{item['where']} '{item['text']}'")
     findings = [
-        PreflightFinding(
+        Finding(
             "warning", "darkmode-contrast",
             f"in Chromium's {scheme} scheme, text {colour} on {background} is {ratio:.2f}:1, "
             f"under {AA_NORMAL_TEXT}:1 (WCAG AA)",
@@ -203,10 +203,10 @@ def _findings(samples: dict[str, list[dict[str, Any]]]) -> list[PreflightFinding
         for (scheme, colour, background, ratio), places in low.items()
     ]
     if unknown:
-        findings.append(PreflightFinding("info", "darkmode-contrast", "a colour Chromium computed couldn't be read "
+        findings.append(Finding("info", "darkmode-contrast", "a colour Chromium computed couldn't be read "
                                          "(a newer colour space?): check the screenshots", where_list(unknown)))
     if over_image:
-        findings.append(PreflightFinding("info", "darkmode-contrast", "text over a background image: check its "
+        findings.append(Finding("info", "darkmode-contrast", "text over a background image: check its "
                                          "contrast in the screenshots", where_list(over_image)))
     return findings
 

@@ -18,12 +18,12 @@ from newsletter.config import Settings
 from newsletter.errors import IssueError
 from newsletter.issue.parse import load_issue
 from newsletter.models import Issue, RenderedIssue
-from newsletter.preflight.content import Finding, check_issue, check_rendered, check_source
+from newsletter.preflight.content import check_issue, check_rendered, check_source
+from newsletter.preflight.finding import Finding
 from newsletter.render.engine import render_issue
 
 if TYPE_CHECKING:
     from newsletter.preflight.compat import Accepted
-    from newsletter.preflight.finding import PreflightFinding
 
 __all__ = [
     "ACCESSIBILITY_CHECKS",
@@ -170,7 +170,7 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
         for client in chosen:
             counts = dict.fromkeys(COMPAT_KINDS, 0)
             for finding in check_compat(html, clients=[client], accepted=accepted):
-                counts[_compat_kind(finding.check, finding.message)] += 1
+                counts[_compat_kind(finding)] += 1
             table[client] = counts
         report.findings.extend(preflight_findings(issue, html, text, settings, clients=chosen))
         checks = FileChecks(issue.source, table)
@@ -179,7 +179,7 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
 
             dark = check_dark_mode(html, chromium=find_chromium({"NEWSLETTER_CHROMIUM": settings.chromium}),
                                    screenshots=screenshots, name=issue.slug if screenshots else "")
-            report.findings.extend(_finding(issue.source, finding) for finding in dark.findings)
+            report.findings.extend(finding.at(issue.source) for finding in dark.findings)
             checks = replace(checks, dark_mode_in_browser=True, screenshots=tuple(map(str, dark.screenshots)))
         report.files.append(checks)
     return report
@@ -203,16 +203,12 @@ def preflight_findings(issue: Issue, html: str, text: str, settings: Settings, *
     # (empty, a file name, only "photo") is reported here.
     found = [*check_compat(html, clients=clients, accepted=accepted_choices(issue, settings)),
              *check_accessibility(html, text, missing_alt=False)]
-    return [_finding(issue.source, finding) for finding in found]
+    return [finding.at(issue.source) for finding in found]
 
 
-def _finding(source: str, finding: PreflightFinding) -> Finding:
-    return Finding(source, 1, finding.severity, finding.check, str(finding))
-
-
-def _compat_kind(check: str, message: str) -> str:
-    if check == "compat-unknown":
+def _compat_kind(finding: Finding) -> str:
+    if finding.code == "compat-unknown":
         return "unknown"
-    if ": accepted, " in message:
+    if finding.accepted:
         return "accepted"
-    return {"compat-unsupported": "unsupported", "compat-partial": "partial"}.get(check, "untested")
+    return {"compat-unsupported": "unsupported", "compat-partial": "partial"}.get(finding.code, "untested")

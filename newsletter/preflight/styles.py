@@ -6,18 +6,27 @@ blocks whose ``@media`` conditions hold there, the ``style`` attributes and the
 specificity, order), with the defaults a browser adds (heading sizes, link colours, the
 dark canvas of a document that declares ``color-scheme: dark``). Only the properties the
 accessibility checks read are computed.
+
+The rules come from :mod:`~newsletter.preflight.css` (tinycss2); which of them apply to an
+element, and how specific they are, cssselect2's ``Matcher`` says; values (colours,
+lengths) are read with tinycss2. The media queries and the cascade itself are ours.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import cssselect2
+import tinycss2
 
 from newsletter.preflight.colour import RGBA, blend, parse_colour
-from newsletter.preflight.css import Declaration, StyleRule, matches, parse_declarations, parse_stylesheet, specificity
-from newsletter.preflight.htmldom import Document, Element
+from newsletter.preflight.css import Declaration, StyleRule, parse_declarations, parse_stylesheet, serialize, wrap
+from newsletter.preflight.htmldom import Document, Element, own_text, text_content
 
 __all__ = [
     "ComputedStyle",
@@ -39,7 +48,6 @@ _UA_FONT_SIZE = {"h1": "2em", "h2": "1.5em", "h3": "1.17em", "h4": "1em", "h5": 
 _NEVER_RENDERED = frozenset({"head", "title", "style", "script", "meta", "link", "template", "noscript"})
 _KEYWORD_SIZES = {"xx-small": 9.0, "x-small": 10.0, "small": 13.0, "medium": 16.0, "large": 18.0,
                   "x-large": 24.0, "xx-large": 32.0, "xxx-large": 48.0}
-_LENGTH = re.compile(r"(-?\d*\.?\d+)(px|pt|pc|em|rem|%|in|cm|mm|q)?", re.I)
 _FONT_SIZE_IN_SHORTHAND = re.compile(
     r"(?:^|\s)((?:\d*\.?\d+)(?:px|pt|pc|em|rem|%)|xx-small|x-small|small|medium|large|x-large|xx-large)(?:\s*/|\s|$)",
     re.I,
@@ -119,31 +127,34 @@ class StyledDocument:
         self.scheme: Scheme = scheme
         self.width = width
         self.rules = list(self._active_rules())
+        self._matcher = cssselect2.Matcher()
+        for index, rule in enumerate(self.rules):
+            for selector in rule.selectors:
+                if selector.compiled is not None:
+                    self._matcher.add_selector(selector.compiled, index)
+        self._wrappers = _wrappers(document)
         self.dark_canvas = scheme == "dark" and self._opts_into_dark()
         canvas_scheme: Scheme = "dark" if self.dark_canvas else "light"
         self.canvas = _CANVAS[canvas_scheme]
         self._canvas_text = _CANVAS_TEXT[canvas_scheme]
         self._link_text = _LINK_TEXT[canvas_scheme]
-        self._styles: dict[int, ComputedStyle] = {}
+        self._styles: dict[Element, ComputedStyle] = {}
 
     def style(self, element: Element) -> ComputedStyle:
         """The computed style of ``element`` (its ancestors' computed first, for inheritance)."""
-        key = id(element)
-        cached = self._styles.get(key)
+        cached = self._styles.get(element)
         if cached is None:
-            parent = element.parent
-            inherited = self.style(parent) if parent is not None and parent.tag != "#document" else None
+            parent = element.getparent()
+            inherited = self.style(parent) if parent is not None else None
             cached = self._compute(element, inherited)
-            self._styles[key] = cached
+            self._styles[element] = cached
         return cached
 
     def backdrop(self, element: Element) -> tuple[RGBA, bool]:
         """The opaque colour behind ``element``'s text, and whether an image may lie under the text."""
         layers: list[RGBA] = []
         image = False
-        for node in (element, *element.ancestors()):
-            if node.tag == "#document":
-                break
+        for node in (element, *element.iterancestors()):
             style = self.style(node)
             image = image or style.background_image
             if not style.background.transparent:
@@ -157,9 +168,9 @@ class StyledDocument:
 
     def text_elements(self) -> Iterator[Element]:
         """Every rendered element under ``<body>`` with text of its own (not just white space)."""
-        body = self.document.body or self.document.html
-        for element in body.iter():
-            if element.own_text().strip() and not self.style(element).hidden:
+        body = self.document.body
+        for element in (body if body is not None else self.document.html).iter():
+            if isinstance(element.tag, str) and own_text(element).strip() and not self.style(element).hidden:
                 yield element
 
     # --- the cascade ---------------------------------------------------------------
@@ -171,7 +182,7 @@ class StyledDocument:
             media = element.get("media")
             if media and not media_matches(media, scheme=self.scheme, width=self.width):
                 continue
-            sheet = parse_stylesheet(element.text_content())
+            sheet = parse_stylesheet(text_content(element))
             for rule in sheet.rules:
                 if all(self._condition_holds(condition) for condition in rule.conditions):
                     yield rule
@@ -196,15 +207,15 @@ class StyledDocument:
     def _declarations(self, element: Element) -> list[Declaration]:
         """The declarations that apply to ``element``, the winning one last for each property."""
         ranked: list[tuple[tuple[int, int, tuple[int, int, int], int], Declaration]] = []
+        best: dict[int, tuple[int, int, int]] = {}  # rule index -> the specificity of its best matching selector
+        wrapper = self._wrappers.get(element)
+        for specificity, _, _, index in self._matcher.match(wrapper) if wrapper is not None else ():
+            best[index] = max(best.get(index, specificity), specificity)
         order = 0
-        for rule in self.rules:
-            best = max((specificity(selector) for selector in rule.selectors if matches(selector, element)),
-                       default=None)
-            if best is None:
-                continue
-            for declaration in rule.declarations:
+        for index in sorted(best):
+            for declaration in self.rules[index].declarations:
                 order += 1
-                ranked.append(((int(declaration.important), 0, best, order), declaration))
+                ranked.append(((int(declaration.important), 0, best[index], order), declaration))
         for declaration in parse_declarations(element.get("style") or ""):
             order += 1
             ranked.append(((int(declaration.important), 1, (0, 0, 0), order), declaration))
@@ -257,38 +268,31 @@ class StyledDocument:
         return _hidden_by_box(values)
 
 
+# cssselect2's view of a document's elements, built once for the four views of one document
+_WRAPPERS: weakref.WeakKeyDictionary[Document, dict[Element, Any]] = weakref.WeakKeyDictionary()
+
+
+def _wrappers(document: Document) -> dict[Element, Any]:
+    found = _WRAPPERS.get(document)
+    if found is None:
+        found = _WRAPPERS[document] = wrap(document.root)
+    return found
+
+
 def _assign(values: dict[str, str], declaration: Declaration) -> None:
     name, value = declaration.name, declaration.value
     if name == "background":
         lowered = value.lower()
         values["background-image"] = value if "url(" in lowered or "gradient(" in lowered else "none"
-        colour = next((token for token in _tokens(value) if parse_colour(token) is not None), None)
-        values["background-color"] = colour or "transparent"
+        parts = (serialize([token]) for token in tinycss2.parse_component_value_list(value)
+                 if token.type != "whitespace")
+        values["background-color"] = next((part for part in parts if parse_colour(part) is not None), "transparent")
     elif name == "font":
         size = _FONT_SIZE_IN_SHORTHAND.search(value)
         if size:
             values["font-size"] = size.group(1)
     else:
         values[name] = value
-
-
-def _tokens(value: str) -> Iterator[str]:
-    """The space-separated parts of a value, keeping ``rgb(1, 2, 3)`` whole."""
-    depth = 0
-    current = ""
-    for char in value:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char.isspace() and depth == 0:
-            if current:
-                yield current
-            current = ""
-        else:
-            current += char
-    if current:
-        yield current
 
 
 def _hidden_by_box(values: dict[str, str]) -> bool:
@@ -312,15 +316,27 @@ def _number(text: str) -> float | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _quantity(value: str) -> tuple[float, str] | None:
+    """A number and its unit ("" for none, "%"), as tinycss2 reads them; None for anything else."""
+    token = tinycss2.parse_one_component_value(value, skip_comments=True)
+    if token.type == "dimension":
+        return float(token.value), str(token.lower_unit)
+    if token.type == "percentage":
+        return float(token.value), "%"
+    if token.type == "number":
+        return float(token.value), ""
+    return None
+
+
 def _length_px(value: str, em: float) -> float | None:
-    match = _LENGTH.fullmatch(value.strip())
-    if not match:
+    quantity = _quantity(value)
+    if quantity is None:
         return None
-    number = float(match.group(1))
-    unit = (match.group(2) or "").lower()
+    number, unit = quantity
     factors = {"": 1.0, "px": 1.0, "pt": 4 / 3, "pc": 16.0, "in": 96.0, "cm": 96 / 2.54, "mm": 96 / 25.4,
                "q": 96 / 101.6, "em": em, "%": em / 100, "rem": _ROOT_FONT_SIZE}
-    if unit == "" and number != 0:
+    if unit not in factors or (unit == "" and number != 0):
         return None  # a bare number is no length (except 0)
     return number * factors[unit]
 

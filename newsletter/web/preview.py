@@ -46,7 +46,8 @@ from newsletter.compose.sample import render_sample
 from newsletter.config import Settings, is_loopback
 from newsletter.errors import ConfigError, IssueError, NewsletterError
 from newsletter.preflight.compat import DEFAULT_CLIENTS
-from newsletter.preflight.content import GMAIL_CLIP_BYTES, Finding, check_issue, check_rendered, check_source
+from newsletter.preflight.content import GMAIL_CLIP_BYTES, check_issue, check_rendered, check_source
+from newsletter.preflight.finding import Finding
 from newsletter.preflight.report import preflight_findings
 from newsletter.render.engine import default_templates_dir
 from newsletter.web.security import MAX_BODY, SecurityHeaders, page_policy
@@ -490,7 +491,8 @@ def _findings_html(findings: tuple[Finding, ...]) -> str:
         return "<section id=\"findings\"><h2>Check</h2><p>No findings.</p></section>"
     items = "".join(
         f"<li><span class=\"sev-{escape(finding.severity)}\">{escape(finding.severity)}</span>"
-        f" line {finding.line}: {escape(finding.message)} <span class=\"muted\">[{escape(finding.code)}]</span></li>"
+        f" line {finding.line}: {escape(finding.full_message)}"
+        f" <span class=\"muted\">[{escape(finding.code)}]</span></li>"
         for finding in findings
     )
     counted = sum(1 for finding in findings if finding.counts)

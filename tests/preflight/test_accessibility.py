@@ -16,9 +16,9 @@ from newsletter.config import Settings
 from newsletter.models import RenderedIssue
 from newsletter.preflight.accessibility import check_accessibility, check_plain_text
 from newsletter.preflight.colour import contrast_ratio, parse_colour
-from newsletter.preflight.css import matches, parse_selector_list, specificity
-from newsletter.preflight.finding import PreflightFinding
-from newsletter.preflight.htmldom import parse_document
+from newsletter.preflight.css import matches, parse_selector_list
+from newsletter.preflight.finding import Finding
+from newsletter.preflight.htmldom import Element, own_text, parse_document
 from newsletter.preflight.styles import StyledDocument, media_matches
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "preflight"
@@ -28,8 +28,8 @@ def fixture(name: str) -> str:
     return (FIXTURES / name).read_text(encoding="utf-8")
 
 
-def found(findings: list[PreflightFinding], check: str) -> list[tuple[str, str]]:
-    return [(finding.severity, finding.where) for finding in findings if finding.check == check]
+def found(findings: list[Finding], check: str) -> list[tuple[str, str]]:
+    return [(finding.severity, finding.where) for finding in findings if finding.code == check]
 
 
 def test_good_fixture_passes_every_check() -> None:
@@ -44,7 +44,7 @@ def test_seed_passes_every_check(seed_rendered: RenderedIssue, settings: Setting
 
 def test_missing_lang_and_dir() -> None:
     findings = check_accessibility(fixture("no-lang.html"))
-    messages = [finding.message for finding in findings if finding.check == "a11y-lang"]
+    messages = [finding.message for finding in findings if finding.code == "a11y-lang"]
     assert len(messages) == 2
     assert "no lang attribute" in messages[0] and "no dir attribute" in messages[1]
     assert found(findings, "a11y-lang") == [("warning", "html"), ("warning", "html")]
@@ -78,14 +78,14 @@ def test_link_text_that_says_nothing() -> None:
 
 def test_low_contrast_in_the_light_scheme() -> None:
     findings = [finding for finding in check_accessibility(fixture("contrast-light.html"))
-                if finding.check == "a11y-contrast"]
+                if finding.code == "a11y-contrast"]
     assert findings and all(finding.where == "p.pale" for finding in findings)
     assert "#999999 on #ffffff is 2.85:1 in the light scheme" in findings[0].message
 
 
 def test_low_contrast_only_in_the_dark_scheme() -> None:
     findings = [finding for finding in check_accessibility(fixture("contrast-dark.html"))
-                if finding.check == "a11y-contrast"]
+                if finding.code == "a11y-contrast"]
     assert [(finding.where, finding.message.split(" is ")[0]) for finding in findings] == [
         ("p.forgotten", "text #33333a on #1c1c1f"),
     ]
@@ -168,7 +168,7 @@ def test_hidden_text_is_not_checked() -> None:
       <td style="font-size:0"> <div style="font-size:16px">sized</div></td>
     </body></html>""")
     styled = StyledDocument(document, scheme="light")
-    assert [element.own_text().strip() for element in styled.text_elements()] == ["shown", "sized"]
+    assert [own_text(element).strip() for element in styled.text_elements()] == ["shown", "sized"]
 
 
 def test_selectors_match_like_a_browser() -> None:
@@ -177,14 +177,14 @@ def test_selectors_match_like_a_browser() -> None:
     )
     p, span, em = (element for element in document.iter() if element.tag in ("p", "span", "em"))
 
-    def hit(selector: str, element: object) -> bool:
-        return any(matches(parsed, element) for parsed in parse_selector_list(selector))  # type: ignore[arg-type]
+    def hit(selector: str, element: Element) -> bool:
+        return any(matches(parsed, element) for parsed in parse_selector_list(selector))
 
     assert hit(".card td p.x", p) and hit(".card p", p) and not hit(".card > p", p)
     assert hit("p + span", span) and hit("p ~ em", em) and not hit("p + em", em)
     assert hit("td > :first-child", p) and hit("em:last-child", em) and hit("span:not(.x)", span)
     assert not hit("p.x:hover", p) and not hit("p::before", p)
-    assert specificity(parse_selector_list("#a .b p:hover")[0]) == (1, 2, 1)
+    assert parse_selector_list("#a .b p:hover")[0].specificity == (1, 2, 1)
 
 
 @pytest.mark.parametrize("query, scheme, width, expected", [

@@ -31,7 +31,7 @@ from newsletter.preflight.compat import (
     resolve_clients,
     target_name,
 )
-from newsletter.preflight.finding import PreflightFinding
+from newsletter.preflight.finding import Finding
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "preflight"
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "caniemail_data.py"
@@ -52,8 +52,8 @@ def url(slug: str) -> str:
     return f"https://www.caniemail.com/features/{slug}/"
 
 
-def by_feature(findings: list[PreflightFinding], check: str) -> dict[str, PreflightFinding]:
-    return {finding.url: finding for finding in findings if finding.check == check}
+def by_feature(findings: list[Finding], check: str) -> dict[str, Finding]:
+    return {finding.url: finding for finding in findings if finding.code == check}
 
 
 # --- the packaged data ------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_risky_fixture_says_where_and_reports_unknown_features_as_unknown() -> N
     findings = check_compat(fixture("compat-risky.html"))
     flex = by_feature(findings, "compat-unsupported")[url("css-display-flex")]
     assert flex.where == "div.row[style]"
-    unknown = [finding for finding in findings if finding.check == "compat-unknown"]
+    unknown = [finding for finding in findings if finding.code == "compat-unknown"]
     assert [(finding.severity, finding.where) for finding in unknown if "zoom" in finding.message] == [
         ("info", "div.row[style]"),
     ]

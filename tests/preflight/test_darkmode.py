@@ -41,7 +41,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_text_that_loses_its_contrast_in_dark_mode_is_found(chromium: Path) -> None:
     report = check_dark_mode(fixture("contrast-dark.html"), chromium=chromium)
-    assert [(finding.severity, finding.check) for finding in report.findings] == [("warning", "darkmode-contrast")]
+    assert [(finding.severity, finding.code) for finding in report.findings] == [("warning", "darkmode-contrast")]
     finding = report.findings[0]
     assert "dark scheme, text #33333a on #1c1c1f is 1.36:1" in finding.message
     assert finding.where.startswith("p.forgotten 'Dark on dark")
