@@ -14,6 +14,7 @@ retry_max below retry_initial, a password over plain SMTP) is checked by hand, a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -153,19 +154,28 @@ def _mailbox(part: Literal["name", "address", "whole"]) -> _Kind:
         text = _text(value, where)
         if part == "whole" and not text:
             return text
-        # parseaddr keeps the first of several addresses and drops the rest without a word.
-        if len(getaddresses([text])) > 1:
-            raise where.error(f" '{text}' holds more than one address; give exactly one"
-                              " (a name with a comma goes in quotes: '\"Doe, J.\" <j@example.com>')")
-        name, address = parseaddr(text)  # strict= only exists from 3.11.10; the checks below are stricter
-        try:
-            Address(display_name=name, addr_spec=address)
-        except (ValueError, IndexError) as exc:
-            raise where.error(f" '{text}' is not an address") from exc
-        if not _ADDR_SPEC_RE.match(address):
-            raise where.error(f" '{text}' is not an address (e.g. 'The Briefing <b@example.com>')")
-        return {"name": name, "address": address, "whole": text}[part]
+        parsed = _split_mailbox(text)
+        if isinstance(parsed, str):
+            raise where.error(parsed)
+        return {"name": parsed[0], "address": parsed[1], "whole": text}[part]
     return check
+
+
+@functools.lru_cache(maxsize=8)  # [sender] from is read twice, for its name and for its address
+def _split_mailbox(text: str) -> tuple[str, str] | str:
+    """The display name and address of the one address in ``text``, or what is wrong with it."""
+    # parseaddr keeps the first of several addresses and drops the rest without a word.
+    if len(getaddresses([text])) > 1:
+        return (f" '{text}' holds more than one address; give exactly one"
+                " (a name with a comma goes in quotes: '\"Doe, J.\" <j@example.com>')")
+    name, address = parseaddr(text)  # strict= only exists from 3.11.10; the checks below are stricter
+    try:
+        Address(display_name=name, addr_spec=address)
+    except (ValueError, IndexError):
+        return f" '{text}' is not an address"
+    if not _ADDR_SPEC_RE.match(address):
+        return f" '{text}' is not an address (e.g. 'The Briefing <b@example.com>')"
+    return name, address
 
 
 def _plain_address(value: object, where: _Where) -> str:
@@ -349,6 +359,11 @@ def _declared(settings: type[Any] = Settings, table: str = "") -> Iterator[tuple
 
 def known_keys() -> dict[str, tuple[str, ...]]:
     """Every table of newsletter.toml and the keys it may hold, sorted: what the dataclasses declare."""
+    return dict(_known_keys())
+
+
+@functools.cache  # the declarations don't change; every load checks the file's keys against them
+def _known_keys() -> Mapping[str, tuple[str, ...]]:
     known: dict[str, set[str]] = {}
     for _, name, declared, table in _declared():
         known.setdefault(table, set()).add(declared.name or name)
@@ -436,7 +451,7 @@ def _values(settings: type[Any], table: str, data: Mapping[str, Any], path: Path
 
 
 def _check_keys(data: dict[str, Any], path: Path) -> None:
-    known = known_keys()
+    known = _known_keys()
     for table, values in data.items():
         if table not in known:
             raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join(known)})")
