@@ -3,21 +3,29 @@
 ``load_settings`` is the only reader of the environment in the package. Without a
 config file the embedded defaults apply: a local capture SMTP server on
 127.0.0.1:8025, ``newsletter.db`` and ``issues/`` in the current directory.
+
+The file's schema is declared once, on the dataclasses below: a field that a key of the
+file sets says so with ``_key(default, kind)``, where the kind (``_text``, ``_number(...)``,
+``_whole(...)``, ...) checks the value and words the one-line error that names the key; a
+field that is a whole table says so with ``_table``. Which tables and keys the file may hold
+(:func:`known_keys`) follows from those declarations. Only what spans several keys (a
+retry_max below retry_initial, a password over plain SMTP) is checked by hand, afterwards.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from email.headerregistry import Address
 from email.utils import getaddresses, parseaddr
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from newsletter.errors import ConfigError
@@ -33,12 +41,18 @@ __all__ = [
     "Settings",
     "SmtpSettings",
     "is_loopback",
+    "known_keys",
     "load_settings",
 ]
 
 DEFAULT_CONFIG_NAME = "newsletter.toml"
-_SECURITY_MODES = ("starttls", "tls", "none")
 _ADDR_SPEC_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+#: control characters other than tab (a TOML escape can put one in a value; no header or page wants it)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: the largest number a setting may be: seconds in a year; more would overflow sleeps and timers
+_MAX_NUMBER = 366 * 24 * 3600.0
+#: what a site_url may hold: printable ASCII but space, '"', '<', '>' (as a link in a header must)
+_URL_CHARACTERS_RE = re.compile(r"[!#-;=?-~]+")
 
 
 class Secret:
@@ -62,17 +76,183 @@ class Secret:
     __str__ = __repr__
 
 
+# --- the kinds of value a key may hold -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value was read: the file, ``[table] key``, and the folder its relative paths start from."""
+
+    path: Path
+    table: str
+    key: str
+    base: Path
+
+    def error(self, rest: str) -> ConfigError:
+        """The one line that names the key: ``<file>: [table] key<rest>``."""
+        return ConfigError(f"{self.path}: [{self.table}] {self.key}{rest}")
+
+
+#: a kind of value: the setting a value of the file makes, or a ConfigError naming the key
+_Kind = Callable[[object, _Where], Any]
+
+
+def _text(value: object, where: _Where) -> str:
+    """One line of text, without control characters or invisible direction overrides."""
+    if not isinstance(value, str):
+        raise where.error(" must be a string")
+    if "\n" in value or "\r" in value:
+        raise where.error(" must be one line")
+    if _CONTROL.search(value):
+        raise where.error(" contains a control character; remove it")
+    found = direction_control(value)
+    if found is not None:
+        raise where.error(f" contains the direction control {found}, which makes text read in another order than"
+                          " it is written; remove it")
+    return value
+
+
+def _choice(*choices: str) -> _Kind:
+    """One of a few words."""
+    def check(value: object, where: _Where) -> str:
+        if _text(value, where) not in choices:
+            raise where.error(f" must be one of {', '.join(choices)}")
+        return str(value)
+    return check
+
+
+def _whole(low: int, high: int) -> _Kind:
+    """A whole number from ``low`` to ``high``."""
+    def check(value: object, where: _Where) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise where.error(f" must be a whole number from {low} to {high}")
+        return value
+    return check
+
+
+def _number(*, positive: bool = False, zero: str = "") -> _Kind:
+    """A finite number up to a year's seconds: more than 0 when ``positive``, else 0 or more (``zero``: what 0 means).
+
+    TOML spells nan and inf; a nan passed every comparison (the check let it through) and
+    a timeout of 0 or inf either defers every message or never gives up.
+    """
+    def check(value: object, where: _Where) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise where.error(f" must be a number, not {type(value).__name__} {value!r}")
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            allowed = "more than 0" if positive else f"0 ({zero}) or more"
+            raise where.error(f" = {value!r}: it must be a finite number {allowed}")
+        if value > _MAX_NUMBER:
+            raise where.error(f" = {value!r}: it must be at most {_MAX_NUMBER:.0f}")
+        return float(value)
+    return check
+
+
+def _mailbox(part: Literal["name", "address", "whole"]) -> _Kind:
+    """One address, with or without a display name; the setting is its ``part`` ("" is no address for ``whole``)."""
+    def check(value: object, where: _Where) -> str:
+        text = _text(value, where)
+        if part == "whole" and not text:
+            return text
+        parsed = _split_mailbox(text)
+        if isinstance(parsed, str):
+            raise where.error(parsed)
+        return {"name": parsed[0], "address": parsed[1], "whole": text}[part]
+    return check
+
+
+@functools.lru_cache(maxsize=8)  # [sender] from is read twice, for its name and for its address
+def _split_mailbox(text: str) -> tuple[str, str] | str:
+    """The display name and address of the one address in ``text``, or what is wrong with it."""
+    # parseaddr keeps the first of several addresses and drops the rest without a word.
+    if len(getaddresses([text])) > 1:
+        return (f" '{text}' holds more than one address; give exactly one"
+                " (a name with a comma goes in quotes: '\"Doe, J.\" <j@example.com>')")
+    name, address = parseaddr(text)  # strict= only exists from 3.11.10; the checks below are stricter
+    try:
+        Address(display_name=name, addr_spec=address)
+    except (ValueError, IndexError):
+        return f" '{text}' is not an address"
+    if not _ADDR_SPEC_RE.match(address):
+        return f" '{text}' is not an address (e.g. 'The Briefing <b@example.com>')"
+    return name, address
+
+
+def _plain_address(value: object, where: _Where) -> str:
+    """An ``addr-spec`` without a display name, or nothing."""
+    text = _text(value, where)
+    if text and not _ADDR_SPEC_RE.match(text):
+        raise where.error(f" '{text}' must be a plain address like editors@example.com")
+    return text
+
+
+def _site_url(value: object, where: _Where) -> str:
+    """The base of every link in every email: an absolute http(s) URL that can stand in a header as it is."""
+    text = _text(value, where)
+    if not _URL_CHARACTERS_RE.fullmatch(text):
+        bad = next((char for char in text if not _URL_CHARACTERS_RE.fullmatch(char)), "")
+        what = "a space" if bad == " " else f"the character {bad!r}" if bad else "nothing"
+        raise where.error(f" '{text}' holds {what}; a URL in an email header can't"
+                          " (percent-encode it, and use the xn-- form of a non-ASCII host name)")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise where.error(f" '{text}' must be an absolute http(s) URL")
+    if "@" in parts.netloc:
+        raise where.error(" holds a user name or password (before '@'), and it would be copied into every email;"
+                          " remove it")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise where.error(f" '{text}' has a query or fragment; links are built by adding paths to it, so give the"
+                          " site's base URL only")
+    return text.rstrip("/")
+
+
+def _path(value: object, where: _Where) -> Path:
+    """A file or folder, relative to the config file's folder (as a default path is)."""
+    return where.base / _text(value, where)
+
+
+def _path_or_none(value: object, where: _Where) -> Path | None:
+    """A file or folder as :func:`_path`; "" is none."""
+    return _path(value, where) if _text(value, where) else None
+
+
+@dataclass(frozen=True)
+class _Key:
+    """A field's key in newsletter.toml: its kind, and its name and table when not the field's own."""
+
+    kind: _Kind
+    name: str
+    table: str
+
+
+_KEY = "newsletter.toml"  # the dataclass field metadata that holds a _Key, or a table's settings class
+
+
+def _key(default: Any, kind: _Kind, *, name: str = "", table: str = "", repr: bool = True) -> Any:
+    """A field that ``[table] name`` of newsletter.toml sets (the field's own name and table unless given)."""
+    return field(default=default, repr=repr, metadata={_KEY: _Key(kind, name, table)})
+
+
+def _table(settings: type[Any]) -> Any:
+    """A field that is a whole table of newsletter.toml, named as the field; ``settings`` declares its keys."""
+    return field(default_factory=settings, metadata={_KEY: settings})
+
+
+# --- the settings, and the file's schema -----------------------------------------------------
+
+
 @dataclass(frozen=True)
 class SenderSettings:
     """Who the issue comes from, and where its links point."""
 
-    from_name: str = "The Briefing"
-    from_email: str = "briefing@news.example.com"
-    reply_to: str = ""
-    postal_address: str = "1 Example Street, Springfield"
-    site_url: str = "https://news.example.com"
+    #: ``[sender] from`` holds both: "The Briefing <briefing@news.example.com>"
+    from_name: str = _key("The Briefing", _mailbox("name"), name="from")
+    from_email: str = _key("briefing@news.example.com", _mailbox("address"), name="from")
+    reply_to: str = _key("", _mailbox("whole"))
+    postal_address: str = _key("1 Example Street, Springfield", _text)
+    site_url: str = _key("https://news.example.com", _site_url)
     #: the address of the ``mailto:`` in List-Unsubscribe; default: reply_to, else from
-    unsubscribe_mailto: str = ""
+    unsubscribe_mailto: str = _key("", _plain_address)
 
     @property
     def unsubscribe_address(self) -> str:
@@ -89,22 +269,23 @@ class SenderSettings:
 class SmtpSettings:
     """How to reach the SMTP relay."""
 
-    host: str = "127.0.0.1"
-    port: int = 8025
-    security: str = "none"
-    username: str = ""
+    host: str = _key("127.0.0.1", _text)
+    port: int = _key(8025, _whole(1, 65535))
+    security: str = _key("none", _choice("starttls", "tls", "none"))
+    username: str = _key("", _text)
+    #: from NEWSLETTER_SMTP_PASSWORD, never the file
     password: Secret = field(default_factory=lambda: Secret(""))
-    timeout: float = 30.0
+    timeout: float = _key(30.0, _number(positive=True))
     #: how long the reply to a whole message may take (Postfix's smtp_data_done_timeout): a
     #: server may scan the message first, and giving up early risks a duplicate
-    final_reply_timeout: float = 600.0
-    connections: int = 8
-    rate: float = 0.0
-    max_per_hour: int = 0
+    final_reply_timeout: float = _key(600.0, _number(positive=True))
+    connections: int = _key(8, _whole(1, 1024))
+    rate: float = _key(0.0, _number(zero="no limit"))
+    max_per_hour: int = _key(0, _whole(0, 10**9))
     #: a CA bundle to trust instead of the system's (a private relay's own CA)
-    ca_file: Path | None = None
+    ca_file: Path | None = _key(None, _path_or_none)
     #: certificate checks are off only for this host name, and only when it is ``host``
-    tls_skip_verify_for: str = ""
+    tls_skip_verify_for: str = _key("", _text)
 
     @property
     def verify_certificates(self) -> bool:
@@ -117,30 +298,30 @@ class DispatchSettings:
     """How a dispatch run retries temporary failures."""
 
     #: seconds before the first retry of a deferred delivery; doubles each time, with jitter
-    retry_initial: float = 60.0
+    retry_initial: float = _key(60.0, _number(positive=True))
     #: the longest wait between two retries, in seconds
-    retry_max: float = 3600.0
+    retry_max: float = _key(3600.0, _number(positive=True))
     #: hours after the first attempt when a deferred delivery is given up as failed
-    give_up_after_hours: float = 24.0
+    give_up_after_hours: float = _key(24.0, _number(zero="give up at the first temporary failure"))
     #: how long a run stays to retry deliveries that come due soon, in seconds; later ones wait for the next run
-    wait_for_retries: float = 600.0
+    wait_for_retries: float = _key(600.0, _number(zero="leave every retry to the next run"))
 
 
 @dataclass(frozen=True)
 class DkimSettings:
     """DKIM signing: on when ``NEWSLETTER_DKIM_KEY_FILE`` names a key and a selector is set."""
 
-    selector: str = ""
-    domain: str = ""  # default: the From address's domain
+    selector: str = _key("", _text)
+    domain: str = _key("", _text)  # default: the From address's domain
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
     """Where the database lives: an SQLite file, or a PostgreSQL server (``url``) shared by several workers."""
 
-    path: Path = Path("newsletter.db")
+    path: Path = _key(Path("newsletter.db"), _path)
     #: ``postgresql://user@host/db`` (from [database] url or NEWSLETTER_DATABASE_URL); "" means SQLite at ``path``
-    url: str = field(default="", repr=False)
+    url: str = _key("", _text, repr=False)
 
     @property
     def location(self) -> str | Path:
@@ -148,18 +329,17 @@ class DatabaseSettings:
         return self.url or self.path
 
 
-
 @dataclass(frozen=True)
 class Settings:
     """Everything the tool is configured with."""
 
-    sender: SenderSettings = field(default_factory=SenderSettings)
-    smtp: SmtpSettings = field(default_factory=SmtpSettings)
-    database: DatabaseSettings = field(default_factory=DatabaseSettings)
-    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
-    dkim: DkimSettings = field(default_factory=DkimSettings)
-    issues_dir: Path = Path("issues")
-    templates_dir: Path | None = None
+    sender: SenderSettings = _table(SenderSettings)
+    smtp: SmtpSettings = _table(SmtpSettings)
+    database: DatabaseSettings = _table(DatabaseSettings)
+    dispatch: DispatchSettings = _table(DispatchSettings)
+    dkim: DkimSettings = _table(DkimSettings)
+    issues_dir: Path = _key(Path("issues"), _path, name="dir", table="issues")
+    templates_dir: Path | None = _key(None, _path, name="dir", table="templates")
     secret_key: Secret = field(default_factory=lambda: Secret(""))
     dkim_key_file: Path | None = None
     config_path: Path | None = None
@@ -167,16 +347,30 @@ class Settings:
     chromium: str = ""
 
 
-_KNOWN: dict[str, set[str]] = {
-    "sender": {"from", "reply_to", "postal_address", "site_url", "unsubscribe_mailto"},
-    "smtp": {"host", "port", "security", "username", "timeout", "final_reply_timeout", "connections", "rate",
-             "max_per_hour", "ca_file", "tls_skip_verify_for"},
-    "database": {"path", "url"},
-    "dispatch": {"retry_initial", "retry_max", "give_up_after_hours", "wait_for_retries"},
-    "dkim": {"selector", "domain"},
-    "issues": {"dir"},
-    "templates": {"dir"},
-}
+def _declared(settings: type[Any] = Settings, table: str = "") -> Iterator[tuple[type[Any], str, _Key, str]]:
+    """Every key of newsletter.toml: (the settings class, its field, the declaration, the table), in field order."""
+    for item in fields(settings):
+        declared = item.metadata.get(_KEY)
+        if isinstance(declared, _Key):
+            yield settings, item.name, declared, declared.table or table
+        elif declared is not None:
+            yield from _declared(declared, item.name)
+
+
+def known_keys() -> dict[str, tuple[str, ...]]:
+    """Every table of newsletter.toml and the keys it may hold, sorted: what the dataclasses declare."""
+    return dict(_known_keys())
+
+
+@functools.cache  # the declarations don't change; every load checks the file's keys against them
+def _known_keys() -> Mapping[str, tuple[str, ...]]:
+    known: dict[str, set[str]] = {}
+    for _, name, declared, table in _declared():
+        known.setdefault(table, set()).add(declared.name or name)
+    return {table: tuple(sorted(keys)) for table, keys in sorted(known.items())}
+
+
+# --- reading the file ------------------------------------------------------------------------
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -200,45 +394,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         raise ConfigError(f"{config_path}: no such config file")
     base = config_path.resolve().parent if config_path.exists() else Path.cwd()
     _check_keys(data, config_path)
-
-    sender_data = data.get("sender", {})
-    defaults = SenderSettings()
-    from_name, from_email = defaults.from_name, defaults.from_email
-    if "from" in sender_data:
-        from_name, from_email = _parse_from(_str(sender_data, "from", config_path, "sender"), config_path, "from")
-    sender = SenderSettings(
-        from_name=from_name,
-        from_email=from_email,
-        reply_to=_str(sender_data, "reply_to", config_path, "sender", defaults.reply_to),
-        postal_address=_str(sender_data, "postal_address", config_path, "sender", defaults.postal_address),
-        site_url=_site_url(_str(sender_data, "site_url", config_path, "sender", defaults.site_url), config_path),
-        unsubscribe_mailto=_plain_address(
-            _str(sender_data, "unsubscribe_mailto", config_path, "sender"), config_path, "unsubscribe_mailto"
-        ),
-    )
-    if sender.reply_to:
-        _parse_from(sender.reply_to, config_path, "reply_to")
-
-    smtp_data = data.get("smtp", {})
-    smtp_defaults = SmtpSettings()
-    security = _str(smtp_data, "security", config_path, "smtp", smtp_defaults.security)
-    if security not in _SECURITY_MODES:
-        raise ConfigError(f"{config_path}: [smtp] security must be one of {', '.join(_SECURITY_MODES)}")
-    smtp = SmtpSettings(
-        host=_str(smtp_data, "host", config_path, "smtp", smtp_defaults.host),
-        port=_int(smtp_data, "port", config_path, "smtp", smtp_defaults.port, 1, 65535),
-        security=security,
-        username=_str(smtp_data, "username", config_path, "smtp", ""),
-        password=Secret(env.get("NEWSLETTER_SMTP_PASSWORD", "")),
-        timeout=_num(smtp_data, "timeout", config_path, "smtp", smtp_defaults.timeout, positive=True),
-        final_reply_timeout=_num(smtp_data, "final_reply_timeout", config_path, "smtp",
-                                 smtp_defaults.final_reply_timeout, positive=True),
-        connections=_int(smtp_data, "connections", config_path, "smtp", smtp_defaults.connections, 1, 1024),
-        rate=_num(smtp_data, "rate", config_path, "smtp", 0.0, zero="no limit"),
-        max_per_hour=_int(smtp_data, "max_per_hour", config_path, "smtp", 0, 0, 10**9),
-        ca_file=base / ca_file if (ca_file := _str(smtp_data, "ca_file", config_path, "smtp")) else None,
-        tls_skip_verify_for=_str(smtp_data, "tls_skip_verify_for", config_path, "smtp"),
-    )
+    settings = Settings(**_values(Settings, "", data, config_path, base))
+    smtp, dispatch, database = settings.smtp, settings.dispatch, settings.database
     if smtp.tls_skip_verify_for and smtp.tls_skip_verify_for != smtp.host:
         raise ConfigError(
             f"{config_path}: [smtp] tls_skip_verify_for = \"{smtp.tls_skip_verify_for}\" but host is"
@@ -246,145 +403,63 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         )
     if smtp.ca_file is not None and not smtp.ca_file.is_file():
         raise ConfigError(f"{config_path}: [smtp] ca_file {smtp.ca_file} is not a readable file")
-    if smtp.password and smtp.security == "none" and not is_loopback(smtp.host):
+    password = Secret(env.get("NEWSLETTER_SMTP_PASSWORD", ""))
+    if password and smtp.security == "none" and not is_loopback(smtp.host):
         raise ConfigError(
             f"{config_path}: [smtp] security = \"none\" would send the password in clear to {smtp.host};"
             " use starttls or tls (a password goes unencrypted only to 127.0.0.1)"
         )
-    dispatch_data = data.get("dispatch", {})
-    dispatch_defaults = DispatchSettings()
-    dispatch = DispatchSettings(
-        retry_initial=_num(dispatch_data, "retry_initial", config_path, "dispatch", dispatch_defaults.retry_initial,
-                           positive=True),
-        retry_max=_num(dispatch_data, "retry_max", config_path, "dispatch", dispatch_defaults.retry_max,
-                       positive=True),
-        give_up_after_hours=_num(
-            dispatch_data, "give_up_after_hours", config_path, "dispatch", dispatch_defaults.give_up_after_hours,
-            zero="give up at the first temporary failure",
-        ),
-        wait_for_retries=_num(
-            dispatch_data, "wait_for_retries", config_path, "dispatch", dispatch_defaults.wait_for_retries,
-            zero="leave every retry to the next run",
-        ),
-    )
     if dispatch.retry_max < dispatch.retry_initial:
         raise ConfigError(
             f"{config_path}: [dispatch] retry_max = {dispatch.retry_max:g} is less than retry_initial ="
             f" {dispatch.retry_initial:g}; the longest wait between retries can't be shorter than the first"
         )
-    dkim_data = data.get("dkim", {})
-    dkim_settings = DkimSettings(
-        selector=_str(dkim_data, "selector", config_path, "dkim"),
-        domain=_str(dkim_data, "domain", config_path, "dkim") or sender.domain,
-    )
-    db_path = Path(_str(data.get("database", {}), "path", config_path, "database", "newsletter.db"))
-    database_url = env.get("NEWSLETTER_DATABASE_URL") or _str(data.get("database", {}), "url", config_path, "database")
+    database_url = env.get("NEWSLETTER_DATABASE_URL") or database.url
     if database_url and not database_url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{config_path}: [database] url must start with postgresql:// (SQLite is [database] path)")
-    if _str(data.get("database", {}), "url", config_path, "database") and urlsplit(
-            _str(data.get("database", {}), "url", config_path, "database")).password:
+    if database.url and urlsplit(database.url).password:
         raise ConfigError(f"{config_path}: [database] url holds a password; put the URL in NEWSLETTER_DATABASE_URL"
                           " (or the password in ~/.pgpass) instead of the config file")
-    issues_dir = Path(_str(data.get("issues", {}), "dir", config_path, "issues", "issues"))
-    templates = data.get("templates", {})
-    templates_dir = Path(_str(templates, "dir", config_path, "templates")) if "dir" in templates else None
-    dkim = env.get("NEWSLETTER_DKIM_KEY_FILE")
-    return Settings(
-        sender=sender,
-        smtp=smtp,
-        database=DatabaseSettings(base / db_path, url=database_url),
-        dispatch=dispatch,
-        dkim=dkim_settings,
-        issues_dir=base / issues_dir,
-        templates_dir=base / templates_dir if templates_dir else None,
+    dkim_key_file = env.get("NEWSLETTER_DKIM_KEY_FILE")
+    return replace(
+        settings,
+        smtp=replace(smtp, password=password),
+        database=replace(database, url=database_url),
+        dkim=replace(settings.dkim, domain=settings.dkim.domain or settings.sender.domain),
         secret_key=Secret(env.get("NEWSLETTER_SECRET_KEY", "")),
-        dkim_key_file=Path(dkim) if dkim else None,
+        dkim_key_file=Path(dkim_key_file) if dkim_key_file else None,
         config_path=config_path if config_path.exists() else None,
         chromium=env.get("NEWSLETTER_CHROMIUM", ""),
     )
 
 
+def _values(settings: type[Any], table: str, data: Mapping[str, Any], path: Path, base: Path) -> dict[str, Any]:
+    """The keyword arguments of ``settings`` from the file's tables: each declared key checked by its kind."""
+    values: dict[str, Any] = {}
+    for item in fields(settings):
+        declared = item.metadata.get(_KEY)
+        if isinstance(declared, _Key):
+            where = _Where(path, declared.table or table, declared.name or item.name, base)
+            section = data.get(where.table, {})
+            if where.key in section:
+                values[item.name] = declared.kind(section[where.key], where)
+            elif isinstance(item.default, Path):  # relative to the file, as a path in it is
+                values[item.name] = base / item.default
+        elif declared is not None:
+            values[item.name] = declared(**_values(declared, item.name, data, path, base))
+    return values
+
+
 def _check_keys(data: dict[str, Any], path: Path) -> None:
+    known = _known_keys()
     for table, values in data.items():
-        if table not in _KNOWN:
-            raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join(sorted(_KNOWN))})")
+        if table not in known:
+            raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join(known)})")
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: '{table}' must be a table, [{table}]")
-        unknown = set(values) - _KNOWN[table]
+        unknown = set(values) - set(known[table])
         if unknown:
-            raise ConfigError(
-                f"{path}: unknown key [{table}] {sorted(unknown)[0]} (known: {', '.join(sorted(_KNOWN[table]))})"
-            )
-
-
-#: control characters other than tab (a TOML escape can put one in a value; no header or page wants it)
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-def _str(data: Mapping[str, Any], key: str, path: Path, table: str, default: str = "") -> str:
-    value = data.get(key, default)
-    if not isinstance(value, str):
-        raise ConfigError(f"{path}: [{table}] {key} must be a string")
-    if "\n" in value or "\r" in value:
-        raise ConfigError(f"{path}: [{table}] {key} must be one line")
-    if _CONTROL.search(value):
-        raise ConfigError(f"{path}: [{table}] {key} contains a control character; remove it")
-    found = direction_control(value)
-    if found is not None:
-        raise ConfigError(f"{path}: [{table}] {key} contains the direction control {found}, which makes text read"
-                          " in another order than it is written; remove it")
-    return value
-
-
-def _int(data: Mapping[str, Any], key: str, path: Path, table: str, default: int, low: int, high: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{path}: [{table}] {key} must be a whole number from {low} to {high}")
-    return value
-
-
-#: the largest number a setting may be: seconds in a year; more would overflow sleeps and timers
-_MAX_NUMBER = 366 * 24 * 3600.0
-
-
-def _num(data: Mapping[str, Any], key: str, path: Path, table: str, default: float, *,
-         positive: bool = False, zero: str = "") -> float:
-    """A finite number: more than 0 when ``positive``, else 0 or more (``zero`` says what 0 means).
-
-    TOML spells nan and inf; a nan passed every comparison (the check let it through) and
-    a timeout of 0 or inf either defers every message or never gives up.
-    """
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{path}: [{table}] {key} must be a number, not {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        allowed = "more than 0" if positive else f"0 ({zero}) or more"
-        raise ConfigError(f"{path}: [{table}] {key} = {value!r}: it must be a finite number {allowed}")
-    if value > _MAX_NUMBER:
-        raise ConfigError(f"{path}: [{table}] {key} = {value!r}: it must be at most {_MAX_NUMBER:.0f}")
-    return float(value)
-
-
-def _parse_from(value: str, path: Path, key: str) -> tuple[str, str]:
-    # parseaddr keeps the first of several addresses and drops the rest without a word.
-    if len(getaddresses([value])) > 1:
-        raise ConfigError(f"{path}: [sender] {key} '{value}' holds more than one address; give exactly one"
-                          " (a name with a comma goes in quotes: '\"Doe, J.\" <j@example.com>')")
-    name, address = parseaddr(value)  # strict= only exists from 3.11.10; the checks below are stricter
-    try:
-        Address(display_name=name, addr_spec=address)
-    except (ValueError, IndexError) as exc:
-        raise ConfigError(f"{path}: [sender] {key} '{value}' is not an address") from exc
-    if not _ADDR_SPEC_RE.match(address):
-        raise ConfigError(f"{path}: [sender] {key} '{value}' is not an address (e.g. 'The Briefing <b@example.com>')")
-    return name, address
-
-
-def _plain_address(value: str, path: Path, key: str) -> str:
-    """An ``addr-spec`` (no display name): empty stays empty."""
-    if value and not _ADDR_SPEC_RE.match(value):
-        raise ConfigError(f"{path}: [sender] {key} '{value}' must be a plain address like editors@example.com")
-    return value
+            raise ConfigError(f"{path}: unknown key [{table}] {sorted(unknown)[0]} (known: {', '.join(known[table])})")
 
 
 def is_loopback(host: str) -> bool:
@@ -395,26 +470,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-#: what a site_url may hold: printable ASCII but space, '"', '<', '>' (as a link in a header must)
-_URL_CHARACTERS_RE = re.compile(r"[!#-;=?-~]+")
-
-
-def _site_url(value: str, path: Path) -> str:
-    """The base of every link in every email: an absolute http(s) URL that can stand in a header as it is."""
-    if not _URL_CHARACTERS_RE.fullmatch(value):
-        bad = next((char for char in value if not _URL_CHARACTERS_RE.fullmatch(char)), "")
-        what = "a space" if bad == " " else f"the character {bad!r}" if bad else "nothing"
-        raise ConfigError(f"{path}: [sender] site_url '{value}' holds {what}; a URL in an email header can't"
-                          " (percent-encode it, and use the xn-- form of a non-ASCII host name)")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{path}: [sender] site_url '{value}' must be an absolute http(s) URL")
-    if "@" in parts.netloc:
-        raise ConfigError(f"{path}: [sender] site_url holds a user name or password (before '@'), and it would be"
-                          " copied into every email; remove it")
-    if parts.query or parts.fragment or value.endswith(("?", "#")):
-        raise ConfigError(f"{path}: [sender] site_url '{value}' has a query or fragment; links are built by adding"
-                          " paths to it, so give the site's base URL only")
-    return value.rstrip("/")

@@ -12,7 +12,9 @@
     └── DeliveryError                the SMTP relay can't be used (unreachable, login or sender refused)
 
 Third-party exceptions are translated once, in the module that imports the
-library, with ``raise ... from exc``; nothing else leaks out of the package.
+library, with ``raise ... from exc``; nothing else leaks out of the package. The
+``newsletter`` command turns each class into its exit code in one table,
+:data:`newsletter.cli.commands.EXIT_CODES` (2 bad input, 1 a failure).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from newsletter.cli.commands import main
-from newsletter.config import load_settings
-from tests.conftest import SEED_ISSUE
+from newsletter.config import known_keys, load_settings
+from tests.conftest import ROOT, SEED_ISSUE
 
 
 def render_with(tmp_path: Path, toml: str) -> tuple[int, str]:
@@ -95,3 +95,39 @@ def test_settings_that_work_still_load(tmp_path: Path, toml: str) -> None:
     code, err = render_with(tmp_path, toml + "\n")
     assert code == 0, err
     load_settings(tmp_path / "newsletter.toml")
+
+
+def test_the_readme_shows_every_key_the_settings_declare() -> None:
+    """README's "Every key" block and the schema (declared once, on the settings dataclasses) agree."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("Every key:\n\n```toml\n", 1)[1].split("```", 1)[0]
+    shown: dict[str, set[str]] = {}
+    table = ""
+    for line in block.splitlines():
+        line = line.removeprefix("# ")  # a key without a default value is shown commented out
+        if line.startswith("["):
+            table = line.strip("[]")
+        elif " = " in line:
+            shown.setdefault(table, set()).add(line.split(" = ", 1)[0].strip())
+    assert {name: tuple(sorted(keys)) for name, keys in sorted(shown.items())} == known_keys()
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[smtp]\ncolour = 1", "unknown key [smtp] colour (known: ca_file, connections, final_reply_timeout, host,"
+     " max_per_hour, port, rate, security, timeout, tls_skip_verify_for, username)"),
+    ('[smpt]\nhost = "x"', "unknown table [smpt] (known: database, dispatch, dkim, issues, sender, smtp, templates)"),
+    ("smtp = 1", "'smtp' must be a table, [smtp]"),
+    ('[smtp]\npassword = "s3cret"', "unknown key [smtp] password"),  # a secret comes from the environment only
+    ('[sender]\nfrom_name = "Ed"', "unknown key [sender] from_name"),  # the file says from = "Ed <ed@…>"
+    ("[templates]\ndir = 3", "[templates] dir must be a string"),
+    ('[issues]\ndir = "a\\nb"', "[issues] dir must be one line"),
+    ('[smtp]\nsecurity = "ssl"', "[smtp] security must be one of starttls, tls, none"),
+    ('[sender]\nunsubscribe_mailto = "Ed <ed@example.com>"', "[sender] unsubscribe_mailto 'Ed <ed@example.com>'"
+     " must be a plain address like editors@example.com"),
+    ('[database]\nurl = "mysql://db.example.com/news"', "[database] url must start with postgresql://"),
+])
+def test_a_key_or_table_the_settings_dont_declare_is_named(tmp_path: Path, toml: str, message: str) -> None:
+    code, err = render_with(tmp_path, toml + "\n")
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'newsletter.toml'}: {message}"), err
+    assert "s3cret" not in err

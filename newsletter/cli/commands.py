@@ -1,8 +1,9 @@
 """The ``newsletter`` command: parses arguments, calls the stages' library functions, prints.
 
-Exit codes: 0 success; 1 ``check`` found problems, or ``dispatch``/``send-test`` hit an
-error; 2 bad input (issue file, config); 3 ``dispatch`` left something deferred, failed
-or uncertain.
+Commands let a :class:`NewsletterError` go: the group prints its one line and exits with
+the code :data:`EXIT_CODES` gives its class (:func:`exit_code`), the one place an error
+becomes an exit status. What isn't an error (``check`` findings, rows an import refused,
+``dispatch`` leaving deliveries for later) each command says with its own code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import webbrowser
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -25,7 +26,16 @@ from newsletter.compose.signing import message_signer
 from newsletter.config import Settings, load_settings
 from newsletter.deliver.dispatch import DispatchOptions, dispatch
 from newsletter.deliver.send_test import send_test
-from newsletter.errors import IssueError, NewsletterError, StoreError, SubscriberError
+from newsletter.errors import (
+    ComposeError,
+    ConfigError,
+    DeliveryError,
+    IssueError,
+    NewsletterError,
+    RenderError,
+    StoreError,
+    SubscriberError,
+)
 from newsletter.issue.parse import slug_from_path
 from newsletter.preflight.report import COMPAT_KINDS, check_files
 from newsletter.store.engine import Store
@@ -34,6 +44,9 @@ from newsletter.store.ledger import STATES, Ledger
 from newsletter.store.subscriber_files import subscriber_row, write_csv, write_json
 
 __all__ = [
+    "EVERY_ERROR_EXITS",
+    "EXIT_CODES",
+    "exit_code",
     "main",
     "run",
 ]
@@ -43,34 +56,62 @@ EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_INCOMPLETE = 3
 
+#: The exit status of a command that stops on an error, by the error's class (the nearest
+#: class in its MRO). 2: something the user wrote or set is wrong and fixing it is the way
+#: on; 1: something failed underneath that running again, or later, may get past.
+EXIT_CODES: dict[type[NewsletterError], int] = {
+    IssueError: EXIT_BAD_INPUT,  # an issue file
+    RenderError: EXIT_BAD_INPUT,  # its template (or the MJML/CSS it makes)
+    ConfigError: EXIT_BAD_INPUT,  # newsletter.toml, the environment, a key file, a port or folder given
+    SubscriberError: EXIT_BAD_INPUT,  # an address, a list name, a subscriber file
+    ComposeError: EXIT_BAD_INPUT,  # an address or header a message can't carry
+    StoreError: EXIT_ERROR,  # the database: locked, damaged, full, read-only, unreachable
+    DeliveryError: EXIT_ERROR,  # the relay: unreachable, or it refused our login or sender
+    NewsletterError: EXIT_ERROR,
+}
 
-def _fail(error: NewsletterError, code: int = EXIT_BAD_INPUT) -> NoReturn:
+#: Commands that promise one code for every error. ``dispatch`` is what a scheduler runs, and
+#: it reads 0 (all sent), 3 (something left for a later run; systemd's SuccessExitStatus=3) and
+#: 1 (an error): its report gives 1 for a bad issue file met during the run, and an error that
+#: stops the run before it starts is no different to the scheduler.
+EVERY_ERROR_EXITS: dict[str, int] = {"dispatch": EXIT_ERROR}
+
+
+def exit_code(error: NewsletterError, command: str = "") -> int:
+    """The exit status for ``error`` raised by ``command`` (a top-level command's name; "" for none)."""
+    if command in EVERY_ERROR_EXITS:
+        return EVERY_ERROR_EXITS[command]
+    return next(EXIT_CODES[kind] for kind in type(error).__mro__ if kind in EXIT_CODES)
+
+
+def _fail(error: NewsletterError, command: str = "") -> NoReturn:
     # An IssueError already reads "file:line: what is wrong (fix)".
     click.echo(str(error) if isinstance(error, IssueError) else f"error: {error}", err=True)
-    sys.exit(code)
+    sys.exit(exit_code(error, command))
+
+
+class _Newsletter(click.Group):
+    """The ``newsletter`` group: a NewsletterError from any command is one line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NewsletterError as exc:
+            _fail(exc, ctx.invoked_subcommand or "")
 
 
 def _settings(ctx: click.Context) -> Settings:
-    try:
-        return load_settings(ctx.obj.get("config"))
-    except NewsletterError as exc:
-        _fail(exc)
+    return load_settings(ctx.obj.get("config"))
 
 
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[Store]:
-    """The configured database, open; a StoreError (locked, damaged, full) exits 1, bad input 2, with one line."""
-    settings = _settings(ctx)
-    try:
-        with Store.open(settings.database.location) as store:
-            yield store
-    except StoreError as exc:
-        _fail(exc, EXIT_ERROR)
-    except NewsletterError as exc:
-        _fail(exc)
+    """The configured database, open."""
+    with Store.open(_settings(ctx).database.location) as store:
+        yield store
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Newsletter, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config", "config", type=click.Path(dir_okay=False), envvar="NEWSLETTER_CONFIG",
     help="Settings file (default ./newsletter.toml; embedded defaults when it doesn't exist).",
@@ -88,8 +129,14 @@ def main(ctx: click.Context, config: str | None) -> None:
       newsletter dispatch
       newsletter status --json
 
-    Exit codes: 0 success, 1 check findings or an error, 2 bad input,
-    3 dispatch left deliveries deferred, failed or uncertain.
+    \b
+    Exit codes:
+      0  success
+      1  an error: the database or the SMTP relay failed; also check's
+         findings, rows an import refused, and every error of dispatch
+      2  bad input: an issue file, its template, newsletter.toml or the
+         environment, an address or list name, a command-line argument
+      3  dispatch left deliveries deferred, failed, uncertain or waiting
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
@@ -113,11 +160,7 @@ def render(ctx: click.Context, issue: str, out_dir: str, open_browser: bool, as_
     Example:
       newsletter render issues/2017-07-07-trump-putin.md -o build --open
     """
-    settings = _settings(ctx)
-    try:
-        files = render_to_files(issue, out_dir, settings)
-    except NewsletterError as exc:
-        _fail(exc)
+    files = render_to_files(issue, out_dir, _settings(ctx))
     if as_json:
         click.echo(json.dumps({
             "html": str(files.html), "text": str(files.text), "eml": str(files.eml),
@@ -172,8 +215,6 @@ def check(ctx: click.Context, issues: tuple[str, ...], clients: str, browser: bo
                              browser=browser, screenshots=Path(screenshots) if screenshots else None)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--clients") from exc
-    except NewsletterError as exc:
-        _fail(exc, EXIT_ERROR)
     if as_json:  # the same report as the text below, all of it (README: "check --json")
         click.echo(json.dumps(report.as_json(), indent=2))
         sys.exit(report.exit_code)
@@ -233,11 +274,7 @@ def import_command(ctx: click.Context, csv_file: str, list_name: str, all_or_not
     Example:
       newsletter subscribers import readers.csv --list morning
     """
-    settings = _settings(ctx)
-    try:
-        report = import_subscribers(csv_file, list_name, settings, all_or_nothing=all_or_nothing)
-    except NewsletterError as exc:
-        _fail(exc)
+    report = import_subscribers(csv_file, list_name, _settings(ctx), all_or_nothing=all_or_nothing)
     counts = report.counts
     if as_json:
         click.echo(json.dumps({
@@ -271,15 +308,9 @@ def add_command(ctx: click.Context, email: str, name: str, list_name: str, field
     Example:
       newsletter subscribers add ann@example.org --name "Ann Reader" --field city=Leeds
     """
-    try:
-        row = subscriber_row(email, name, dict(_split_field(item) for item in fields))
-    except NewsletterError as exc:
-        _fail(exc)
+    row = subscriber_row(email, name, dict(_split_field(item) for item in fields))
     with _store(ctx) as store:
-        try:
-            check_list_name(list_name)
-        except SubscriberError as exc:
-            _fail(exc)
+        check_list_name(list_name)
         counts = store.upsert_subscribers([row], list_name=list_name)
     state = "added" if counts.added else "updated"
     note = " (stays unsubscribed or bounced)" if counts.kept_out else ""
@@ -425,17 +456,11 @@ def dispatch_command(ctx: click.Context, issue: str | None, dry_run: bool, now_t
       newsletter dispatch --issue issues/2017-07-07-trump-putin.md
       newsletter dispatch --now 2024-05-01T06:00:00+00:00 --json
     """
-    try:
-        settings = load_settings(ctx.obj.get("config"))
-        sign = None if dry_run else message_signer(settings)
-    except NewsletterError as exc:
-        _fail(exc, EXIT_ERROR)
+    settings = _settings(ctx)
+    sign = None if dry_run else message_signer(settings)
     options = DispatchOptions(issue=issue, dry_run=dry_run, now=_parse_now(now_text),
                               resend_uncertain=resend_uncertain, allow_changed=allow_changed)
-    try:
-        report = dispatch(settings, options, progress=progress_for(sys.stderr, quiet=quiet or as_json), sign=sign)
-    except NewsletterError as exc:
-        _fail(exc, EXIT_ERROR)
+    report = dispatch(settings, options, progress=progress_for(sys.stderr, quiet=quiet or as_json), sign=sign)
     for error in report.errors:
         click.echo(error, err=True)
     if as_json:
@@ -467,17 +492,14 @@ def send_test_command(ctx: click.Context, issue: str, addresses: tuple[str, ...]
 
     Same headers, same DKIM signature, same links; nothing is recorded in the
     ledger. An address that is a subscriber sees their own name and unsubscribe
-    link. Exit 0 when every address accepted it, 1 otherwise.
+    link. Exit 0 when every address accepted it, 1 when one didn't, 2 for a bad
+    address or issue file (nothing is sent then).
 
     \b
     Example:
       newsletter send-test issues/2017-07-07-trump-putin.md --to me@example.com
     """
-    settings = _settings(ctx)
-    try:
-        results = send_test(issue, addresses, settings)
-    except NewsletterError as exc:
-        _fail(exc)
+    results = send_test(issue, addresses, _settings(ctx))
     failed = 0
     for sent in results:
         if sent.result.outcome == "sent":
@@ -580,10 +602,7 @@ def outbox_command(port: int, maildir: str) -> None:
     def ready(outbox: Outbox) -> None:
         click.echo(f"outbox listening on {outbox.address}, saving to {outbox.maildir}/new (Ctrl-C stops)", err=True)
 
-    try:
-        serve_outbox(Path(maildir), port=port, ready=ready)
-    except NewsletterError as exc:
-        _fail(exc)
+    serve_outbox(Path(maildir), port=port, ready=ready)
 
 
 @main.command("serve")
@@ -611,10 +630,7 @@ def serve_command(ctx: click.Context, host: str, port: int) -> None:
 
     settings = _settings(ctx)
     click.echo(f"serving on http://{host}:{port}/ (links in emails point at {settings.sender.site_url}/)", err=True)
-    try:
-        serve(settings, host=host, port=port)
-    except NewsletterError as exc:
-        _fail(exc, EXIT_ERROR)
+    serve(settings, host=host, port=port)
 
 
 @main.group("archive")
@@ -644,11 +660,7 @@ def archive_build_command(ctx: click.Context, out_dir: str, as_json: bool) -> No
     """
     from newsletter.web.archive import build_static
 
-    settings = _settings(ctx)
-    try:
-        written = build_static(Path(out_dir), settings)
-    except NewsletterError as exc:
-        _fail(exc, EXIT_ERROR)
+    written = build_static(Path(out_dir), _settings(ctx))
     if as_json:
         click.echo(json.dumps({"files": [str(path) for path in written]}, indent=2))
     else:
@@ -676,11 +688,8 @@ def preview_command(ctx: click.Context, issue: str, host: str, port: int, open_b
 
     settings = _settings(ctx)
     if not Path(issue).is_file():
-        _fail(IssueError(issue, 1, "no such issue file", "check the path"))
-    try:
-        serve_preview(Path(issue), settings, host=host, port=port, open_browser=open_browser)
-    except NewsletterError as exc:
-        _fail(exc, EXIT_ERROR)
+        raise IssueError(issue, 1, "no such issue file", "check the path")
+    serve_preview(Path(issue), settings, host=host, port=port, open_browser=open_browser)
 
 
 @main.command("dkim-keygen")
