@@ -608,7 +608,8 @@ def notes(results: Sequence[WorkersRun], made: Wire, rtt_ms: float, ping_ms: flo
         f"smtp-sink in the far namespace, the workers in the near one. Round trip: "
         f"{', '.join(part for part in measured if part)}; the ideal uses {rtt_ms:.1f} ms.",
         f"Each worker: the real `newsletter dispatch --json -q` with `[smtp] connections = {connections}`, all started "
-        "together on the same issue; PostgreSQL (tests/harness/pgserver.py, fsync off, in /dev/shm) in the root namespace, "
+        "together on the same issue; PostgreSQL (tests/harness/pgserver.py, fsync off, in /dev/shm) in the root "
+        "namespace, "
         "reached through its unix socket (shared across network namespaces), so only SMTP crosses the delayed veth. "
         f"N = about {seconds:g} s at the ideal; a fresh database and smtp-sink for each worker count; one message is "
         f"{message_bytes:,} bytes, no DKIM.",
