@@ -1,11 +1,11 @@
-"""Subscribers, lists and memberships: the repository every command opens (:class:`Store`).
+"""Subscribers, lists and memberships: the repository over the database (:class:`Store`).
 
 :class:`Store` is the :class:`~newsletter.store.engine.Database` with what the commands, the
 web pages and an import do to subscribers: add and update them (an import merges a chunk
 at a time, in bounded memory), take them off one list or all, bring one list back, and
-read them (streamed, by list or status or address). Where SQLite and PostgreSQL differ
-(string aggregation, JSON keys, an import's bulk statements) the database's dialect states
-its own SQL.
+read them (streamed, by list or status or address). The SQL is written once; where SQLite
+and PostgreSQL differ (string aggregation, JSON keys, an import's bulk statements) the
+database's dialect states its own.
 """
 
 from __future__ import annotations
