@@ -99,14 +99,15 @@ def issue_text(number: int) -> str:
 
 def build(location: str | Path, count: int) -> tuple[float, float, list[str]]:
     """Subscribers, 3 issues and their deliveries; (build seconds, backfill seconds, the slugs)."""
-    from newsletter.store.engine import Store
+    from newsletter.store.engine import Database
 
     started = time.perf_counter()
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     stamp = now.isoformat()
     slugs = [f"2024-01-0{number}-issue-{number}" for number in range(1, ISSUES + 1)]
-    with Store.open(location) as store:
-        numbers = ("SELECT i FROM generate_series(1, ?) AS g(i)" if store.postgres else
+    with Database.open(location) as store:
+        postgres = store.dialect.name == "postgresql"
+        numbers = ("SELECT i FROM generate_series(1, ?) AS g(i)" if postgres else
                    "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < ?) SELECT i FROM g")
         with store.transaction() as cursor:
             cursor.execute("INSERT INTO lists (name) VALUES (?)", (LIST_NAME,))
@@ -129,7 +130,7 @@ def build(location: str | Path, count: int) -> tuple[float, float, list[str]]:
                     " FROM subscribers", (issue_id, slug, stamp, stamp, sent))
             # As if they were sent before migration 6: its backfill fills first_sent_at (timed below).
             cursor.execute("UPDATE issues SET first_sent_at = NULL")
-        if store.postgres:
+        if postgres:
             store.connection.execute("ANALYZE")
         built = time.perf_counter() - started
         started = time.perf_counter()

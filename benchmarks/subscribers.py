@@ -54,7 +54,7 @@ from benchmarks.servers import Finished, newsletter_command, run_measured, signa
 from benchmarks.workers import ensure_postgres, machine_ticks, wait_for_quiet
 
 if TYPE_CHECKING:
-    from newsletter.store.engine import Store
+    from newsletter.store.subscribers import Store
 
 __all__ = ["add_arguments", "plan_problems", "run"]
 
@@ -140,8 +140,6 @@ def plan_problems(postgres: bool, plan: str) -> list[str]:
 
 def statements(store: Store, count: int) -> dict[str, tuple[str, Sequence[object]]]:
     """Every statement the measured commands run over the subscribers, with realistic parameters."""
-    from newsletter.store.engine import _EXISTING, _ON_LIST
-
     list_id = store.find_list(LIST_NAME)
     keys = [f"reader{number}@mail{number % DOMAINS}.example.org" for number in range(0, count, max(1, count // 2000))]
     ids = [int(row[0]) for row in store.query("SELECT id FROM subscribers ORDER BY id LIMIT 2000")]
@@ -150,35 +148,37 @@ def statements(store: Store, count: int) -> dict[str, tuple[str, Sequence[object
         "export --list default": store.subscriber_select(list_id=list_id),
         "list --status active": store.subscriber_select(status="active"),
         "export's merge fields (CSV header)": store.field_names_select(),
-        "import: the chunk's subscribers": next(iter(store._lookups(_EXISTING, keys[:2000]))),
-        "import: their membership": next(iter(store._lookups(_ON_LIST, ids, list_id))),
+        "import: the chunk's subscribers": next(iter(store.dialect.subscribers_by_key(keys[:2000]))),
+        "import: their membership": next(iter(store.dialect.memberships_on_list(list_id, ids))),
     }
-    if store.postgres:
-        from newsletter.store.engine import _UPDATE_PEOPLE_PG
+    if store.dialect.name == "postgresql":
+        from newsletter.store.postgres import UPDATE_SUBSCRIBERS
 
         found["import: update the chunk's subscribers"] = (
-            _UPDATE_PEOPLE_PG, ("now", ids, ["x"] * len(ids), ["{}"] * len(ids)))
+            UPDATE_SUBSCRIBERS, ("now", ids, ["x"] * len(ids), ["{}"] * len(ids)))
     return found
 
 
 def explain_all(location: str | Path, count: int) -> tuple[dict[str, str], list[str]]:
     """The plan of each statement (cut to :data:`PLAN_WIDTH`), and the problems found in them."""
-    from newsletter.store.engine import _INDEX_LOOKUPS_ONLY, Store
+    from newsletter.store.postgres import INDEX_LOOKUPS_ONLY
+    from newsletter.store.subscribers import Store
 
     plans: dict[str, str] = {}
     problems: list[str] = []
     with Store.open(location) as store:
+        postgres = store.dialect.name == "postgresql"
         for name, (sql, params) in statements(store, count).items():
-            if store.postgres and name.startswith("import"):  # as the import's transaction has them
-                for setting in _INDEX_LOOKUPS_ONLY:
+            if postgres and name.startswith("import"):  # as the import's transaction has them
+                for setting in INDEX_LOOKUPS_ONLY:
                     store.connection.execute(f"SET {setting} = off")
             plan = store.explain(sql, params)
-            if store.postgres:
-                for setting in _INDEX_LOOKUPS_ONLY:
+            if postgres:
+                for setting in INDEX_LOOKUPS_ONLY:
                     store.connection.execute(f"RESET {setting}")
             plans[name] = "\n".join(line if len(line) <= PLAN_WIDTH else line[:PLAN_WIDTH] + " …"
                                     for line in plan.splitlines())
-            problems += [f"{name}: {line}" for line in plan_problems(store.postgres, plan)]
+            problems += [f"{name}: {line}" for line in plan_problems(postgres, plan)]
     return plans, problems
 
 

@@ -325,7 +325,7 @@ class DatabaseSettings:
 
     @property
     def location(self) -> str | Path:
-        """What :meth:`newsletter.store.Store.open` takes: the URL, or the file."""
+        """What :meth:`newsletter.store.engine.Database.open` takes: the URL, or the file."""
         return self.url or self.path
 
 

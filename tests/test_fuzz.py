@@ -47,8 +47,8 @@ from newsletter.preflight.content import check_issue, check_rendered
 from newsletter.render.engine import render_issue
 from newsletter.render.markup import block_html, inline_html
 from newsletter.sanitize import one_line
-from newsletter.store.engine import Store, Subscriber
 from newsletter.store.subscriber_files import decode_csv, export_csv, export_json, normalise_address, subscriber_row
+from newsletter.store.subscribers import Store, Subscriber
 from newsletter.tokens import TokenSigner, UnsubscribeToken, split_keys, unsubscribe_links
 from tests.harness.htmltext import visible_text
 

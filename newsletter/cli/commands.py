@@ -38,10 +38,10 @@ from newsletter.errors import (
 )
 from newsletter.issue.parse import slug_from_path
 from newsletter.preflight.report import COMPAT_KINDS, check_files
-from newsletter.store.engine import Store
 from newsletter.store.importing import check_list_name, import_subscribers
 from newsletter.store.ledger import STATES, Ledger
 from newsletter.store.subscriber_files import subscriber_row, write_csv, write_json
+from newsletter.store.subscribers import Store
 
 __all__ = [
     "EVERY_ERROR_EXITS",

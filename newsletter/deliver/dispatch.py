@@ -37,7 +37,7 @@ from newsletter.errors import ComposeError, DeliveryError, IssueError, Newslette
 from newsletter.issue.parse import load_issue
 from newsletter.models import Issue, Recipient
 from newsletter.render.engine import render_issue
-from newsletter.store.engine import Store
+from newsletter.store.engine import Database
 from newsletter.store.ledger import Delivery, IssueRecord, Ledger, Result
 from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
 
@@ -217,7 +217,7 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
     if not due:
         return report
     signer = None if options.dry_run else TokenSigner(split_keys(settings.secret_key.reveal()))
-    with Store.open(settings.database.location) as store:
+    with Database.open(settings.database.location) as store:
         ledger = Ledger(store)
         stop = _StopSignal()
         stop.install()

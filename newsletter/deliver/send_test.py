@@ -16,8 +16,8 @@ from newsletter.errors import DeliveryError
 from newsletter.issue.parse import load_issue
 from newsletter.models import Recipient
 from newsletter.render.engine import render_issue
-from newsletter.store.engine import Store
 from newsletter.store.subscriber_files import normalise_address
+from newsletter.store.subscribers import Store
 from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
 
 __all__ = [

@@ -8,8 +8,8 @@ from pathlib import Path
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
 from newsletter.models import is_valid_name
-from newsletter.store.engine import Store, UpsertCounts
 from newsletter.store.subscriber_files import UniqueRows, csv_lines, read_csv
+from newsletter.store.subscribers import Store, UpsertCounts
 
 __all__ = [
     "ImportReport",

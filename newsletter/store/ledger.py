@@ -8,39 +8,33 @@ records the result of its previous one, so a crash leaves at most one row per co
 ``sending``; the next run turns those into ``uncertain`` and leaves them alone unless told
 otherwise, so nobody gets an issue twice.
 
-Whether a run is alive is told by a lock it holds: on SQLite an ``flock`` on
-``<database>.locks/run-<id>.lock``, on PostgreSQL a session advisory lock on a connection
-of its own. The kernel (or the database server) drops it when the process dies, however it
-dies. On PostgreSQL several processes claim rows at once with ``FOR UPDATE SKIP LOCKED``.
+Whether a run is alive is told by a lock it holds (the dialect's: on SQLite an ``flock``
+on ``<database>.locks/run-<id>.lock``, on PostgreSQL a session advisory lock on a
+connection of its own). The kernel (or the database server) drops it when the process
+dies, however it dies. On PostgreSQL several processes claim rows at once with
+``FOR UPDATE SKIP LOCKED``. The SQL is written once; where the backends differ (a set of
+ids as a parameter, the clock that paces sending) the database's dialect states its own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from newsletter.errors import StoreError
-from newsletter.store.engine import Cursor, Store
-
-if TYPE_CHECKING:
-    from newsletter.store.postgres import RunLock as PgRunLock
+from newsletter.store.dialect import Cursor, RunLock
+from newsletter.store.engine import Database
 
 __all__ = [
     "Delivery",
     "IssueRecord",
     "Ledger",
     "Result",
-    "RunLock",
     "STATES",
     "Worker",
 ]
@@ -120,48 +114,7 @@ class Worker:
                 "claimed": self.claimed, "sending": self.sending, "sent": self.sent, "rate": round(self.rate, 1)}
 
 
-class RunLock:
-    """The lock that says a run is alive (SQLite): held from :meth:`acquire` until :meth:`release` or death."""
-
-    def __init__(self, folder: Path, run_id: int) -> None:
-        self.path = folder / f"run-{run_id}.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Create and lock the file (it is new: run ids are never reused)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._fd = fd
-
-    def release(self) -> None:
-        """Unlock and remove the file."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                # A file left behind (its folder turned read-only) is harmless: unlocked, it reads as dead.
-                with suppress(OSError):
-                    self.path.unlink(missing_ok=True)
-            finally:
-                os.close(fd)  # closing drops the lock
-
-    @staticmethod
-    def is_alive(folder: Path, run_id: int) -> bool:
-        """Whether the run ``run_id`` still holds its lock (False when its file is gone)."""
-        try:
-            fd = os.open(folder / f"run-{run_id}.lock", os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # flock locks belong to this open file: closing it frees ours only
-        return False
-
-
-def _issue_record(row: sqlite3.Row, slug: str) -> IssueRecord:
+def _issue_record(row: Any, slug: str) -> IssueRecord:
     return IssueRecord(int(row["id"]), slug, int(row["list_id"] or 0), row["list_name"], row["content_hash"],
                        row["completed_at"])
 
@@ -172,11 +125,10 @@ def _stamp(now: float | None = None) -> str:
 
 
 class Ledger:
-    """The narrow interface the dispatcher needs, over an open :class:`Store`."""
+    """The narrow interface the dispatcher needs, over an open database."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
-        self.locks_dir = Path(f"{store.path}.locks")
         #: issues whose first_sent_at this ledger has written (or found earlier) in a committed transaction
         self._first_sent_noted: set[int] = set()
 
@@ -198,7 +150,7 @@ class Ledger:
             ).fetchone()
             if row is not None:
                 return _issue_record(row, slug)
-            cursor.execute("INSERT OR IGNORE INTO lists (name) VALUES (?)", (list_name,))
+            cursor.execute("INSERT INTO lists (name) VALUES (?) ON CONFLICT DO NOTHING", (list_name,))
             list_id = int(cursor.execute("SELECT id FROM lists WHERE name = ?", (list_name,)).fetchone()[0])
             issue_id = int(cursor.execute(
                 "INSERT INTO issues (slug, list_name, list_id, subject, content_hash, created_at, source_text)"
@@ -265,10 +217,10 @@ class Ledger:
 
     # --- runs -------------------------------------------------------------------------
 
-    def start_run(self) -> tuple[int, RunLock | PgRunLock]:
+    def start_run(self) -> tuple[int, RunLock]:
         """Register this process as a run and take its lock."""
         now = dt.datetime.now(dt.UTC)
-        lock: RunLock | PgRunLock | None = None
+        lock: RunLock | None = None
         try:
             with self.store.transaction() as cursor:
                 run_id = int(cursor.execute(
@@ -276,11 +228,8 @@ class Ledger:
                     (os.getpid(), socket.gethostname(), now.isoformat(timespec="seconds")),
                 ).fetchone()[0])
                 # Locked before the row commits: no other run may ever see this one without its lock.
-                lock = self._run_lock(run_id)
-                try:
-                    lock.acquire()
-                except OSError as exc:
-                    raise StoreError(f"{self.locks_dir}: can't take the run lock: {exc.strerror or exc}") from exc
+                lock = self.store.dialect.run_lock(run_id)
+                lock.acquire()
         except BaseException:
             # The COMMIT failed (a full disk, say): the run doesn't exist, so neither may its lock.
             if lock is not None:
@@ -288,23 +237,11 @@ class Ledger:
             raise
         return run_id, lock
 
-    def _run_lock(self, run_id: int) -> RunLock | PgRunLock:
-        if self.store.postgres:
-            from newsletter.store.postgres import RunLock as PgRunLock
-
-            return PgRunLock(self.store.url, run_id, timeout=self.store.timeout)
-        return RunLock(self.locks_dir, run_id)
-
     def run_is_alive(self, run_id: int) -> bool:
         """Whether the run ``run_id`` still holds its lock."""
-        if self.store.postgres:
-            from newsletter.store.postgres import PgConnection, run_is_alive
+        return self.store.dialect.run_is_alive(self.store.connection, run_id)
 
-            assert isinstance(self.store.connection, PgConnection)
-            return run_is_alive(self.store.connection, run_id)
-        return RunLock.is_alive(self.locks_dir, run_id)
-
-    def finish_run(self, run_id: int, lock: RunLock | PgRunLock) -> None:
+    def finish_run(self, run_id: int, lock: RunLock) -> None:
         """Record the run's end, drop its claims and release its lock."""
         try:
             with self.store.transaction() as cursor:
@@ -376,10 +313,11 @@ class Ledger:
     def claim(self, issue_id: int, run_id: int, *, now: float, limit: int, lease: float) -> list[Delivery]:
         """Reserve up to ``limit`` due rows for ``run_id`` (a soft claim other runs respect until ``lease`` ends)."""
         until = now + lease
+        dialect = self.store.dialect
         # PostgreSQL: rows another worker is claiming right now are passed over, not waited for.
-        skip_locked = " FOR UPDATE OF d SKIP LOCKED" if self.store.postgres else ""
+        skip_locked = dialect.skip_locked("d")
         with self.store.transaction() as cursor:
-            rows: list[sqlite3.Row] = []
+            rows: list[Any] = []
             # One status at a time, each through its partial index (deliveries_deferred,
             # deliveries_pending) in next_attempt_at order: the status must be a literal for
             # SQLite to use a partial index, and "status IN (…)" would sort every open row.
@@ -395,16 +333,13 @@ class Ledger:
                 ).fetchall()
                 if len(rows) >= limit:
                     break
-            if self.store.postgres:  # one statement for the batch: each is a round trip and a plan there
-                cursor.execute(
-                    "UPDATE deliveries SET run_id = ?, claim_until = ? WHERE issue_id = ? AND subscriber_id = ANY(?)",
-                    (run_id, until, issue_id, [int(row["subscriber_id"]) for row in rows]),
-                )
-            else:
-                cursor.executemany(
-                    "UPDATE deliveries SET run_id = ?, claim_until = ? WHERE issue_id = ? AND subscriber_id = ?",
-                    [(run_id, until, issue_id, row["subscriber_id"]) for row in rows],
-                )
+            # By primary key, row by row on SQLite; PostgreSQL: one statement for the batch.
+            dialect.execute_each(
+                cursor,
+                "UPDATE deliveries SET run_id = ?, claim_until = ?"
+                f" WHERE issue_id = ? AND subscriber_id {dialect.each_id}",
+                (run_id, until, issue_id), [row["subscriber_id"] for row in rows],
+            )
         return [
             Delivery(issue_id, int(row["subscriber_id"]), row["email"], row["name"],
                      json.loads(row["fields"]) if row["fields"] != "{}" else {},
@@ -423,33 +358,21 @@ class Ledger:
         """
         stamp = _stamp(now)
         first_sent: list[int] = []
+        dialect = self.store.dialect
         with self.store.transaction() as cursor:
-            sent = [result for result in results if result.status == "sent"]
-            if sent:  # the common case, in one statement
-                if self.store.postgres:  # one statement per reply code (nearly always just 250)
-                    by_code: dict[tuple[int, int | None], list[int]] = {}
-                    for result in sent:
-                        by_code.setdefault((result.issue_id, result.code), []).append(result.subscriber_id)
-                    for (issue_id, code), ids in by_code.items():
-                        if cursor.execute(
-                            "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '',"
-                            " updated_at = ? WHERE issue_id = ? AND subscriber_id = ANY(?) AND status = 'sending'"
-                            " AND run_id = ?",
-                            (stamp, code, stamp, issue_id, ids, run_id),
-                        ).rowcount > 0:
-                            first_sent.append(issue_id)
-                else:
-                    by_issue: dict[int, list[Result]] = {}
-                    for result in sent:
-                        by_issue.setdefault(result.issue_id, []).append(result)
-                    for issue_id, group in by_issue.items():
-                        if cursor.executemany(
-                            "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '',"
-                            " updated_at = ? WHERE issue_id = ? AND subscriber_id = ? AND status = 'sending'"
-                            " AND run_id = ?",
-                            [(stamp, result.code, stamp, issue_id, result.subscriber_id, run_id) for result in group],
-                        ).rowcount > 0:
-                            first_sent.append(issue_id)
+            # The common case, sent, in one statement per reply code (nearly always just 250).
+            by_code: dict[tuple[int, int | None], list[int]] = {}
+            for result in results:
+                if result.status == "sent":
+                    by_code.setdefault((result.issue_id, result.code), []).append(result.subscriber_id)
+            for (issue_id, code), sent_ids in by_code.items():
+                if dialect.execute_each(
+                    cursor, "UPDATE deliveries SET status = 'sent', sent_at = ?, last_code = ?, last_text = '',"
+                    f" updated_at = ? WHERE issue_id = ? AND subscriber_id {dialect.each_id} AND status = 'sending'"
+                    " AND run_id = ?",
+                    (stamp, code, stamp, issue_id), sent_ids, (run_id,),
+                ) > 0:
+                    first_sent.append(issue_id)
             # The archive lists an issue from when its first message went out: kept on the issue's
             # row (the earliest stamp any run writes), so that no page ever reads the deliveries.
             first_sent = [issue_id for issue_id in dict.fromkeys(first_sent) if issue_id not in self._first_sent_noted]
@@ -468,9 +391,8 @@ class Ledger:
                 raise ValueError("marks of one record() call belong to one issue")
             ids = [delivery.subscriber_id for delivery in marks]
             # PostgreSQL: one array parameter, so the statement's text (and plan) is the same
-            # whatever the group's size; SQLite has no arrays.
-            members, id_values = ("= ANY(?)", [ids]) if self.store.postgres else (
-                f"IN ({','.join('?' * len(ids))})", ids)
+            # whatever the group's size; SQLite has no arrays: an IN list.
+            members, id_values = dialect.in_ids(ids)
             # One statement for the whole group; RETURNING says which rows this run may send.
             granted_ids = {
                 int(row[0]) for row in cursor.execute(
@@ -598,22 +520,8 @@ class Ledger:
         holds for all of them together. On PostgreSQL the database server's clock decides
         (machines' clocks differ); the answer is converted to this machine's clock.
         """
-        span = count * interval
         with self.store.transaction() as cursor:
-            if self.store.postgres:
-                row = cursor.execute(
-                    "UPDATE throttle SET next_at = greatest(next_at, extract(epoch from clock_timestamp())) + ?"
-                    " WHERE name = 'send' RETURNING next_at - ?, extract(epoch from clock_timestamp())",
-                    (span, span),
-                ).fetchone()
-                start, server_now = float(row[0]), float(row[1])
-                return time.time() + (start - server_now)
-            now = time.time()
-            row = cursor.execute(
-                "UPDATE throttle SET next_at = max(next_at, ?) + ? WHERE name = 'send' RETURNING next_at - ?",
-                (now, span, span),
-            ).fetchone()
-            return float(row[0])
+            return self.store.dialect.reserve(cursor, count * interval)
 
     def workers(self, *, window: float = 60.0) -> list[Worker]:
         """The runs alive now, with what each holds and its rate over the last ``window`` seconds."""
@@ -640,9 +548,9 @@ class Ledger:
         row = self._query_one("SELECT count(*) FROM deliveries WHERE sent_at >= ?", (_stamp(moment),))
         return int(row[0]) if row else 0
 
-    def _query(self, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Sequence[object]) -> list[Any]:
         return self.store.query(sql, params)
 
-    def _query_one(self, sql: str, params: Sequence[object]) -> sqlite3.Row | None:
+    def _query_one(self, sql: str, params: Sequence[object]) -> Any:
         rows = self._query(sql, params)
         return rows[0] if rows else None

@@ -1,41 +1,49 @@
-"""PostgreSQL under the store's SQLite-shaped interface (psycopg 3; imported only for a postgresql:// URL).
+"""PostgreSQL's dialect, for several workers on one ledger (psycopg 3; imported only for a postgresql:// URL).
 
-The store and the ledger write their SQL once, in the dialect both databases share;
-:func:`translate` turns the few SQLite spellings they use into PostgreSQL's (``?``
-placeholders, ``INSERT OR IGNORE``, ``group_concat``). :class:`PgConnection` offers the
-part of :class:`sqlite3.Connection` the store uses, with rows that are read by position
-or by column name, and explicit transactions (``BEGIN``/``COMMIT`` sent by the store).
+The schema's version is kept in a ``schema_version`` table, and one process migrates at a
+time (a transaction advisory lock); transactions run side by side, so a read-then-write
+that must not interleave takes an advisory lock too (:meth:`PostgresDialect.serialize`),
+and workers claim rows with ``FOR UPDATE SKIP LOCKED``. A set of ids is one array
+parameter (``= ANY(?)``, ``unnest``): one statement, one round trip and one plan whatever
+its size. The database server's clock paces sending (machines' clocks differ).
 
-Whether a run is alive is a session advisory lock (``pg_advisory_lock(run id)``) held
-on a connection of its own: PostgreSQL drops it when that connection ends, however the
-process ends, as the kernel drops an ``flock`` on SQLite's side.
+Whether a run is alive is a session advisory lock (``pg_advisory_lock(run id)``) held on a
+connection of its own: PostgreSQL drops it when that connection ends, however the process
+ends, as the kernel drops an ``flock`` on SQLite's side.
+
+:class:`PgConnection` offers the part of :class:`sqlite3.Connection` the store uses, with
+rows read by position or by column name, explicit transactions (``BEGIN``/``COMMIT`` sent
+by the store), and the store's ``?`` parameters handed to psycopg as its ``%s``.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import psycopg.errors
 from psycopg import pq
 from psycopg.rows import RowMaker
 
 from newsletter.errors import StoreError
+from newsletter.store.dialect import Connection, Cursor, Statement, first_line
 
 __all__ = [
+    "AdvisoryRunLock",
+    "INDEX_LOOKUPS_ONLY",
     "MIGRATIONS",
     "PgConnection",
     "PgCursor",
     "PgRow",
-    "RunLock",
+    "PostgresDialect",
+    "UPDATE_SUBSCRIBERS",
     "connect",
     "redacted",
-    "run_is_alive",
-    "translate",
 ]
 
 #: the same steps as SQLite's migrations, ending in the same tables, in PostgreSQL's types
@@ -134,8 +142,31 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+
+#: planner settings an import's transaction turns off: what is left is index lookups
+INDEX_LOOKUPS_ONLY = ("enable_seqscan", "enable_bitmapscan", "enable_hashjoin", "enable_mergejoin", "enable_material")
+#: an import's update of the subscribers of a chunk who were there before (by primary key)
+UPDATE_SUBSCRIBERS = ("UPDATE subscribers SET name = u.name, fields = u.fields, updated_at = ?"
+                      " FROM unnest(?::bigint[], ?::text[], ?::text[]) AS u(id, name, fields)"
+                      " WHERE subscribers.id = u.id")
+# An import's lookups take the values as an array (the first parameter), each looked up by a
+# LATERAL subquery that OFFSET 0 keeps from being flattened into a join: whatever the
+# statistics say, the plan is one index search per value (a join let the planner read the
+# whole list per chunk instead).
+#: the subscribers of a chunk's addresses (email_key's unique index)
+_SUBSCRIBERS_BY_KEY = (
+    "SELECT s.* FROM unnest(?::text[]) AS k(key), LATERAL (SELECT id, email, email_key, name, status, fields"
+    " FROM subscribers WHERE email_key = k.key OFFSET 0) AS s"
+)
+#: their membership of the list (the primary key)
+_MEMBERSHIPS_ON_LIST = (
+    "SELECT m.* FROM unnest(?::bigint[]) AS k(id), LATERAL (SELECT subscriber_id, status FROM memberships"
+    " WHERE list_id = ? AND subscriber_id = k.id OFFSET 0) AS m"
+)
+#: the advisory lock key that serializes migrations
+_MIGRATION_LOCK = 0x6E6C_6D69  # "nlmi"
+
 _stream_numbers = itertools.count(1)
-_INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 
 
 def redacted(url: str) -> str:
@@ -148,13 +179,196 @@ def redacted(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment))
 
 
+class PostgresDialect:
+    """PostgreSQL's SQL where it differs from SQLite's, for the database at ``url``."""
+
+    name = "postgresql"
+    migrations = MIGRATIONS
+    begin_write = "BEGIN"
+    begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    each_id = "= ANY(?)"
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        self.url = url
+        self.label = redacted(url)
+        #: seconds a statement waits for a lock another worker holds
+        self.timeout = timeout
+
+    # --- the engine -------------------------------------------------------------------
+
+    def connect(self) -> PgConnection:
+        """Connect, in autocommit mode (the store sends BEGIN and COMMIT itself)."""
+        try:
+            return connect(self.url, timeout=self.timeout)
+        except Exception as exc:  # psycopg.Error, or a malformed URL
+            raise StoreError(f"{self.label}: can't connect: {first_line(exc)}") from exc
+
+    def schema_version(self, connection: Connection) -> int:
+        """The ``schema_version`` table's one row (0 when there is no such table)."""
+        if not connection.execute("SELECT to_regclass('schema_version') IS NOT NULL", ()).fetchall()[0][0]:
+            return 0
+        rows = connection.execute("SELECT version FROM schema_version", ()).fetchall()
+        return int(rows[0][0]) if rows else 0
+
+    def lock_schema(self, cursor: Cursor) -> int:
+        """One migrating process at a time (released at COMMIT); the others wait, then find it done."""
+        cursor.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = cursor.execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def set_schema_version(self, cursor: Cursor, version: int) -> None:
+        """The one row of ``schema_version``."""
+        cursor.execute("DELETE FROM schema_version")
+        cursor.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    def other_tables(self, cursor: Cursor) -> str:
+        """Tables in the current schema, ``schema_version`` aside."""
+        row = cursor.execute(
+            "SELECT string_agg(name, ', ') FROM (SELECT table_name AS name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name <> 'schema_version'"
+            " ORDER BY table_name LIMIT 3) t"
+        ).fetchone()
+        return str(row[0] or "") if row else ""
+
+    def serialize(self, cursor: Cursor, key: int) -> None:
+        """A transaction advisory lock: transactions run side by side here (two workers opening one issue)."""
+        cursor.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+
+    def stream(self, connection: Connection, sql: str, params: Sequence[object], size: int) -> Iterator[Any]:
+        """A server-side cursor, ``size`` rows a round trip."""
+        yield from _pg(connection).stream(sql, params, size=size)
+
+    def explain(self, connection: Connection, sql: str, params: Sequence[object]) -> str:
+        """``EXPLAIN``'s lines."""
+        return "\n".join(str(row[0]) for row in connection.execute(f"EXPLAIN {sql}", params).fetchall())
+
+    def error(self, exc: BaseException) -> StoreError | None:
+        """The StoreError for a psycopg error: one line, what is wrong and what to do."""
+        if not isinstance(exc, psycopg.Error):
+            return None
+        text = first_line(exc)
+        if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+            what = f"a lock another process holds wasn't released in {self.timeout:g} s; run again once it is done"
+        elif isinstance(exc, psycopg.errors.DiskFull):
+            what = f"the database server is out of disk space ({text}); nothing of the failed change was written"
+        elif isinstance(exc, psycopg.OperationalError):
+            what = f"the connection to the database failed ({text}); nothing of the failed change was written"
+        else:
+            what = text
+        return StoreError(f"{self.label}: {what}")
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def run_lock(self, run_id: int) -> AdvisoryRunLock:
+        """A session advisory lock on a connection of its own."""
+        return AdvisoryRunLock(self.url, run_id, timeout=self.timeout)
+
+    def run_is_alive(self, connection: Connection, run_id: int) -> bool:
+        """Whether some session holds run ``run_id``'s advisory lock."""
+        # A one-key advisory lock on a bigint is stored as (classid, objid) = (high, low) 32 bits, objsubid 1.
+        row = connection.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND classid::bigint = ? AND objid::bigint = ?",
+            ((run_id >> 32) & 0xFFFFFFFF, run_id & 0xFFFFFFFF),
+        ).fetchone()
+        return bool(row and row[0])
+
+    # --- pieces of SQL ----------------------------------------------------------------------
+
+    def string_agg(self, expression: str, separator: str) -> str:
+        """``string_agg``."""
+        return f"string_agg({expression}, {separator})"
+
+    def json_keys(self, column: str) -> str:
+        """``jsonb_object_keys`` (the column is text holding JSON)."""
+        return f"jsonb_object_keys({column}::jsonb) AS k(key)"
+
+    def skip_locked(self, alias: str) -> str:
+        """``FOR UPDATE … SKIP LOCKED``: rows another worker is claiming right now are passed over."""
+        return f" FOR UPDATE OF {alias} SKIP LOCKED"
+
+    def in_ids(self, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        """One array parameter: the statement's text (and plan) is the same whatever the number of ids."""
+        return "= ANY(?)", [list(ids)]
+
+    def execute_each(self, cursor: Cursor, sql: str, before: Sequence[Any], ids: Sequence[int],
+                     after: Sequence[Any] = ()) -> int:
+        """One statement with the ids as an array: each statement is a round trip and a plan here."""
+        return int(cursor.execute(sql, (*before, list(ids), *after)).rowcount)
+
+    def reserve(self, cursor: Cursor, span: float) -> float:
+        """The server's clock decides (machines' clocks differ); the answer is converted to this machine's."""
+        row = cursor.execute(
+            "UPDATE throttle SET next_at = greatest(next_at, extract(epoch from clock_timestamp())) + ?"
+            " WHERE name = 'send' RETURNING next_at - ?, extract(epoch from clock_timestamp())",
+            (span, span),
+        ).fetchone()
+        start, server_now = float(row[0]), float(row[1])
+        return time.time() + (start - server_now)
+
+    # --- an import's bulk statements ----------------------------------------------------------
+
+    def prefer_index_lookups(self, cursor: Cursor) -> None:
+        """Turn off what isn't an index lookup, until the transaction ends.
+
+        Each chunk looks up a few thousand keys in tables of any size, which only index
+        lookups do in time proportional to the chunk. Statistics taken while the tables
+        were small (or mid-import) made the planner scan whole tables per chunk instead:
+        an import quadratic in the table's size.
+        """
+        for setting in INDEX_LOOKUPS_ONLY:
+            cursor.execute(f"SET LOCAL {setting} = off")
+
+    def subscribers_by_key(self, keys: Sequence[str]) -> Iterator[Statement]:
+        """One statement, the keys as an array."""
+        if keys:
+            yield _SUBSCRIBERS_BY_KEY, (list(keys),)
+
+    def memberships_on_list(self, list_id: int, ids: Sequence[int]) -> Iterator[Statement]:
+        """One statement, the ids as an array."""
+        if ids:
+            yield _MEMBERSHIPS_ON_LIST, (list(ids), list_id)
+
+    def insert_subscribers(self, cursor: Cursor, rows: Sequence[tuple[str, str, str, str]],
+                           now: str) -> list[tuple[int, str]]:
+        """One statement over arrays, in order (``WITH ORDINALITY``), returning the ids."""
+        if not rows:
+            return []
+        found = cursor.execute(
+            "INSERT INTO subscribers (email, email_key, name, fields, created_at, updated_at)"
+            " SELECT u.email, u.key, u.name, u.fields, ?, ? FROM unnest(?::text[], ?::text[], ?::text[], ?::text[])"
+            " WITH ORDINALITY AS u(email, key, name, fields, n) ORDER BY u.n RETURNING id, email_key",
+            (now, now, [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows],
+             [row[3] for row in rows]),
+        ).fetchall()
+        return [(int(row[0]), str(row[1])) for row in found]
+
+    def update_subscribers(self, cursor: Cursor, rows: Sequence[tuple[int, str, str]], now: str) -> None:
+        """One statement over arrays (:data:`UPDATE_SUBSCRIBERS`)."""
+        if rows:
+            cursor.execute(UPDATE_SUBSCRIBERS,
+                           (now, [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]))
+
+    def insert_memberships(self, cursor: Cursor, list_id: int, members: Sequence[tuple[int, str]],
+                           now: str) -> None:
+        """One statement over arrays, ``ON CONFLICT DO NOTHING``."""
+        cursor.execute(
+            "INSERT INTO memberships (list_id, subscriber_id, status, created_at, updated_at)"
+            " SELECT ?, u.id, u.status, ?, ? FROM unnest(?::bigint[], ?::text[]) AS u(id, status)"
+            " ON CONFLICT DO NOTHING",
+            (list_id, now, now, [member[0] for member in members], [member[1] for member in members]),
+        )
+
+
 @functools.lru_cache(maxsize=512)
-def translate(sql: str) -> str:
-    """The store's SQL (SQLite spelling) in PostgreSQL's: placeholders, INSERT OR IGNORE, group_concat."""
-    text = sql.replace("%", "%%").replace("?", "%s")
-    if _INSERT_OR_IGNORE.match(text):
-        text = _INSERT_OR_IGNORE.sub("INSERT INTO", text, count=1) + " ON CONFLICT DO NOTHING"
-    return text.replace("group_concat(", "string_agg(")
+def _psycopg_parameters(sql: str) -> str:
+    """The store's ``?`` parameters as psycopg's ``%s`` (and a literal ``%`` doubled, as psycopg wants).
+
+    A paramstyle, not a dialect: the store's statements use ``?`` only for parameters
+    (never the JSON ``?`` operator, never inside a literal), and their SQL is PostgreSQL's own.
+    """
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 class PgRow(tuple[Any, ...]):
@@ -195,13 +409,13 @@ class PgCursor:
         return self._cursor.rowcount
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> PgCursor:
-        """Run one statement (SQLite spelling, translated)."""
-        self._cursor.execute(translate(sql), tuple(parameters))
+        """Run one statement."""
+        self._cursor.execute(_psycopg_parameters(sql), tuple(parameters))
         return self
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> PgCursor:
         """Run one statement for each parameter tuple (pipelined by psycopg)."""
-        self._cursor.executemany(translate(sql), [tuple(values) for values in parameters])
+        self._cursor.executemany(_psycopg_parameters(sql), [tuple(values) for values in parameters])
         return self
 
     def fetchone(self) -> PgRow | None:
@@ -242,12 +456,18 @@ class PgConnection:
         # A name of its own: two streams may be open at once on one connection.
         with self.raw.cursor(name=f"newsletter_stream_{next(_stream_numbers)}") as cursor:
             cursor.itersize = size
-            cursor.execute(translate(sql), tuple(parameters))
+            cursor.execute(_psycopg_parameters(sql), tuple(parameters))
             yield from cursor
 
     def close(self) -> None:
         """Close the connection."""
         self.raw.close()
+
+
+def _pg(connection: Connection) -> PgConnection:
+    if not isinstance(connection, PgConnection):
+        raise TypeError(f"not a PostgreSQL connection: {connection!r}")
+    return connection
 
 
 def connect(url: str, *, timeout: float) -> PgConnection:
@@ -261,7 +481,7 @@ def connect(url: str, *, timeout: float) -> PgConnection:
     return PgConnection(connection, url)
 
 
-class RunLock:
+class AdvisoryRunLock:
     """A run is alive while this lock is held: a session advisory lock on a connection of its own."""
 
     def __init__(self, url: str, run_id: int, *, timeout: float) -> None:
@@ -284,14 +504,3 @@ class RunLock:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             connection.close()
-
-
-def run_is_alive(connection: PgConnection, run_id: int) -> bool:
-    """Whether some session holds run ``run_id``'s advisory lock."""
-    # A one-key advisory lock on a bigint is stored as (classid, objid) = (high, low) 32 bits, objsubid 1.
-    row = connection.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-        " AND classid::bigint = ? AND objid::bigint = ?",
-        ((run_id >> 32) & 0xFFFFFFFF, run_id & 0xFFFFFFFF),
-    ).fetchone()
-    return bool(row and row[0])

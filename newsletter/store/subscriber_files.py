@@ -25,7 +25,7 @@ from typing import BinaryIO, TextIO
 
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.sanitize import one_line
-from newsletter.store.engine import Subscriber, SubscriberRow
+from newsletter.store.subscribers import Subscriber, SubscriberRow
 
 __all__ = [
     "ImportResult",

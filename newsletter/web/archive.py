@@ -22,7 +22,7 @@ from newsletter.config import Settings
 from newsletter.issue.parse import parse_issue, slug_from_path
 from newsletter.models import Recipient
 from newsletter.render.engine import render_issue
-from newsletter.store.engine import Store
+from newsletter.store.engine import Database
 
 __all__ = [
     "ArchiveEntry",
@@ -92,7 +92,7 @@ def sent_issues(database: str | Path) -> list[ArchiveEntry]:
     """Issues that at least one subscriber got, newest first (``database``: a file or a postgresql:// URL)."""
     if isinstance(database, Path) and not database.exists():
         return []
-    with Store.open(database) as store:
+    with Database.open(database) as store:
         rows = store.query(INDEX_SQL)
     return [_entry(row) for row in rows]
 
@@ -116,7 +116,7 @@ def sent_issue_source(database: str | Path, slug: str, issues_dir: Path) -> tupl
 def _sent_issue(database: str | Path, slug: str) -> tuple[ArchiveEntry, str | None] | None:
     if isinstance(database, Path) and not database.exists():
         return None
-    with Store.open(database) as store:
+    with Database.open(database) as store:
         rows = store.query(SLUG_SQL, (slug,))
     if not rows:
         return None
@@ -136,7 +136,7 @@ def available(entry: ArchiveEntry, issues_dir: Path) -> bool:
 def issue_source(database: str | Path, entry: ArchiveEntry, issues_dir: Path) -> tuple[str, str] | None:
     """The text of ``entry``'s issue and a name for it: as sent (kept in the ledger), else its file now."""
     if entry.kept:
-        with Store.open(database) as store:
+        with Database.open(database) as store:
             rows = store.query("SELECT source_text FROM issues WHERE slug = ?", (entry.slug,))
         if rows and rows[0][0] is not None:
             return str(rows[0][0]), f"{entry.slug}.md"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from newsletter.store.engine import Rejoined, Store
+from newsletter.store.subscribers import Rejoined, Store
 from newsletter.tokens import TokenSigner
 
 __all__ = [

@@ -15,8 +15,8 @@ from newsletter.cli.commands import main
 from newsletter.compose.dkim import generate_key
 from newsletter.config import load_settings
 from newsletter.errors import ConfigError
-from newsletter.store.engine import Store, SubscriberRow
 from newsletter.store.ledger import Ledger
+from newsletter.store.subscribers import Store, SubscriberRow
 from tests.conftest import SEED_ISSUE, write_issue
 from tests.harness.smtpserver import SmtpServer, running_server
 

@@ -21,7 +21,7 @@ from newsletter.errors import ComposeError
 from newsletter.issue.parse import parse_issue
 from newsletter.models import Recipient, RenderedIssue
 from newsletter.render.engine import render_issue
-from newsletter.store.engine import Store, SubscriberRow
+from newsletter.store.subscribers import Store, SubscriberRow
 from tests.conftest import write_issue
 from tests.harness.htmltext import visible_text
 from tests.harness.smtpserver import SmtpServer, running_server

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from newsletter.cli.commands import main
 from newsletter.compose.dkim import generate_key
 from newsletter.devtools.outbox import Outbox
-from newsletter.store.engine import Store, SubscriberRow
+from newsletter.store.subscribers import Store, SubscriberRow
 from tests.conftest import SEED_ISSUE
 from tests.harness.spamassassin import Verdict, judge, spamassassin_command
 

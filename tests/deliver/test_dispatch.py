@@ -12,8 +12,8 @@ import pytest
 
 from newsletter.config import DatabaseSettings, DispatchSettings, Secret, Settings, SmtpSettings
 from newsletter.deliver.dispatch import DispatchOptions, dispatch, retry_delay
-from newsletter.store.engine import Store, SubscriberRow
 from newsletter.store.ledger import Ledger
+from newsletter.store.subscribers import Store, SubscriberRow
 from newsletter.tokens import TokenSigner, split_keys
 from tests.conftest import SEED_ISSUE
 from tests.harness.smtpserver import SmtpServer, running_server
@@ -372,7 +372,7 @@ def test_a_database_failure_mid_run_ends_the_run_with_an_error(tmp_path: Path, s
     def failing(self: Ledger, *args: object, **kwargs: object) -> list[bool]:
         calls["count"] += 1
         if calls["count"] > 5:
-            raise StoreError(f"{self.store.path}: the disk is full; nothing was written")
+            raise StoreError(f"{self.store.label}: the disk is full; nothing was written")
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Ledger, "record", failing)

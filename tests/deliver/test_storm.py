@@ -13,7 +13,7 @@ import pytest
 
 from newsletter.config import DatabaseSettings, DispatchSettings, Secret, Settings, SmtpSettings
 from newsletter.deliver.dispatch import DispatchOptions, dispatch
-from newsletter.store.engine import Store, SubscriberRow
+from newsletter.store.subscribers import Store, SubscriberRow
 from tests.conftest import SEED_ISSUE
 from tests.harness.stormserver import StormServer
 

@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from newsletter.config import Settings, load_settings
 from newsletter.deliver.dispatch import DispatchOptions, DispatchReport, dispatch
-from newsletter.store.engine import Store, SubscriberRow
+from newsletter.store.subscribers import Store, SubscriberRow
 from tests.conftest import ROOT, SEED_ISSUE
 from tests.harness.smtpserver import Recorder, SmtpServer
 

@@ -18,8 +18,9 @@ import psycopg
 import pytest
 
 from newsletter.errors import StoreError
-from newsletter.store.engine import MIGRATIONS, Store, SubscriberRow
 from newsletter.store.ledger import Ledger, Result
+from newsletter.store.sqlite import MIGRATIONS
+from newsletter.store.subscribers import Store, SubscriberRow
 from tests.conftest import ROOT
 
 pytest_plugins = ["tests.harness.pgserver"]
@@ -218,7 +219,7 @@ def test_two_workers_claiming_at_once_get_disjoint_rows(database: str | Path, op
 CHILD = """\
 import sys, time
 from newsletter.store.ledger import Ledger
-from newsletter.store.engine import Store
+from newsletter.store.subscribers import Store
 ledger = Ledger(Store.open(sys.argv[1]))
 issue = ledger.find_issue("s")
 run_id, lock = ledger.start_run()
@@ -309,13 +310,13 @@ def test_leaving_and_rejoining_one_list_by_ids(database: str | Path) -> None:
 def _index_only(store: Store) -> None:
     """On PostgreSQL, turn sequential scans off for this session: with a few rows a scan is cheaper and the
     planner rightly takes it, so a plan shows an index only if one can serve (without one the Seq Scan stays)."""
-    if store.postgres:
+    if store.dialect.name == "postgresql":
         store.connection.execute("SET enable_seqscan = off")
 
 
 def _subquery_scans(store: Store, plan: str) -> list[str]:
     """The lines of ``plan`` that read every row of memberships or subscribers inside a correlated subquery."""
-    if store.postgres:
+    if store.dialect.name == "postgresql":
         inside = plan.split("SubPlan", 1)[1] if "SubPlan" in plan else ""
         return [line for line in plan.splitlines() if "Seq Scan on memberships" in line] + \
             [line for line in inside.splitlines() if "Seq Scan on subscribers" in line]
@@ -342,24 +343,24 @@ def test_export_and_list_find_each_subscriber_s_lists_by_index(database: str | P
         plan = store.explain(*statements["export"])
         # Each subscriber's lists: a search of memberships_subscriber, not a scan per row.
         assert "memberships_subscriber" in plan, plan
-        if not store.postgres:
+        if store.dialect.name == "sqlite":
             assert "SEARCH m USING COVERING INDEX memberships_subscriber (subscriber_id=? AND status=?)" in plan
 
 
 def test_an_import_s_lookups_are_index_searches(database: str | Path) -> None:
-    from newsletter.store.engine import _EXISTING, _INDEX_LOOKUPS_ONLY, _ON_LIST
+    from newsletter.store.postgres import INDEX_LOOKUPS_ONLY
 
     with Store.open(database) as store:
         store.upsert_subscribers([SubscriberRow(f"r{n}@example.org") for n in range(20)], list_name="default")
         list_id = store.find_list("default")
-        if store.postgres:  # as the import's transaction has them
-            for setting in _INDEX_LOOKUPS_ONLY:
+        if store.dialect.name == "postgresql":  # as the import's transaction has them
+            for setting in INDEX_LOOKUPS_ONLY:
                 store.connection.execute(f"SET {setting} = off")
-        for lookup, values, extra, key in ((_EXISTING, ["r1@example.org", "r2@example.org"], (), "email_key"),
-                                           (_ON_LIST, [1, 2], (list_id,), "subscriber_id")):
-            ((sql, params),) = list(store._lookups(lookup, values, *extra))
+        for lookups, key in ((store.dialect.subscribers_by_key(["r1@example.org", "r2@example.org"]), "email_key"),
+                             (store.dialect.memberships_on_list(list_id, [1, 2]), "subscriber_id")):
+            ((sql, params),) = list(lookups)
             plan = store.explain(sql, params)
-            if store.postgres:  # one index search per value of the chunk, by the key itself
+            if store.dialect.name == "postgresql":  # one index search per value of the chunk, by the key itself
                 assert "Seq Scan" not in plan and "Materialize" not in plan and "Join Filter" not in plan, plan
                 assert any(line.strip().startswith("Index Cond:") and f"{key} = k." in line
                            for line in plan.splitlines()), plan
@@ -414,7 +415,7 @@ def test_export_and_list_print_what_they_printed_before_they_streamed(database: 
 def test_an_import_in_many_chunks_is_the_import_in_one(database: str | Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The same address in different chunks (and scratch batches): the later row wins in the earlier's place."""
-    from newsletter.store import engine as store_module
+    from newsletter.store import subscribers as store_module
     from newsletter.store.subscriber_files import UniqueRows
 
     rows = "".join(f"r{n % 7}@example.org,Reader {n},{'x' * (n % 3)}\n" for n in range(30))
@@ -577,7 +578,7 @@ def test_the_archive_reads_one_row_per_issue_and_finds_a_slug_by_index(database:
     index = store.explain(archive.INDEX_SQL)
     assert "deliveries" not in index, index  # no page reads the deliveries
     slug = store.explain(archive.SLUG_SQL, ("nope",))
-    if store.postgres:
+    if store.dialect.name == "postgresql":
         assert "Index Scan using issues_slug_key on issues" in slug and "Seq Scan" not in slug, slug
     else:
         assert slug == "SEARCH issues USING INDEX sqlite_autoindex_issues_1 (slug=?)", slug

@@ -36,7 +36,8 @@ import pytest
 from click.testing import CliRunner
 
 from newsletter.cli.commands import main
-from newsletter.store.engine import BUSY_TIMEOUT, Store, SubscriberRow
+from newsletter.store.engine import BUSY_TIMEOUT
+from newsletter.store.subscribers import Store, SubscriberRow
 from tests.conftest import ROOT, SEED_ISSUE
 from tests.harness.smtpserver import SmtpServer, running_server
 

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from newsletter.cli.commands import main
 from newsletter.errors import StoreError
-from newsletter.store.engine import MIGRATIONS, Store, Subscriber
+from newsletter.store.sqlite import MIGRATIONS
 from newsletter.store.subscriber_files import parse_csv, subscriber_row
+from newsletter.store.subscribers import Store, Subscriber
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from newsletter.cli.commands import main
 from newsletter.config import DatabaseSettings, DispatchSettings, Secret, SenderSettings, Settings, SmtpSettings
 from newsletter.deliver.dispatch import DispatchOptions, dispatch
 from newsletter.devtools.outbox import Outbox
-from newsletter.store.engine import Store, SubscriberRow
+from newsletter.store.subscribers import Store, SubscriberRow
 from newsletter.tokens import TokenSigner, split_keys
 from newsletter.web.app import create_app
 from newsletter.web.archive import build_static
