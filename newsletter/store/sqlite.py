@@ -204,7 +204,7 @@ class SQLiteDialect:
             ).fetchone()
             if not version and tables:
                 raise foreign_database(self.label, tables)
-            connection.execute("PRAGMA journal_mode=WAL")
+            self._switch_to_wal(connection)
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=ON")
         except BaseException as exc:
@@ -219,6 +219,25 @@ class SQLiteDialect:
                 raise StoreError(f"{self.path}: can't create its folder: {exc.strerror or exc}") from exc
             raise
         return connection
+
+    def _switch_to_wal(self, connection: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode=WAL``, waiting for another connection that is switching a new file too.
+
+        SQLite answers that pragma "database is locked" at once, without its busy handler,
+        while another connection holds the lock it needs: two processes opening a new
+        database together failed about one time in forty. The switch is made once per
+        file and then persists, so trying again until the busy timeout is enough.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+                        or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     def schema_version(self, connection: Connection) -> int:
         """``PRAGMA user_version``."""

@@ -84,6 +84,27 @@ def test_two_processes_opening_a_new_database_at_once_both_succeed(database: str
     assert errors == []
 
 
+def test_many_new_sqlite_files_each_opened_by_four_threads_at_once(tmp_path: Path) -> None:
+    """SQLite answered the switch to WAL "database is locked" at once, without waiting, while another
+    connection was switching the same new file: about one new database in forty failed to open."""
+    errors: list[BaseException] = []
+
+    def open_it(database: Path) -> None:
+        try:
+            Store.open(database).close()
+        except BaseException as exc:  # collected for the assertion
+            errors.append(exc)
+
+    for number in range(100):
+        database = tmp_path / f"new-{number}.db"
+        threads = [threading.Thread(target=open_it, args=(database,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert errors == []
+
+
 def test_upsert_merges_case_insensitively_and_never_reactivates(database: str | Path) -> None:
     with Store.open(database) as store:
         first = store.upsert_subscribers([SubscriberRow("Ada@Example.org", "Ada", {"city": "London"}),
