@@ -168,6 +168,11 @@ class SmtpConnection:
         except (aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             raise DeliveryError(f"can't connect to {where}: {_reason(exc)}") from exc
+        except BaseException:
+            # Cancelled (the run's end cancels a stuck worker) after aiosmtplib's own connect()
+            # returned: the socket is ours to close, or it stays open until the GC finds it.
+            client.close()
+            raise
         finally:
             self._connecting = None
         self._client = client

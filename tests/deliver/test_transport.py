@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
+import warnings
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,86 @@ def test_no_reply_after_the_final_dot_is_uncertain_and_the_next_send_reconnects(
         assert after.outcome == "sent"
         assert connections == 2  # the stalled connection was dropped, not reused
         assert "next@example.org" in [m.rcpt for m in server.recorder.received()]
+
+
+class _ScriptedServer:
+    """A real TCP server speaking just enough SMTP, which goes silent at a chosen command.
+
+    ``silent_at`` is "greeting" or a command: a task cancelled while it waits there
+    (the run's end cancels its workers) must not leave the client's socket open.
+    """
+
+    def __init__(self, silent_at: str) -> None:
+        self.silent_at = silent_at
+        self.waiting = asyncio.Event()
+        self.client_went = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self.silent_at == "greeting":
+            await self._silent_until_the_client_goes(reader)
+            return
+        writer.write(b"220 ready\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == self.silent_at[:4].encode():
+                await self._silent_until_the_client_goes(reader)
+                return
+            if verb in (b"EHLO", b"HELO"):
+                writer.write(b"250-here\r\n250 PIPELINING\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go on\r\n")
+                while await reader.readline() not in (b".\r\n", b""):
+                    pass
+                writer.write(b"250 queued\r\n")
+            else:
+                writer.write(b"250 ok\r\n")
+
+    async def _silent_until_the_client_goes(self, reader: asyncio.StreamReader) -> None:
+        self.waiting.set()
+        await reader.read()
+        self.client_went.set()
+
+    def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+
+
+@pytest.mark.parametrize("silent_at", ["greeting", "EHLO", "RCPT", "QUIT"])
+def test_a_task_cancelled_while_the_server_is_silent_leaves_no_socket_open(silent_at: str) -> None:
+    """The run's end cancels a worker that is stuck; its connection must be closed, not left to the GC.
+
+    Before the fix a cancel during connect() or a transaction left the transport open, and a later
+    garbage collection (in some other test) warned ``unclosed transport``.
+    """
+    async def scenario() -> None:
+        script = _ScriptedServer(silent_at)
+        server = await asyncio.start_server(script.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        connection = SmtpConnection(SmtpSettings(host="127.0.0.1", port=port, timeout=600))
+
+        async def use() -> None:
+            await connection.send("editor@example.org", "reader@example.org", b"Subject: x\r\n\r\nhi\r\n")
+            await connection.close()
+
+        try:
+            task = asyncio.create_task(use())
+            await asyncio.wait_for(script.waiting.wait(), 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(connection.close(), 10)  # what the worker's `finally` does after a cancel
+            # The server, still up, sees the client close its end (not only when the GC finds the socket).
+            await asyncio.wait_for(script.client_went.wait(), 10)
+        finally:
+            script.close()
+            server.close()
+            await server.wait_closed()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        asyncio.run(scenario())
+        gc.collect()
+    unclosed = [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)]
+    assert unclosed == []
