@@ -1,4 +1,6 @@
-"""Unsubscribe tokens: an HMAC-SHA256 over (subscriber, list), with room for key rotation.
+"""Signed ids: unsubscribe tokens, and the return paths (VERP) that tell which delivery bounced.
+
+Unsubscribe tokens are an HMAC-SHA256 over (subscriber, list), with room for key rotation.
 
 A token reads ``<subscriber>-<list>-<key id><mac>``: the two ids in decimal, a 4-character
 key id naming the key that signed it, and 22 characters of URL-safe base64 (128 bits of
@@ -19,7 +21,11 @@ from dataclasses import dataclass
 from newsletter.errors import ConfigError
 
 __all__ = [
+    "MAX_BOUNCE_LOCAL_PART",
+    "ReturnPaths",
+    "SignedDelivery",
     "TokenSigner",
+    "UNSUBSCRIBE_TAG",
     "UnsubscribeToken",
     "split_keys",
     "unsubscribe_links",
@@ -110,3 +116,98 @@ def _mac(key: bytes, subscriber_id: int, list_id: int) -> str:
     message = f"unsubscribe\x00{subscriber_id}\x00{list_id}".encode("ascii")
     digest = hmac.digest(key, message, "sha256")  # one-shot, in C: ~4x faster than hmac.new
     return base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
+
+
+# --- return paths (VERP) -------------------------------------------------------------------
+
+#: the tag of the bounce mailbox that List-Unsubscribe's ``mailto:`` points at
+UNSUBSCRIBE_TAG = "unsubscribe"
+#: the longest local part a bounce address may have, so that with the longest id it stays
+#: within RFC 5321's 64 octets (1 + 13 + 1 + 13 + 1 + 13 = 42 more)
+MAX_BOUNCE_LOCAL_PART = 20
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+_VERP_ID_RE = re.compile(r"([0-9a-z]{1,13})-([0-9a-z]{1,13})-([a-z2-7]{13})")
+
+
+@dataclass(frozen=True)
+class SignedDelivery:
+    """What a valid return path says: the delivery (issue, subscriber) whose message came back."""
+
+    issue_id: int
+    subscriber_id: int
+
+
+def _base36(number: int) -> str:
+    digits = []
+    while True:
+        number, digit = divmod(number, 36)
+        digits.append(_BASE36[digit])
+        if not number:
+            return "".join(reversed(digits))
+
+
+class ReturnPaths:
+    """Makes and reads the envelope senders (VERP) at ``bounce_address``, signed with ``keys``.
+
+    ``bounces@news.example.com`` gives ``bounces+<issue>-<subscriber>-<mac>@news.example.com``:
+    the ids in base 36 and 13 characters of lower-case base 32 (65 bits of an HMAC-SHA256),
+    all lower case because some mail servers fold the local part's case. Only the holder
+    of the secret key can make one, so a forged bounce can't name a subscriber. Every key
+    in ``keys`` is accepted when reading (rotation, as for unsubscribe tokens).
+    """
+
+    __slots__ = ("_domain", "_keys", "_local", "_prefix", "_suffix")
+
+    def __init__(self, bounce_address: str, keys: Sequence[bytes]) -> None:
+        if not keys:
+            raise ConfigError("no secret key to sign return paths: set NEWSLETTER_SECRET_KEY")
+        local, _, domain = bounce_address.rpartition("@")
+        if not local or not domain or "+" in local or len(local) > MAX_BOUNCE_LOCAL_PART:
+            raise ValueError(f"not a bounce mailbox: {bounce_address!r}")
+        self._keys = list(keys)
+        self._local = local.lower()
+        self._domain = domain.lower()
+        self._prefix = f"{local}+"
+        self._suffix = f"@{domain}"
+
+    def make(self, issue_id: int, subscriber_id: int) -> str:
+        """The envelope sender for the message of ``issue_id`` to ``subscriber_id``."""
+        if not (0 < issue_id <= _MAX_ID and 0 < subscriber_id <= _MAX_ID):
+            raise ValueError("ids are positive 64-bit integers")
+        ids = f"{_base36(issue_id)}-{_base36(subscriber_id)}"
+        return f"{self._prefix}{ids}-{_verp_mac(self._keys[0], ids)}{self._suffix}"
+
+    @property
+    def unsubscribe_address(self) -> str:
+        """The bounce mailbox's address for unsubscribe requests (List-Unsubscribe's ``mailto:``)."""
+        return f"{self._prefix}{UNSUBSCRIBE_TAG}{self._suffix}"
+
+    def tag(self, address: str) -> str | None:
+        """The tag of ``address`` if it is this bounce mailbox's (lower case; "" for the bare mailbox), else None."""
+        local, _, domain = address.strip().strip("<>").rpartition("@")
+        base, plus, tag = local.lower().partition("+")
+        if domain.lower() != self._domain or base != self._local:
+            return None
+        return tag if plus else ""
+
+    def read(self, address: str) -> SignedDelivery | None:
+        """The delivery ``address`` names, or None if it is not one of ours, malformed or forged."""
+        tag = self.tag(address)
+        match = _VERP_ID_RE.fullmatch(tag) if tag else None
+        if match is None:
+            return None
+        issue_id, subscriber_id = int(match[1], 36), int(match[2], 36)
+        if not (0 < issue_id <= _MAX_ID and 0 < subscriber_id <= _MAX_ID):
+            return None
+        ids = f"{match[1]}-{match[2]}"
+        if _base36(issue_id) != match[1] or _base36(subscriber_id) != match[2]:
+            return None  # leading zeros: one delivery has exactly one return path
+        if not any(hmac.compare_digest(_verp_mac(key, ids), match[3]) for key in self._keys):
+            return None
+        return SignedDelivery(issue_id, subscriber_id)
+
+
+def _verp_mac(key: bytes, ids: str) -> str:
+    # Its own purpose string: an unsubscribe MAC can never pass for a return path's, or back.
+    digest = hmac.digest(key, b"return path\x00" + ids.encode("ascii"), "sha256")
+    return base64.b32encode(digest[:9]).decode("ascii")[:13].lower()
