@@ -33,6 +33,7 @@ from newsletter.sanitize import direction_control
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
+    "BouncesSettings",
     "DatabaseSettings",
     "DispatchSettings",
     "DkimSettings",
@@ -330,6 +331,19 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class BouncesSettings:
+    """When soft bounces (temporary failures a relay gave up on, reported by mail) make an address ``bounced``.
+
+    A hard bounce (a permanent failure) does at once. Soft ones count at most once a day and
+    once an issue, as Mailman's bounce score counts at most one a day: ``soft_limit`` of them
+    within ``soft_window_days`` days stop mail to that address.
+    """
+
+    soft_limit: int = _key(3, _whole(1, 1000))
+    soft_window_days: int = _key(30, _whole(1, 3660))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the tool is configured with."""
 
@@ -338,6 +352,7 @@ class Settings:
     database: DatabaseSettings = _table(DatabaseSettings)
     dispatch: DispatchSettings = _table(DispatchSettings)
     dkim: DkimSettings = _table(DkimSettings)
+    bounces: BouncesSettings = _table(BouncesSettings)
     issues_dir: Path = _key(Path("issues"), _path, name="dir", table="issues")
     templates_dir: Path | None = _key(None, _path, name="dir", table="templates")
     secret_key: Secret = field(default_factory=lambda: Secret(""))

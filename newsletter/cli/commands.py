@@ -38,6 +38,7 @@ from newsletter.errors import (
 )
 from newsletter.issue.parse import slug_from_path
 from newsletter.preflight.report import COMPAT_KINDS, check_files
+from newsletter.store.feedback import Feedback, feedback_rates, feedback_warnings
 from newsletter.store.importing import check_list_name, import_subscribers
 from newsletter.store.ledger import STATES, Ledger
 from newsletter.store.subscriber_files import subscriber_row, write_csv, write_json
@@ -345,7 +346,7 @@ def remove_command(ctx: click.Context, email: str, list_name: str | None) -> Non
 
 @subscribers.command("list")
 @click.option("--list", "list_name", default=None, help="Only active members of this list.")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced"]), default=None)
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
 def list_command(ctx: click.Context, list_name: str | None, status: str | None, as_json: bool) -> None:
@@ -516,7 +517,12 @@ def send_test_command(ctx: click.Context, issue: str, addresses: tuple[str, ...]
 @click.option("--errors", "error_count", default=10, show_default=True, help="How many recent errors to show.")
 @click.pass_context
 def status_command(ctx: click.Context, issue: str | None, as_json: bool, error_count: int) -> None:
-    """Show each issue's deliveries per state (or ISSUE's, by file or slug) and the latest errors.
+    """Show each issue's deliveries per state (or ISSUE's, by file or slug), what came back, and the latest errors.
+
+    What came back by mail (``newsletter inbound``): hard and soft bounces, complaints and
+    unsubscribes, each counted once per reader and as a share of the messages sent. A
+    warning line when complaints reach 0.1 % of sent (Gmail's and Yahoo's bulk-sender
+    rules act at 0.3 %) or hard bounces 2 %.
 
     \b
     Examples:
@@ -526,14 +532,19 @@ def status_command(ctx: click.Context, issue: str | None, as_json: bool, error_c
     rows: list[dict[str, object]] = []
     with _store(ctx) as store:
         ledger = Ledger(store)
+        feedback = Feedback(store)
         slugs = [slug_from_path(issue)] if issue else [slug for slug, _ in ledger.issues()]
         for slug in slugs:
             record = ledger.find_issue(slug)
             if record is None:
                 click.echo(f"error: no deliveries recorded for '{slug}'", err=True)
                 sys.exit(EXIT_FINDINGS)
+            came_back = feedback.issue_feedback(record.id)
             rows.append({"slug": slug, "list": record.list_name, "completed_at": record.completed_at,
-                         "counts": ledger.counts(record.id), "errors": ledger.latest_errors(record.id, error_count)})
+                         "counts": ledger.counts(record.id), "errors": ledger.latest_errors(record.id, error_count),
+                         "feedback": came_back,
+                         "rates": {name: round(rate, 6) for name, rate in feedback_rates(came_back).items()},
+                         "warnings": feedback_warnings(came_back)})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -545,6 +556,15 @@ def status_command(ctx: click.Context, issue: str | None, as_json: bool, error_c
         state = f"complete {row['completed_at']}" if row["completed_at"] else "in progress"
         click.echo(f"{row['slug']} (list '{row['list']}', {state})")
         click.echo("  " + ", ".join(f"{counts[name]} {name}" for name in STATES))
+        returned, rates = row["feedback"], row["rates"]
+        assert isinstance(returned, dict) and isinstance(rates, dict)
+        click.echo(f"  came back of {returned['sent']} sent: " + ", ".join(
+            f"{returned[name]} {name.replace('_', ' ')} ({rates[name]:.2%})"
+            for name in ("hard_bounces", "soft_bounces", "complaints", "unsubscribes")))
+        warnings = row["warnings"]
+        assert isinstance(warnings, list)
+        for warning in warnings:
+            click.echo(f"  warning: {warning}")
         errors = row["errors"]
         assert isinstance(errors, list)
         for error in errors:

@@ -152,6 +152,42 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE issues SET first_sent_at = (SELECT min(d.sent_at) FROM deliveries d
                                        WHERE d.issue_id = issues.id AND d.status = 'sent');
     """,
+    # 7: what comes back by mail (issue 15). A subscriber may be 'complained' (an abuse report:
+    # every membership ended, never mailed again). SQLite can't alter a CHECK constraint, and
+    # rebuilding subscribers would mean rebuilding every table that references it; a CHECK that
+    # only allows one more value is the change SQLite's documentation ("Making Other Kinds Of
+    # Table Schema Changes") makes by editing the table's SQL in place (no row can fail it), then
+    # RESET so this connection reads the schema again (the DDL below tells the others).
+    # Each bounce, complaint or unsubscribe by mail is a row of feedback (its fingerprint makes
+    # processing a message twice change nothing); the delivery it concerns keeps the worst of
+    # them (complaint > hard > soft) with its code, diagnostic and time. A list's unsubscribes
+    # are read per issue from the memberships that ended (the partial index holds only those).
+    """
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_master SET sql = replace(sql, '''unsubscribed'', ''bounced'')',
+                                           '''unsubscribed'', ''bounced'', ''complained'')')
+        WHERE type = 'table' AND name = 'subscribers';
+    PRAGMA writable_schema = RESET;
+    CREATE TABLE feedback (
+        id             INTEGER PRIMARY KEY,
+        issue_id       INTEGER NOT NULL,
+        subscriber_id  INTEGER NOT NULL,
+        kind           TEXT NOT NULL CHECK (kind IN ('hard_bounce', 'soft_bounce', 'complaint', 'unsubscribe')),
+        status         TEXT,                       -- RFC 3463 code, '5.1.1'
+        diagnostic     TEXT NOT NULL DEFAULT '',
+        at             REAL NOT NULL,              -- unix time
+        day            INTEGER NOT NULL,           -- at's UTC day: soft bounces count at most once a day
+        fingerprint    TEXT NOT NULL UNIQUE,       -- the same report twice is recorded once
+        FOREIGN KEY (issue_id, subscriber_id) REFERENCES deliveries (issue_id, subscriber_id)
+    );
+    CREATE INDEX feedback_issue ON feedback (issue_id, kind, subscriber_id);
+    CREATE INDEX feedback_subscriber ON feedback (subscriber_id, kind, day, issue_id);
+    ALTER TABLE deliveries ADD COLUMN feedback TEXT;           -- hard_bounce | soft_bounce | complaint
+    ALTER TABLE deliveries ADD COLUMN feedback_status TEXT;
+    ALTER TABLE deliveries ADD COLUMN feedback_text TEXT;
+    ALTER TABLE deliveries ADD COLUMN feedback_at REAL;
+    CREATE INDEX memberships_ended ON memberships (list_id, updated_at) WHERE status = 'unsubscribed';
+    """,
 )
 
 #: values one ``IN (…)`` list of an import's lookups holds
