@@ -165,7 +165,7 @@ class Feedback:
                 return "complained" if ended > 0 or marked > 0 else "unchanged"
             if person not in ("active", "unsubscribed"):
                 return "unchanged"  # bounced or complained already: nothing stronger to do
-            if kind == "soft_bounce" and self._soft_days(cursor, subscriber_id, day) < self.soft_limit:
+            if kind == "soft_bounce" and not self._soft_limit_reached(cursor, subscriber_id, day):
                 return "soft"
             cursor.execute(
                 "UPDATE subscribers SET status = 'bounced', updated_at = ?"
@@ -173,15 +173,21 @@ class Feedback:
             )
             return "bounced"
 
-    def _soft_days(self, cursor: Any, subscriber_id: int, day: int) -> int:
-        """Soft bounces of the window that ends on ``day``: distinct days, each issue counted on its first day only."""
-        row = cursor.execute(
-            "SELECT count(DISTINCT first_day) FROM (SELECT min(day) AS first_day FROM feedback"
-            " WHERE subscriber_id = ? AND kind = 'soft_bounce' AND day > ? AND day <= ?"
-            " GROUP BY issue_id) AS per_issue",
-            (subscriber_id, day - self.soft_window_days, day),
-        ).fetchone()
-        return int(row[0])
+    def _soft_limit_reached(self, cursor: Any, subscriber_id: int, day: int) -> bool:
+        """Whether some window of ``soft_window_days`` days holding ``day`` holds ``soft_limit`` soft bounces.
+
+        Each issue counts once, on the first day it soft-bounced, and each day once. Every window
+        holding ``day`` is looked at (not only the one ending on it): a report processed late
+        still completes a window that later ones began.
+        """
+        window = self.soft_window_days
+        days = sorted({int(row[0]) for row in cursor.execute(
+            "SELECT min(day) FROM feedback WHERE subscriber_id = ? AND kind = 'soft_bounce'"
+            " GROUP BY issue_id HAVING min(day) > ? AND min(day) < ?",
+            (subscriber_id, day - window, day + window),
+        ).fetchall()})
+        return any(sum(1 for other in days if end - window < other <= end) >= self.soft_limit
+                   for end in days if day <= end < day + window)
 
     @staticmethod
     def _note_on_delivery(cursor: Any, issue_id: int, subscriber_id: int, kind: str, status: str | None,
