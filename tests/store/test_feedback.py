@@ -121,7 +121,7 @@ def test_delivery_by_message_id_finds_exactly_the_delivery_the_ledger_named(stor
                   f"2024-05-02-summer.{r2}@news.example.com",  # no such issue
                   "2024-05-01-spring@news.example.com", "no-at-sign", "", "<>",
                   f"2024-05-01-spring.{'9' * 40}@news.example.com",  # would overflow an integer
-                  f"2024-05-01-spring.{r2}x@news.example.com", f"2024-05-01-spring.٣@news.example.com"):
+                  f"2024-05-01-spring.{r2}x@news.example.com", "2024-05-01-spring.٣@news.example.com"):
         assert feedback.delivery_by_message_id(other) is None, other
 
 
@@ -273,31 +273,34 @@ def test_a_report_for_a_delivery_the_ledger_never_made_records_nothing(store: St
         record(feedback, issue_id, r3, "auto_reply", "z")
 
 
-def test_soft_bounces_recorded_side_by_side_still_reach_the_limit(database: str | Path) -> None:
-    """Two processes recording one subscriber's soft bounces at once (PostgreSQL runs them side by side):
-    neither may miss the other's, or the limit is never reached."""
-    with Store.open(database) as store:
+def test_soft_bounces_recorded_side_by_side_still_reach_the_limit(pg_url: str) -> None:
+    """Two processes recording one subscriber's soft bounces at once: PostgreSQL runs their transactions side
+    by side, and each counting before the other's commit would never see the limit. The server is made to
+    pause after each insert (a trigger), so that both are in that gap at once unless they take turns."""
+    with Store.open(pg_url) as store:
         store.upsert_subscribers([SubscriberRow("r0@example.org")], list_name="default")
-        issues = [issue(store, f"i{n}") for n in range(12)]
+        issues = [issue(store, f"i{n}") for n in range(2)]
         r0 = sid(store, "r0@example.org")
+        with store.transaction() as cursor:
+            cursor.execute("CREATE FUNCTION pause() RETURNS trigger LANGUAGE plpgsql AS"
+                           " 'BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END'")
+            cursor.execute("CREATE TRIGGER pause AFTER INSERT ON feedback FOR EACH ROW EXECUTE FUNCTION pause()")
     outcomes: list[str] = []
     barrier = threading.Barrier(2)
 
-    def worker(offset: int) -> None:
-        with Store.open(database) as mine:
-            feedback = Feedback(mine, soft_limit=12, soft_window_days=30)
+    def worker(number: int) -> None:
+        with Store.open(pg_url) as mine:
+            feedback = Feedback(mine, soft_limit=2, soft_window_days=30)
             barrier.wait(30)
-            for number in range(offset, 12, 2):
-                outcomes.append(record(feedback, issues[number], r0, "soft_bounce", f"s{number}",
-                                       at=T0 + number * DAY))
+            outcomes.append(record(feedback, issues[number], r0, "soft_bounce", f"s{number}", at=T0 + number * DAY))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert sorted(outcomes) == ["bounced"] + ["soft"] * 11
-    with Store.open(database) as store:
+    assert sorted(outcomes) == ["bounced", "soft"]
+    with Store.open(pg_url) as store:
         assert person(store, "r0@example.org")[0] == "bounced"
 
 
