@@ -32,8 +32,8 @@ from newsletter.errors import ConfigError
 from newsletter.sanitize import direction_control
 
 __all__ = [
-    "DEFAULT_CONFIG_NAME",
     "BouncesSettings",
+    "DEFAULT_CONFIG_NAME",
     "DatabaseSettings",
     "DispatchSettings",
     "DkimSettings",
