@@ -62,6 +62,28 @@ _RANK = {"soft_bounce": 1, "hard_bounce": 2, "complaint": 3}
 _SUBSCRIBER_LOCK = 0x6E6C_6662 << 32
 _DAY = 86_400
 
+# The statements of record_feedback, named so that the benchmark explains exactly these.
+_BY_MESSAGE_ID = ("SELECT d.issue_id, d.subscriber_id, s.email FROM issues i"
+                  " JOIN deliveries d ON d.issue_id = i.id AND d.subscriber_id = ?"
+                  " JOIN subscribers s ON s.id = d.subscriber_id WHERE i.slug = ? AND d.message_id = ?")
+_DELIVERY = ("SELECT s.status, i.list_id FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
+             " JOIN issues i ON i.id = d.issue_id WHERE d.issue_id = ? AND d.subscriber_id = ?")
+_INSERT = ("INSERT INTO feedback (issue_id, subscriber_id, kind, status, diagnostic, at, day, fingerprint)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING RETURNING id")
+_NOTE = ("UPDATE deliveries SET feedback = ?, feedback_status = ?, feedback_text = ?, feedback_at = ?"
+         " WHERE issue_id = ? AND subscriber_id = ? AND (feedback IS NULL OR"
+         " CASE feedback WHEN 'complaint' THEN 3 WHEN 'hard_bounce' THEN 2 ELSE 1 END <= ?)")
+_LEAVE_LIST = ("UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
+               " WHERE subscriber_id = ? AND list_id = ? AND status = 'active'")
+_LEAVE_ALL = ("UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
+              " WHERE subscriber_id = ? AND status = 'active'")
+_COMPLAINED = "UPDATE subscribers SET status = 'complained', updated_at = ? WHERE id = ? AND status <> 'complained'"
+_BOUNCED = ("UPDATE subscribers SET status = 'bounced', updated_at = ?"
+            " WHERE id = ? AND status IN ('active', 'unsubscribed')")
+#: each issue's first soft-bounce day near a day, for one subscriber
+_SOFT_DAYS = ("SELECT min(day) FROM feedback WHERE subscriber_id = ? AND kind = 'soft_bounce'"
+              " GROUP BY issue_id HAVING min(day) > ? AND min(day) < ?")
+
 
 def _stamp() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -94,13 +116,7 @@ class Feedback:
         slug, dot, number = local.rpartition(".")
         if not (at and dot and slug and number.isascii() and number.isdigit() and len(number) <= 18):
             return None
-        rows = self.store.query(
-            "SELECT d.issue_id, d.subscriber_id, s.email FROM issues i"
-            " JOIN deliveries d ON d.issue_id = i.id AND d.subscriber_id = ?"
-            " JOIN subscribers s ON s.id = d.subscriber_id"
-            " WHERE i.slug = ? AND d.message_id = ?",
-            (int(number), slug, text),
-        )
+        rows = self.store.query(_BY_MESSAGE_ID, (int(number), slug, text))
         if not rows:
             return None
         return int(rows[0][0]), int(rows[0][1]), str(rows[0][2])
@@ -128,49 +144,29 @@ class Feedback:
             # PostgreSQL: one subscriber's reports one at a time, or two soft bounces processed
             # side by side would each count the other's absence. (SQLite: one writer anyway.)
             self.store.serialize(cursor, _SUBSCRIBER_LOCK | subscriber_id)
-            row = cursor.execute(
-                "SELECT s.status, i.list_id FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id"
-                " JOIN issues i ON i.id = d.issue_id WHERE d.issue_id = ? AND d.subscriber_id = ?",
-                (issue_id, subscriber_id),
-            ).fetchone()
+            row = cursor.execute(_DELIVERY, (issue_id, subscriber_id)).fetchone()
             if row is None:
                 return "unknown"
             person, list_id = str(row[0]), row[1]
             inserted = cursor.execute(
-                "INSERT INTO feedback (issue_id, subscriber_id, kind, status, diagnostic, at, day, fingerprint)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING RETURNING id",
-                (issue_id, subscriber_id, kind, status, diagnostic, moment, day, fingerprint),
-            ).fetchone()
+                _INSERT, (issue_id, subscriber_id, kind, status, diagnostic, moment, day, fingerprint)).fetchone()
             if inserted is None:
                 return "duplicate"
             if kind in _RANK:
-                self._note_on_delivery(cursor, issue_id, subscriber_id, kind, status, diagnostic, moment)
+                # The delivery keeps the worst finding so far (complaint > hard > soft), the latest of equals.
+                cursor.execute(_NOTE, (kind, status, diagnostic, moment, issue_id, subscriber_id, _RANK[kind]))
             if kind == "unsubscribe":
-                cursor.execute(
-                    "UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
-                    " WHERE subscriber_id = ? AND list_id = ? AND status = 'active'",
-                    (now, subscriber_id, list_id),
-                )
+                cursor.execute(_LEAVE_LIST, (now, subscriber_id, list_id))
                 return "unsubscribed"
             if kind == "complaint":
-                ended = cursor.execute(
-                    "UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
-                    " WHERE subscriber_id = ? AND status = 'active'", (now, subscriber_id),
-                ).rowcount
-                marked = cursor.execute(
-                    "UPDATE subscribers SET status = 'complained', updated_at = ?"
-                    " WHERE id = ? AND status <> 'complained'",
-                    (now, subscriber_id),
-                ).rowcount
+                ended = cursor.execute(_LEAVE_ALL, (now, subscriber_id)).rowcount
+                marked = cursor.execute(_COMPLAINED, (now, subscriber_id)).rowcount
                 return "complained" if ended > 0 or marked > 0 else "unchanged"
             if person not in ("active", "unsubscribed"):
                 return "unchanged"  # bounced or complained already: nothing stronger to do
             if kind == "soft_bounce" and not self._soft_limit_reached(cursor, subscriber_id, day):
                 return "soft"
-            cursor.execute(
-                "UPDATE subscribers SET status = 'bounced', updated_at = ?"
-                " WHERE id = ? AND status IN ('active', 'unsubscribed')", (now, subscriber_id),
-            )
+            cursor.execute(_BOUNCED, (now, subscriber_id))
             return "bounced"
 
     def _soft_limit_reached(self, cursor: Any, subscriber_id: int, day: int) -> bool:
@@ -182,23 +178,29 @@ class Feedback:
         """
         window = self.soft_window_days
         days = sorted({int(row[0]) for row in cursor.execute(
-            "SELECT min(day) FROM feedback WHERE subscriber_id = ? AND kind = 'soft_bounce'"
-            " GROUP BY issue_id HAVING min(day) > ? AND min(day) < ?",
-            (subscriber_id, day - window, day + window),
-        ).fetchall()})
+            _SOFT_DAYS, (subscriber_id, day - window, day + window)).fetchall()})
         return any(sum(1 for other in days if end - window < other <= end) >= self.soft_limit
                    for end in days if day <= end < day + window)
 
-    @staticmethod
-    def _note_on_delivery(cursor: Any, issue_id: int, subscriber_id: int, kind: str, status: str | None,
-                          diagnostic: str, moment: float) -> None:
-        """The delivery row keeps the worst finding so far (complaint > hard > soft), the latest of equals."""
-        cursor.execute(
-            "UPDATE deliveries SET feedback = ?, feedback_status = ?, feedback_text = ?, feedback_at = ?"
-            " WHERE issue_id = ? AND subscriber_id = ? AND (feedback IS NULL OR"
-            " CASE feedback WHEN 'complaint' THEN 3 WHEN 'hard_bounce' THEN 2 ELSE 1 END <= ?)",
-            (kind, status, diagnostic, moment, issue_id, subscriber_id, _RANK[kind]),
-        )
+    def record_statements(self, issue_id: int, subscriber_id: int,
+                          message_id: str) -> dict[str, tuple[str, tuple[Any, ...]]]:
+        """The statements :meth:`delivery_by_message_id` and :meth:`record_feedback` run, with parameters
+        for one delivery: what the benchmark explains (an INSERT's plan says nothing, so it isn't here)."""
+        local = message_id.rpartition("@")[0]
+        now, day = _stamp(), int(time.time() // _DAY)
+        list_id = self.store.query("SELECT list_id FROM issues WHERE id = ?", (issue_id,))[0][0]
+        return {
+            "delivery_by_message_id": (_BY_MESSAGE_ID, (subscriber_id, local.rpartition(".")[0], message_id)),
+            "record_feedback: the delivery": (_DELIVERY, (issue_id, subscriber_id)),
+            "record_feedback: the finding on the delivery row": (
+                _NOTE, ("hard_bounce", "5.1.1", "", 0.0, issue_id, subscriber_id, 2)),
+            "record_feedback: soft bounces near the day": (
+                _SOFT_DAYS, (subscriber_id, day - self.soft_window_days, day + self.soft_window_days)),
+            "record_feedback: bounced": (_BOUNCED, (now, subscriber_id)),
+            "record_feedback: complained": (_COMPLAINED, (now, subscriber_id)),
+            "record_feedback: a complaint ends every membership": (_LEAVE_ALL, (now, subscriber_id)),
+            "record_feedback: an unsubscribe ends the issue's list": (_LEAVE_LIST, (now, subscriber_id, list_id)),
+        }
 
     # --- reading ---------------------------------------------------------------------------
 
