@@ -24,6 +24,15 @@ It starts ``newsletter serve`` as a user does (``.venv/bin/newsletter --config �
 Latency is from sending the request to having the whole response (httpx, in this process).
 The server is stopped by its PID at the end. Before the change, ``/issues/nope/`` took 2.8 s
 at this size and a one-click POST waited 123 s behind 40 archive requests.
+
+Then what comes back by mail (issue 15), on the same database: the first issue gets
+feedback rows as ``newsletter inbound`` records them (1 % hard bounces, 0.5 % soft, 0.1 %
+complaints) and 0.3 % of the list leaves after it; the benchmark prints the plan
+(``EXPLAIN QUERY PLAN`` / ``EXPLAIN``) of every statement of ``delivery_by_message_id``,
+``record_feedback`` and ``issue_feedback`` (a plan that reads a whole table of deliveries,
+feedback or memberships is a problem), and times them through the store's API: 200
+look-ups by Message-ID, 200 ``record_feedback`` calls (each its own transaction), and
+``issue_feedback`` of the first issue (what ``newsletter status`` adds per issue).
 """
 
 from __future__ import annotations
@@ -81,6 +90,8 @@ class Measured:
     rows: list[Latencies]
     busy: float
     problems: list[str]
+    plans: dict[str, str] = dataclasses.field(default_factory=dict)
+    feedback_notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def _ms(seconds: float) -> str:
@@ -139,6 +150,123 @@ def build(location: str | Path, count: int) -> tuple[float, float, list[str]]:
                            " WHERE d.issue_id = issues.id AND d.status = 'sent')")
         backfill = time.perf_counter() - started
     return built, backfill, slugs
+
+
+# --- what comes back by mail ------------------------------------------------------------------
+
+
+#: plan lines that read a whole table the feedback statements must only search
+_WHOLE_TABLE = ("SCAN d", "SCAN deliveries", "SCAN f", "SCAN feedback", "SCAN m", "SCAN memberships",
+                "SCAN s", "SCAN subscribers")
+
+
+def feedback_problems(postgres: bool, plan: str) -> list[str]:
+    """The lines of ``plan`` that read every row of a table instead of searching an index."""
+    if postgres:  # issues: a row an issue, which PostgreSQL rightly reads whole
+        return [line.strip() for line in plan.splitlines() if "Seq Scan" in line and "Seq Scan on issues" not in line]
+    return [line.strip() for line in plan.splitlines()
+            if any(line.strip() == scan or line.strip().startswith(scan + " ") for scan in _WHOLE_TABLE)]
+
+
+def add_feedback(location: str | Path, slugs: Sequence[str]) -> tuple[float, int]:
+    """Feedback on the first issue as ``newsletter inbound`` leaves it; (seconds, rows)."""
+    from newsletter.store.engine import Database
+
+    started = time.perf_counter()
+    with Database.open(location) as store:
+        issue_id = int(store.query("SELECT id FROM issues WHERE slug = ?", (slugs[0],))[0][0])
+        sent = str(store.query("SELECT first_sent_at FROM issues WHERE id = ?", (issue_id,))[0][0])
+        left = (dt.datetime.fromisoformat(sent) + dt.timedelta(hours=5)).isoformat()
+        moment = dt.datetime.fromisoformat(sent).timestamp() + 3600
+        with store.transaction() as cursor:
+            for kind, modulo, remainder in (("hard_bounce", 100, 1), ("soft_bounce", 200, 2), ("complaint", 1000, 3)):
+                cursor.execute(
+                    "INSERT INTO feedback (issue_id, subscriber_id, kind, status, diagnostic, at, day, fingerprint)"
+                    " SELECT issue_id, subscriber_id, ?, ?, 'benchmark', ?, ?, ? || '/' || subscriber_id"
+                    " FROM deliveries WHERE issue_id = ? AND subscriber_id % ? = ?",
+                    (kind, "5.1.1" if kind == "hard_bounce" else "4.2.2", moment, int(moment // 86_400),
+                     f"{kind}-{issue_id}", issue_id, modulo, remainder))
+            cursor.execute("UPDATE subscribers SET status = 'bounced' WHERE id % 100 = 1")
+            cursor.execute("UPDATE subscribers SET status = 'complained' WHERE id % 1000 = 3")
+            cursor.execute("UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
+                           " WHERE subscriber_id % 1000 = 3 OR subscriber_id % 300 = 150", (left,))
+        if store.dialect.name == "postgresql":
+            store.connection.execute("ANALYZE")
+        rows = int(store.query("SELECT count(*) FROM feedback")[0][0])
+    return time.perf_counter() - started, rows
+
+
+def feedback_figures(location: str | Path, slugs: Sequence[str], count: int) -> tuple[dict[str, str], list[str],
+                                                                                     list[str]]:
+    """The plans of the feedback statements, their problems, and what they took (notes)."""
+    from newsletter.store.feedback import Feedback
+    from newsletter.store.subscribers import Store
+
+    plans: dict[str, str] = {}
+    problems: list[str] = []
+    notes: list[str] = []
+    with Store.open(location) as store:
+        postgres = store.dialect.name == "postgresql"
+        feedback = Feedback(store)
+        issue_id = int(store.query("SELECT id FROM issues WHERE slug = ?", (slugs[0],))[0][0])
+        last_id = int(store.query("SELECT id FROM issues WHERE slug = ?", (slugs[-1],))[0][0])
+        middle = count // 2 + 7
+        message_id = str(store.query("SELECT message_id FROM deliveries WHERE issue_id = ? AND subscriber_id = ?",
+                                     (last_id, middle))[0][0])
+        statements = dict(feedback.record_statements(last_id, middle, message_id))
+        statements.update({f"issue_feedback: {name}": statement
+                           for name, statement in feedback.issue_statements(issue_id).items()})
+        for name, (sql, params) in statements.items():
+            plan = store.explain(sql, params)
+            plans[name] = "\n".join(line if len(line) <= 150 else line[:150] + " …" for line in plan.splitlines())
+            problems += [f"{name}: {line}" for line in feedback_problems(postgres, plan)]
+        # Timed through the API, as `newsletter inbound` and `newsletter status` call it.
+        ids = [str(row[0]) for row in store.query(
+            "SELECT message_id FROM deliveries WHERE issue_id = ? AND subscriber_id % ? = 5 LIMIT 200",
+            (last_id, max(1, count // 200)))]
+        started = time.perf_counter()
+        found = sum(feedback.delivery_by_message_id(value) is not None for value in ids)
+        lookups = (time.perf_counter() - started) / max(1, len(ids))
+        if found != len(ids):
+            problems.append(f"delivery_by_message_id found {found} of {len(ids)}")
+        subscribers = [int(row[0]) for row in store.query(
+            "SELECT subscriber_id FROM deliveries WHERE issue_id = ? AND subscriber_id % ? = 6 LIMIT 200",
+            (last_id, max(1, count // 200)))]
+        outcomes: dict[str, int] = {}
+        started = time.perf_counter()
+        for number, subscriber_id in enumerate(subscribers):
+            kind = ("hard_bounce", "soft_bounce", "complaint", "unsubscribe")[number % 4]
+            outcome = feedback.record_feedback(issue_id=last_id, subscriber_id=subscriber_id, kind=kind,
+                                               status=None, diagnostic="", fingerprint=f"timed/{subscriber_id}")
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        records = (time.perf_counter() - started) / max(1, len(subscribers))
+        started = time.perf_counter()
+        counts = feedback.issue_feedback(issue_id)
+        counting = time.perf_counter() - started
+    expected = {"sent": count, "hard_bounces": count // 100 + (count % 100 >= 1), "complaints": count // 1000
+                + (count % 1000 >= 3)}
+    if any(counts[name] != value for name, value in expected.items()):
+        problems.append(f"issue_feedback {counts}, expected {expected}")
+    notes.append(f"delivery_by_message_id {lookups * 1e3:.2f} ms a look-up ({len(ids)}, all found); "
+                 f"record_feedback {records * 1e3:.2f} ms a call, its own transaction ({len(subscribers)}: "
+                 + ", ".join(f"{number} {name}" for name, number in sorted(outcomes.items()))
+                 + f"); issue_feedback of the first issue {counting * 1e3:.0f} ms: {counts}.")
+    return plans, problems, notes
+
+
+def feedback_plan_text(results: Sequence[Measured]) -> list[str]:
+    """The plans, as Markdown: one fenced block per statement."""
+    lines = ["### Plans: what comes back by mail", "",
+             "Every statement of `delivery_by_message_id`, `record_feedback` and `issue_feedback` searches an "
+             "index: a delivery by the issue's slug and the primary key, a subscriber's soft bounces by "
+             "`feedback_subscriber`, an issue's findings by `feedback_issue`, the memberships that ended by the "
+             "partial index `memberships_ended`. The one range read is `sent`, the issue's deliveries by the "
+             "primary key (what `status` counts already)."]
+    for result in results:
+        label = "EXPLAIN QUERY PLAN" if result.name == "sqlite" else "EXPLAIN"
+        for name, plan in result.plans.items():
+            lines += ["", f"{result.name}, {name} ({label}):", "", "```", plan, "```"]
+    return lines
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -284,13 +412,20 @@ def measure(backend: str, folder: Path, count: int, requests: int, quiet_wait: f
             clicks, archive = under_load(base, ["/issues/", known, "/issues/nope/"], tokens)
             rows += [clicks, archive]
         busy_after, total_after, _ = machine_ticks()
+        print(f"  {backend}: what comes back by mail …", file=sys.stderr, flush=True)
+        seconds, events = add_feedback(location, slugs)
+        plans, feedback_problems_found, feedback_notes = feedback_figures(location, slugs, count)
+        problems += feedback_problems_found
+        feedback_notes.insert(0, f"{events:,} feedback rows and {count // 300 + count // 1000:,} ended "
+                                 f"memberships added in {seconds:.1f} s.")
     for row, expected in zip(rows, (200, 200, 404, 200), strict=False):
         if set(row.statuses) != {expected}:
             problems.append(f"{row.name}: statuses {sorted(set(row.statuses))}, expected {expected}")
     if first.statuses != [200]:
         problems.append(f"first render: status {first.statuses}")
     return Measured(backend, built, backfill, first.seconds[0], rows,
-                    (busy_after - busy_before) / max(1, total_after - total_before), problems)
+                    (busy_after - busy_before) / max(1, total_after - total_before), problems, plans,
+                    feedback_notes)
 
 
 def run(args: argparse.Namespace, command: str) -> int:
@@ -313,14 +448,18 @@ def run(args: argparse.Namespace, command: str) -> int:
         notes.append(f"{result.name}: database built in {result.build_seconds:.0f} s; migration 6's backfill of "
                      f"first_sent_at took {result.backfill_seconds:.2f} s once; the known page's first render "
                      f"{_ms(result.first_render)}; machine {result.busy:.0%} busy over the measurements.")
+        notes += [f"{result.name}, what comes back by mail: {note}" for note in result.feedback_notes]
         notes += [f"PROBLEM, {result.name}: {problem}" for problem in result.problems]
     notes.append(f"Under load: {IN_FLIGHT} threads each keep one archive request in flight (index, known, unknown "
                  f"in turn) while {ONE_CLICKS} one-click POSTs go one after another, each on a new connection. The "
                  "40 client threads run in this process, on the same 2 cores as the server (and PostgreSQL): what "
                  "a one-click waits for then is mostly a core, not the archive's work, which has threads of its "
                  "own. Before the change: /issues/nope/ 2.8 s, a one-click POST 123 s behind 40 archive requests.")
+    for result in results:
+        for name, plan in result.plans.items():
+            print(f"\n{result.name}: {name}\n{plan}")
     report.publish(args, "archive", "Archive: pages at 3 issues × a million deliveries, unsubscribes under load",
-                   command, table, notes, "benchmarks/archive.py")
+                   command, table, notes, "benchmarks/archive.py", feedback_plan_text(results))
     return 0 if all(not result.problems for result in results) else 1
 
 

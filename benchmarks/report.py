@@ -143,13 +143,15 @@ def write_section(path: Path, name: str, text: str) -> None:
 
 
 def publish(args: argparse.Namespace, name: str, title: str, command: str, table: str, notes: Sequence[str],
-            generator: str) -> None:
-    """Print the machine, ``table`` and ``notes``; then, unless ``--no-write``, rewrite section ``name``."""
+            generator: str, more: Sequence[str] = ()) -> None:
+    """Print the machine, ``table`` and ``notes``; then, unless ``--no-write``, rewrite section ``name``
+    (with ``more``, Markdown lines, after the notes)."""
     print(f"Machine: {machine_line()}")
     print(table)
     for note in notes:
         print(f"- {note}")
     if not args.no_write:
-        text = section(name, title, command, [table, "", *(f"- {note}" for note in notes)], generator)
+        body = [table, "", *(f"- {note}" for note in notes), *(["", *more] if more else [])]
+        text = section(name, title, command, body, generator)
         write_section(Path(args.output), name, text)
         print(f"updated {args.output}", file=sys.stderr)
