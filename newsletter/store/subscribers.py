@@ -66,7 +66,7 @@ class MembershipState:
     email: str
     list_name: str
     status: str  # 'active' | 'unsubscribed'
-    person: str  # 'active' | 'unsubscribed' | 'bounced'
+    person: str  # 'active' | 'unsubscribed' | 'bounced' | 'complained'
 
     @property
     def receives(self) -> bool:
@@ -75,7 +75,7 @@ class MembershipState:
 
     @property
     def suppressed(self) -> bool:
-        """Whether the address is kept from every list (it bounced): re-subscribing can't bring it back."""
+        """Whether the address is kept from every list (bounced, complained): re-subscribing can't bring it back."""
         return self.person not in ("active", "unsubscribed")
 
 

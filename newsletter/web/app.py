@@ -102,7 +102,8 @@ def create_app(settings: Settings) -> ASGIApp:
         if membership is None:
             return web.invalid_token()
         return web.page("unsubscribe.html", email=membership.email, list_name=membership.list_name,
-                        active=membership.active, suppressed=membership.suppressed, action=f"/unsubscribe/{token}")
+                        active=membership.active, suppressed=membership.suppressed,
+                        complained=membership.complained, action=f"/unsubscribe/{token}")
 
     async def unsubscribe_post(request: Request) -> Response:
         token = request.path_params["token"]
@@ -127,7 +128,8 @@ def create_app(settings: Settings) -> ASGIApp:
             outcome = await run_in_threadpool(unsubscribe.resubscribe, settings.database.location, membership)
             if outcome == "suppressed":
                 return web.page("unsubscribe.html", 409, email=membership.email, list_name=membership.list_name,
-                                active=False, suppressed=True, action=f"/unsubscribe/{token}")
+                                active=False, suppressed=True, complained=membership.complained,
+                                action=f"/unsubscribe/{token}")
             return web.page("resubscribed.html", email=membership.email, list_name=membership.list_name,
                             action=f"/unsubscribe/{token}")
         return web.message(400, "Nothing to do", "The form was incomplete. Please use the button on the page.")

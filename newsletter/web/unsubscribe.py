@@ -33,8 +33,10 @@ class Membership:
     email: str
     list_name: str
     active: bool
-    #: the address bounced: it gets no list, and re-subscribing can't change that
+    #: the address bounced (or complained): it gets no list, and re-subscribing can't change that
     suppressed: bool = False
+    #: suppressed because its reader reported our mail as spam, not because mail to it came back
+    complained: bool = False
 
 
 def find_membership(database: str | Path, signer: TokenSigner, token: str) -> Membership | None:
@@ -47,7 +49,7 @@ def find_membership(database: str | Path, signer: TokenSigner, token: str) -> Me
     if found is None:
         return None
     return Membership(verified.subscriber_id, verified.list_id, found.email, found.list_name, found.receives,
-                      found.suppressed)
+                      found.suppressed, found.person == "complained")
 
 
 def unsubscribe(database: str | Path, membership: Membership) -> bool:

@@ -37,6 +37,8 @@ from newsletter.cli.commands import main
 from newsletter.config import DatabaseSettings, DispatchSettings, Secret, SenderSettings, Settings, SmtpSettings
 from newsletter.deliver.dispatch import DispatchOptions, dispatch
 from newsletter.devtools.outbox import Outbox
+from newsletter.store.feedback import Feedback
+from newsletter.store.ledger import Ledger
 from newsletter.store.subscribers import Store, SubscriberRow
 from newsletter.tokens import TokenSigner, split_keys
 from newsletter.web.app import create_app
@@ -425,6 +427,24 @@ def test_a_bounced_address_is_not_resubscribed_by_the_button(site: Site) -> None
     with Store.open(site.settings.database.path) as store:
         assert [person.status for person in store.subscribers(emails=["grace@example.org"])] == ["bounced"]
         assert store.count(list_name="default") == {"active": 2, "unsubscribed": 0, "bounced": 1}
+
+
+def test_an_address_that_complained_is_not_resubscribed_by_the_button(site: Site) -> None:
+    url = site.one_click_url("grace@example.org")
+    with Store.open(site.settings.database.path) as store:
+        (grace,) = store.subscribers(emails=["grace@example.org"])
+        issue_id = Ledger(store).open_issue(slug="s", list_name="default", subject="S", content_hash="h",
+                                            domain="example.com").id
+        assert Feedback(store).record_feedback(issue_id=issue_id, subscriber_id=grace.id, kind="complaint",
+                                               status=None, diagnostic="", fingerprint="arf") == "complained"
+    page = httpx.get(url)
+    assert page.status_code == 200 and "reported as spam" in page.text and "undeliverable" not in page.text
+    assert 'value="resubscribe"' not in page.text
+    back = httpx.post(url, data={"action": "resubscribe"}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert back.status_code == 409 and "Welcome back" not in back.text and "reported as spam" in back.text
+    with Store.open(site.settings.database.path) as store:
+        assert [person.status for person in store.subscribers(emails=["grace@example.org"])] == ["complained"]
+        assert store.subscribers(list_name="default", emails=["grace@example.org"]) == []
 
 
 def test_a_one_click_unsubscribe_does_not_wait_behind_archive_pages(site: Site,
