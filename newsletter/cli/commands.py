@@ -539,9 +539,10 @@ def status_command(ctx: click.Context, issue: str | None, as_json: bool, error_c
             if record is None:
                 click.echo(f"error: no deliveries recorded for '{slug}'", err=True)
                 sys.exit(EXIT_FINDINGS)
-            came_back = feedback.issue_feedback(record.id)
+            per_state = ledger.counts(record.id)
+            came_back = feedback.issue_feedback(record.id, sent=per_state["sent"])
             rows.append({"slug": slug, "list": record.list_name, "completed_at": record.completed_at,
-                         "counts": ledger.counts(record.id), "errors": ledger.latest_errors(record.id, error_count),
+                         "counts": per_state, "errors": ledger.latest_errors(record.id, error_count),
                          "feedback": came_back,
                          "rates": {name: round(rate, 6) for name, rate in feedback_rates(came_back).items()},
                          "warnings": feedback_warnings(came_back)})

@@ -233,8 +233,11 @@ class Feedback:
             ),
         }
 
-    def issue_feedback(self, issue_id: int) -> dict[str, int]:
+    def issue_feedback(self, issue_id: int, *, sent: int | None = None) -> dict[str, int]:
         """What came back for one issue: ``sent``, ``hard_bounces``, ``soft_bounces``, ``complaints``, ``unsubscribes``.
+
+        ``sent``, when the caller has counted it already (``newsletter status`` has the
+        ledger's counts per state), saves reading the issue's deliveries a second time.
 
         Each counts subscribers, once however many reports came for them. Unsubscribes are
         the memberships of the issue's list that ended after the issue was sent to them and
@@ -244,8 +247,10 @@ class Feedback:
         """
         found = self.issue_statements(issue_id)
         counts = {"sent": 0, "hard_bounces": 0, "soft_bounces": 0, "complaints": 0, "unsubscribes": 0}
-        sql, params = found["sent"]
-        counts["sent"] = int(self.store.query(sql, params)[0][0])
+        if sent is None:
+            sql, params = found["sent"]
+            sent = int(self.store.query(sql, params)[0][0])
+        counts["sent"] = sent
         sql, params = found["by kind"]
         names = {"hard_bounce": "hard_bounces", "soft_bounce": "soft_bounces", "complaint": "complaints"}
         for kind, number in self.store.query(sql, params):
