@@ -261,7 +261,8 @@ def feedback_plan_text(results: Sequence[Measured]) -> list[str]:
              "Every statement of `delivery_by_message_id`, `record_feedback` and `issue_feedback` searches an "
              "index: a delivery by the issue's slug and the primary key, a subscriber's soft bounces by "
              "`feedback_subscriber`, an issue's findings by `feedback_issue`, the memberships that ended by the "
-             "partial index `memberships_ended` (PostgreSQL reads `issues` whole: a row an issue). The one read of many rows is `sent`: the issue's own deliveries, "
+             "partial index `memberships_ended` (PostgreSQL reads `issues` whole: a row an issue). The one read "
+             "of many rows is `sent`: the issue's own deliveries, "
              "what `status` reads already for its counts per state (and passes on, so `status` doesn't run this "
              "one); PostgreSQL reads the table in parallel rather than the index when the issue is a third of it, "
              "as here."]
