@@ -158,7 +158,9 @@ class Ledger:
                 (slug, list_name, list_id, subject, content_hash, now, source_text),
             ).fetchone()[0])
             # The Message-ID is fixed here, so a resend (after --resend-uncertain) carries the
-            # same one and a receiving system can tell it is the same message.
+            # same one and a receiving system can tell it is the same message. A bounce that
+            # quotes it finds its delivery by it: Feedback.delivery_by_message_id reads the slug
+            # and the subscriber id back out of "<slug>.<id>@<domain>" (keep the two in step).
             cursor.execute(
                 "INSERT INTO deliveries (issue_id, subscriber_id, message_id, created_at, updated_at)"
                 " SELECT ?, s.id, ? || '.' || s.id || '@' || ?, ?, ?"
