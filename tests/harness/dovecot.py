@@ -30,6 +30,7 @@ PYTEST_DONT_REWRITE: a test module may import this file before naming it in pyte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -245,11 +246,12 @@ class DovecotServer:
         # log says the master started, and the listener's socket answers "* OK".
         if "starting up" not in self.log_text():
             return False
-        with socket.create_connection((self.host, self.port), timeout=5) as raw:
-            conn = raw
+        with contextlib.ExitStack() as stack:
+            conn = stack.enter_context(socket.create_connection((self.host, self.port), timeout=5))
             if self.security == "tls":
                 assert self.ca_file is not None
-                conn = ssl.create_default_context(cafile=str(self.ca_file)).wrap_socket(raw, server_hostname="localhost")
+                context = ssl.create_default_context(cafile=str(self.ca_file))
+                conn = stack.enter_context(context.wrap_socket(conn, server_hostname="localhost"))
             # A whole exchange, greeting to LOGOUT: a connection dropped half-way keeps the login
             # process (and so the master's shutdown) waiting for seconds.
             if not conn.recv(200).startswith(b"* OK"):
