@@ -115,7 +115,7 @@ def test_the_readme_shows_every_key_the_settings_declare() -> None:
 @pytest.mark.parametrize(("toml", "message"), [
     ("[smtp]\ncolour = 1", "unknown key [smtp] colour (known: ca_file, connections, final_reply_timeout, host,"
      " max_per_hour, port, rate, security, timeout, tls_skip_verify_for, username)"),
-    ('[smpt]\nhost = "x"', "unknown table [smpt] (known: database, dispatch, dkim, issues, sender, smtp, templates)"),
+    ('[smpt]\nhost = "x"', "unknown table [smpt] (known: database, dispatch, dkim, inbound, issues, sender, smtp, templates)"),
     ("smtp = 1", "'smtp' must be a table, [smtp]"),
     ('[smtp]\npassword = "s3cret"', "unknown key [smtp] password"),  # a secret comes from the environment only
     ('[sender]\nfrom_name = "Ed"', "unknown key [sender] from_name"),  # the file says from = "Ed <ed@…>"

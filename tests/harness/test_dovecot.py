@@ -39,6 +39,7 @@ def test_serves_imap_and_keeps_mail_in_its_maildir(security: str) -> None:
         assert (server.maildir / ".processed" / "maildirfolder").exists()
 
 
+@pytest.mark.slow  # ~6 s: Dovecot's master waits for the login process of the refused handshake at shutdown
 def test_tls_certificate_is_checked_and_a_wrong_password_is_refused(dovecot: DovecotServer) -> None:
     with pytest.raises(ssl.SSLCertVerificationError):
         IMAPClient(dovecot.host, dovecot.port, ssl=True, ssl_context=ssl.create_default_context(), timeout=10)
