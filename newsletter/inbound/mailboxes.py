@@ -41,6 +41,7 @@ import imaplib
 import mailbox
 import os
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "FETCH_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROCESSED",
+    "STALE_LOCK_SECONDS",
     "UNHANDLED",
     "Handle",
     "InboundMessage",
@@ -81,6 +83,8 @@ FETCH_BYTES = 8 * 1024 * 1024
 #: the Maildir++ subfolders (``.processed``, ``.unhandled``) and mbox suffixes
 PROCESSED = "processed"
 UNHANDLED = "unhandled"
+#: an mbox dot-lock older than this was left by a process that died (Postfix's stale_lock_time is 500 s)
+STALE_LOCK_SECONDS = 500
 _VERDICTS = ("processed", "unhandled", "retry")
 
 
@@ -267,16 +271,39 @@ def _open_mbox(path: Path, *, create: bool) -> mailbox.mbox:
         box = mailbox.mbox(path, create=create)
     except OSError as exc:
         raise InboundError(f"{path}: can't open it: {exc.strerror}") from exc
+    for attempt in (1, 2):
+        try:
+            box.lock()
+            return box
+        except mailbox.ExternalClashError as exc:
+            if attempt == 1 and _break_stale_dot_lock(path):
+                continue
+            box.close()
+            raise InboundError(f"{path} is locked by another program (an MTA delivering, or another run; a lock"
+                               f" file {path}.lock older than {STALE_LOCK_SECONDS} s is removed); try again later",
+                               temporary=True) from exc
+        except OSError as exc:
+            box.close()
+            raise InboundError(f"{path}: can't lock it: {exc.strerror}") from exc
+    raise AssertionError("unreachable")
+
+
+def _break_stale_dot_lock(path: Path) -> bool:
+    """Remove ``<path>.lock`` if it is older than :data:`STALE_LOCK_SECONDS` (its holder died); True if removed.
+
+    A process killed while holding it can't remove it, and nothing else would: Postfix's
+    local delivery agent, procmail and mutt break such a lock after a few minutes too.
+    """
+    lock = path.with_name(f"{path.name}.lock")
     try:
-        box.lock()
-    except mailbox.ExternalClashError as exc:
-        box.close()
-        raise InboundError(f"{path} is locked by another program (an MTA delivering, or another run); try again",
-                           temporary=True) from exc
-    except OSError as exc:
-        box.close()
-        raise InboundError(f"{path}: can't lock it: {exc.strerror}") from exc
-    return box
+        if time.time() - lock.stat().st_mtime < STALE_LOCK_SECONDS:
+            return False
+        lock.unlink()
+    except FileNotFoundError:
+        return True  # gone meanwhile: try again
+    except OSError:
+        return False
+    return True
 
 
 # --- standard input ----------------------------------------------------------------------
