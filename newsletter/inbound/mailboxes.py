@@ -376,6 +376,7 @@ class _ImapRun:
         self.summary = MailboxSummary()
         self.client: Any = None
         self.uidvalidity: int | None = None
+        self.exists = 0
         self.can_move = False
         self.can_expunge_uids = False
         #: handled and not yet filed: uid -> folder
@@ -447,6 +448,7 @@ class _ImapRun:
             raise InboundError(f"the IMAP folder {settings.folder} on {self.server} was recreated (UIDVALIDITY"
                                " changed) during the run; run again", temporary=True)
         self.uidvalidity = uidvalidity
+        self.exists = int(status[b"EXISTS"])
         self.can_move = client.has_capability("MOVE")
         self.can_expunge_uids = client.has_capability("UIDPLUS")
 
@@ -478,10 +480,14 @@ class _ImapRun:
         batch = self.settings.batch_size
         position = 1  # sequence number of the first message not known to stay (retried ones do)
         last_uid = 0
-        while True:
+        # The messages there when the run began: mail arriving meanwhile waits for the next run
+        # (a folder that keeps filling can't keep a run going), and no sequence number beyond
+        # the folder's end is sent (RFC 3501 lets a server answer BAD to that).
+        exists = self.exists
+        while position <= exists:
             # In UID SEARCH a bare sequence set means message numbers: the UIDs of the next
             # ``batch`` messages, without listing the whole folder.
-            found = self.client.search([f"{position}:{position + batch - 1}"])
+            found = self.client.search([f"{position}:{min(position + batch - 1, exists)}"])
             if not found:
                 return
             # A UID at or below the last one seen was handled already and stays (retry): never twice.
@@ -492,6 +498,7 @@ class _ImapRun:
                 moved = self._file_pending()
                 last_uid = uids[-1]
             position += len(found) - moved  # what stays in this window is skipped next time
+            exists -= moved
 
     def _handle_batch(self, uids: list[int]) -> None:
         """Handle the messages ``uids``, adding what is to be moved to ``pending``."""

@@ -270,6 +270,8 @@ class PostfixServer:
             "virtual_minimum_uid": "1",
             "maximal_queue_lifetime": "0",  # a 4xx refusal bounces after the first try
             "bounce_queue_lifetime": "0",
+            "message_size_limit": str(50 * 1024 * 1024),  # room for a 10 MB attachment, base64 and returned
+            "virtual_mailbox_limit": "0",  # no limit (it may not be below message_size_limit)
             "smtputf8_enable": "no",
             "biff": "no",
         }
