@@ -55,14 +55,14 @@ from newsletter.errors import InboundError
 
 __all__ = [
     "FETCH_BYTES",
-    "MAX_MESSAGE_BYTES",
-    "PROCESSED",
-    "STALE_LOCK_SECONDS",
-    "UNHANDLED",
     "Handle",
     "InboundMessage",
+    "MAX_MESSAGE_BYTES",
     "MailboxSummary",
+    "PROCESSED",
     "Progress",
+    "STALE_LOCK_SECONDS",
+    "UNHANDLED",
     "Verdict",
     "process_imap",
     "process_maildir",
