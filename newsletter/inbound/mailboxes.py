@@ -128,7 +128,7 @@ def _check_verdict(verdict: object, where: str) -> Verdict:
 
 
 def _too_large(size: int, where: str) -> str:
-    return (f"{where}: {size / 2**20:.1f} MB, more than the {MAX_MESSAGE_BYTES // 2**20} MB read;"
+    return (f"{where}: {size:,} bytes, more than the {MAX_MESSAGE_BYTES:,} read;"
             " filed as unhandled without reading it")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import mailbox
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -383,6 +384,23 @@ def test_imap_files_each_message_into_folders_it_creates(dovecot: DovecotServer)
     assert (again.processed, calls) == (2, [3, 7])
     assert folder_numbers(dovecot, "INBOX") == []
     assert folder_numbers(dovecot, "processed") == [1, 3, 4, 5, 7, 8]
+
+
+def test_imap_fetches_bounded_runs_and_files_a_message_too_large_unread(dovecot: DovecotServer,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mailboxes, "MAX_MESSAGE_BYTES", 20_000)
+    monkeypatch.setattr(mailboxes, "FETCH_BYTES", 5_000)  # two 3 kB messages never in one FETCH
+    dovecot.append("INBOX", message(1, size=3000), message(2, size=30_000), message(3, size=3000), message(4))
+    sizes: list[int] = []
+    summary = process_imap(imap_settings(dovecot, batch_size=10), Secret(PASSWORD),
+                           lambda raw: sizes.append(len(raw)) or "processed")
+    assert (summary.processed, summary.unhandled) == (3, 1)
+    assert len(sizes) == 3 and max(sizes) < 20_000  # the large one was never handed over
+    assert len(summary.errors) == 1
+    assert re.fullmatch(r"imap:INBOX/2: 30,\d\d\d bytes, more than the 20,000 read; filed as unhandled without"
+                        r" reading it", summary.errors[0])
+    assert folder_numbers(dovecot, "unhandled") == [2]
+    assert folder_numbers(dovecot, "processed") == [1, 3, 4]
 
 
 def test_imap_without_move_copies_and_expunges_only_those_messages() -> None:
