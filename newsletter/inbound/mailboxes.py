@@ -358,7 +358,11 @@ def process_imap(settings: InboundSettings, password: Secret, handle: Handle, *,
     if password and settings.security == "none" and not is_loopback(settings.host):
         raise InboundError(f"refusing to send the IMAP password unencrypted to {settings.host}")
     if ssl_context is None and settings.security != "none":
-        ssl_context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+        try:
+            ssl_context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise InboundError(f"[inbound] ca_file {settings.ca_file}: can't use it as a CA bundle:"
+                               f" {_reason(exc)}") from exc
     run = _ImapRun(settings, password, handle, progress, ssl_context)
     return run.run()
 

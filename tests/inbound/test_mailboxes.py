@@ -483,6 +483,9 @@ def test_imap_errors_before_any_connection() -> None:
         process_imap(InboundSettings(), Secret(PASSWORD), handle)
     with pytest.raises(InboundError, match="refusing to send the IMAP password unencrypted to imap.example.com"):
         process_imap(InboundSettings(host="imap.example.com", security="none"), Secret(PASSWORD), handle)
+    not_a_ca = Path(__file__)
+    with pytest.raises(InboundError, match=f"ca_file {not_a_ca}: can't use it as a CA bundle"):
+        process_imap(InboundSettings(host="127.0.0.1", ca_file=not_a_ca), Secret(PASSWORD), handle)
     with DovecotServer(security="none") as server:
         port = server.port
     with pytest.raises(InboundError, match=f"can't connect to the IMAP server 127.0.0.1:{port}") as caught:
