@@ -37,6 +37,7 @@ __all__ = [
     "DatabaseSettings",
     "DispatchSettings",
     "DkimSettings",
+    "InboundSettings",
     "Secret",
     "SenderSettings",
     "Settings",
@@ -344,6 +345,35 @@ class BouncesSettings:
 
 
 @dataclass(frozen=True)
+class InboundSettings:
+    """The IMAP mailbox that ``newsletter inbound --imap`` reads returned mail from (``[inbound]``)."""
+
+    #: "" is no IMAP mailbox configured
+    host: str = _key("", _text)
+    #: 0: the usual port of ``security``, 993 for tls, 143 for starttls and none
+    port: int = _key(0, _whole(0, 65535))
+    security: str = _key("tls", _choice("tls", "starttls", "none"))
+    username: str = _key("", _text)
+    #: from NEWSLETTER_IMAP_PASSWORD, never the file
+    password: Secret = field(default_factory=lambda: Secret(""))
+    folder: str = _key("INBOX", _text)
+    #: where handled messages are moved (created if missing); never deleted
+    processed_folder: str = _key("processed", _text)
+    #: where messages no rule understood are moved, for a human (created if missing)
+    unhandled_folder: str = _key("unhandled", _text)
+    #: messages fetched and filed per round trip: at most this many are handled again after a crash
+    batch_size: int = _key(100, _whole(1, 10_000))
+    timeout: float = _key(60.0, _number(positive=True))
+    #: a CA bundle to trust instead of the system's (a private server's own CA)
+    ca_file: Path | None = _key(None, _path_or_none)
+
+    @property
+    def effective_port(self) -> int:
+        """``port``, or the usual one of ``security`` when it is 0."""
+        return self.port or (993 if self.security == "tls" else 143)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the tool is configured with."""
 
@@ -353,6 +383,7 @@ class Settings:
     dispatch: DispatchSettings = _table(DispatchSettings)
     dkim: DkimSettings = _table(DkimSettings)
     bounces: BouncesSettings = _table(BouncesSettings)
+    inbound: InboundSettings = _table(InboundSettings)
     issues_dir: Path = _key(Path("issues"), _path, name="dir", table="issues")
     templates_dir: Path | None = _key(None, _path, name="dir", table="templates")
     secret_key: Secret = field(default_factory=lambda: Secret(""))
@@ -424,6 +455,8 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
             f"{config_path}: [smtp] security = \"none\" would send the password in clear to {smtp.host};"
             " use starttls or tls (a password goes unencrypted only to 127.0.0.1)"
         )
+    inbound = replace(settings.inbound, password=Secret(env.get("NEWSLETTER_IMAP_PASSWORD", "")))
+    _check_inbound(inbound, config_path)
     if dispatch.retry_max < dispatch.retry_initial:
         raise ConfigError(
             f"{config_path}: [dispatch] retry_max = {dispatch.retry_max:g} is less than retry_initial ="
@@ -440,12 +473,32 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         settings,
         smtp=replace(smtp, password=password),
         database=replace(database, url=database_url),
+        inbound=inbound,
         dkim=replace(settings.dkim, domain=settings.dkim.domain or settings.sender.domain),
         secret_key=Secret(env.get("NEWSLETTER_SECRET_KEY", "")),
         dkim_key_file=Path(dkim_key_file) if dkim_key_file else None,
         config_path=config_path if config_path.exists() else None,
         chromium=env.get("NEWSLETTER_CHROMIUM", ""),
     )
+
+
+def _check_inbound(inbound: InboundSettings, config_path: Path) -> None:
+    """What spans several ``[inbound]`` keys: the password's channel, the folders, the CA file."""
+    if inbound.password and inbound.security == "none" and inbound.host and not is_loopback(inbound.host):
+        raise ConfigError(
+            f"{config_path}: [inbound] security = \"none\" would send the IMAP password in clear to {inbound.host};"
+            " use tls or starttls (a password goes unencrypted only to 127.0.0.1)"
+        )
+    folders = {"folder": inbound.folder, "processed_folder": inbound.processed_folder,
+               "unhandled_folder": inbound.unhandled_folder}
+    for key, name in folders.items():
+        if not name.strip():
+            raise ConfigError(f"{config_path}: [inbound] {key} is empty; name an IMAP folder")
+    if len({name.casefold() for name in folders.values()}) < len(folders):
+        raise ConfigError(f"{config_path}: [inbound] folder, processed_folder and unhandled_folder must be three"
+                          " different folders (messages are moved out of the first into the others)")
+    if inbound.ca_file is not None and not inbound.ca_file.is_file():
+        raise ConfigError(f"{config_path}: [inbound] ca_file {inbound.ca_file} is not a readable file")
 
 
 def _values(settings: type[Any], table: str, data: Mapping[str, Any], path: Path, base: Path) -> dict[str, Any]:

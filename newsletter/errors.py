@@ -9,7 +9,8 @@
     ├── ComposeError                 a message can't be built (bad address, header)
     ├── StoreError                   the database can't be opened, read or written
     ├── SubscriberError              a subscriber row or address is invalid (carries file and line)
-    └── DeliveryError                the SMTP relay can't be used (unreachable, login or sender refused)
+    ├── DeliveryError                the SMTP relay can't be used (unreachable, login or sender refused)
+    └── InboundError                 a mailbox to read can't be used (missing, unreadable, IMAP refused or dropped)
 
 Third-party exceptions are translated once, in the module that imports the
 library, with ``raise ... from exc``; nothing else leaks out of the package. The
@@ -23,6 +24,7 @@ __all__ = [
     "ComposeError",
     "ConfigError",
     "DeliveryError",
+    "InboundError",
     "IssueError",
     "NewsletterError",
     "RenderError",
@@ -86,6 +88,19 @@ class DeliveryError(NewsletterError):
     def __init__(self, message: str, *, fatal: bool = False) -> None:
         super().__init__(_one_line(message))
         self.fatal = fatal
+
+
+class InboundError(NewsletterError):
+    """A mailbox of returned mail can't be read or filed: missing, unreadable, too large, IMAP refused or dropped.
+
+    ``temporary`` is True when trying again later may work (the IMAP server unreachable or the
+    connection dropped): ``newsletter inbound -`` then exits 75 for the MTA to retry. Whatever was
+    handled before the error is filed; the rest stays where it was.
+    """
+
+    def __init__(self, message: str, *, temporary: bool = False) -> None:
+        super().__init__(_one_line(message))
+        self.temporary = temporary
 
 
 def _one_line(text: str) -> str:

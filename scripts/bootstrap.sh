@@ -7,8 +7,9 @@
 # the mail daemon), and with --spamassassin Debian's SpamAssassin for the deliverability
 # test (the rules the package ships; no daemon started, no sa-update run), and with
 # --postgres Debian's PostgreSQL server binaries for tests/harness/pgserver.py (no cluster created,
-# no service started: the tests run their own throwaway server). Safe to run again: it only
-# installs what is missing.
+# no service started: the tests run their own throwaway server), and with --dovecot Debian's Dovecot
+# IMAP server for tests/harness/dovecot.py (no service started: the tests run their own, with
+# their own config). Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +17,15 @@ want_browser=0
 want_sink=0
 want_spam=0
 want_pg=0
+want_dovecot=0
 for arg in "$@"; do
   case "$arg" in
     --browser) want_browser=1 ;;
     --smtp-sink) want_sink=1 ;;
     --spamassassin) want_spam=1 ;;
     --postgres) want_pg=1 ;;
-    *) echo "usage: scripts/bootstrap.sh [--browser] [--smtp-sink] [--spamassassin] [--postgres]" >&2; exit 2 ;;
+    --dovecot) want_dovecot=1 ;;
+    *) echo "usage: scripts/bootstrap.sh [--browser] [--smtp-sink] [--spamassassin] [--postgres] [--dovecot]" >&2; exit 2 ;;
   esac
 done
 
@@ -112,6 +115,14 @@ if [ $want_pg = 1 ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/nul
       $SUDO pg_dropcluster --stop "$(basename "$(dirname "$conf")")" "$(basename "$conf")"
     fi
   done
+fi
+
+if [ $want_dovecot = 1 ] && [ ! -x /usr/lib/dovecot/imap ]; then
+  # The package's postinst makes a certificate and would start the system's dovecot service:
+  # the policy-rc.d keeps it from starting; tests/harness/dovecot.py runs its own master with
+  # its own config in a temporary folder, never /etc/dovecot's.
+  echo "installing dovecot-imapd (apt) for the IMAP tests; no service is started" >&2
+  apt_install_no_daemons dovecot-imapd
 fi
 
 if [ $want_browser = 1 ] && ! command -v chromium >/dev/null 2>&1; then

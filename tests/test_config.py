@@ -64,6 +64,12 @@ REFUSED = [
      " character 'ü'"),
     ('[sender]\nsite_url = "https://news.example.com/?ref=mail"', "[sender] site_url"
      " 'https://news.example.com/?ref=mail' has a query or fragment"),
+    ("[inbound]\nbatch_size = 0", "[inbound] batch_size must be a whole number from 1 to 10000"),
+    ('[inbound]\nsecurity = "ssl"', "[inbound] security must be one of tls, starttls, none"),
+    ('[inbound]\nprocessed_folder = "INBOX"', "[inbound] folder, processed_folder and unhandled_folder must be three"
+     " different folders"),
+    ('[inbound]\nunhandled_folder = ""', "[inbound] unhandled_folder is empty"),
+    ('[inbound]\nca_file = "no-such-ca.pem"', "no-such-ca.pem is not a readable file"),
     # invisible characters that make a sender name read backwards
     ('[sender]\nfrom = "Invoice \\u202Egpj.exe <billing@example.com>"', "[sender] from contains the direction"
      " control U+202E"),
@@ -115,7 +121,8 @@ def test_the_readme_shows_every_key_the_settings_declare() -> None:
 @pytest.mark.parametrize(("toml", "message"), [
     ("[smtp]\ncolour = 1", "unknown key [smtp] colour (known: ca_file, connections, final_reply_timeout, host,"
      " max_per_hour, port, rate, security, timeout, tls_skip_verify_for, username)"),
-    ('[smpt]\nhost = "x"', "unknown table [smpt] (known: bounces, database, dispatch, dkim, issues, sender, smtp, templates)"),
+    ('[smpt]\nhost = "x"', "unknown table [smpt] (known: bounces, database, dispatch, dkim, inbound, issues, sender, smtp,"
+     " templates)"),
     ("smtp = 1", "'smtp' must be a table, [smtp]"),
     ('[smtp]\npassword = "s3cret"', "unknown key [smtp] password"),  # a secret comes from the environment only
     ('[sender]\nfrom_name = "Ed"', "unknown key [sender] from_name"),  # the file says from = "Ed <ed@…>"
@@ -131,3 +138,23 @@ def test_a_key_or_table_the_settings_dont_declare_is_named(tmp_path: Path, toml:
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'newsletter.toml'}: {message}"), err
     assert "s3cret" not in err
+
+
+def test_inbound_imap_settings_and_their_password(tmp_path: Path) -> None:
+    """[inbound]: defaults, the usual ports, and NEWSLETTER_IMAP_PASSWORD never in clear but to 127.0.0.1."""
+    from newsletter.errors import ConfigError
+
+    inbound = load_settings(None, {}).inbound
+    assert (inbound.host, inbound.folder, inbound.processed_folder, inbound.unhandled_folder) == (
+        "", "INBOX", "processed", "unhandled")
+    assert (inbound.security, inbound.effective_port, inbound.batch_size) == ("tls", 993, 100)
+    config = tmp_path / "newsletter.toml"
+    config.write_text('[inbound]\nhost = "imap.example.com"\nsecurity = "none"\nusername = "bounces"\n')
+    with pytest.raises(ConfigError, match=r'\[inbound\] security = "none" would send the IMAP password in clear'
+                                          " to imap.example.com"):
+        load_settings(config, {"NEWSLETTER_IMAP_PASSWORD": "s3cret"})
+    assert load_settings(config, {}).inbound.effective_port == 143  # no password: nothing to protect
+    config.write_text('[inbound]\nhost = "127.0.0.1"\nsecurity = "none"\nport = 1143\n')
+    settings = load_settings(config, {"NEWSLETTER_IMAP_PASSWORD": "s3cret"})
+    assert settings.inbound.password.reveal() == "s3cret" and settings.inbound.effective_port == 1143
+    assert "s3cret" not in repr(settings)
