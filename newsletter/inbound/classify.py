@@ -1,0 +1,286 @@
+"""What a message that came back says: a bounce, a complaint, an unsubscribe, an auto-reply, or nothing.
+
+``classify(raw)`` is pure (no I/O, no store, no configuration) and never raises: the worst
+any input gets is ``unknown``. In order, the first that applies decides:
+
+1. an RFC 5965 feedback report (ARF): ``complaint`` for Feedback-Type abuse, fraud, virus
+   or other (not-spam and auth-failure reports are no complaint: ``unknown``);
+2. an RFC 3464 delivery status notification: per recipient, Action failed with a 5.x.x
+   Status is ``hard_bounce``, with 4.x.x (the MTA gave up on a temporary failure)
+   ``soft_bounce``, Action delayed ``delayed``; delivered, relayed and expanded say nothing;
+3. a message that looks like a bounce (a mail daemon's From, X-Failed-Recipients, a
+   bounce's subject, the null return path) goes to Mailman's ``flufl.bounce`` detectors
+   (Exim, qmail, old Exchange, Yahoo, Postfix's pre-DSN form, ...): what they call
+   permanent is ``hard_bounce`` unless the text beside the address gives a 4.x.x or 4xx
+   code (``soft_bounce``); what they call temporary (delay warnings) is ``delayed``;
+4. "unsubscribe <token>" in the subject or the first lines of the body (RFC 2369, RFC 8058
+   section 3.2): ``unsubscribe``;
+5. RFC 3834 ``Auto-Submitted``, ``X-Autoreply`` and its kin, ``Precedence: auto_reply``,
+   or an out-of-office subject: ``auto_reply``.
+
+Nothing here decides whom a report is about: :attr:`Classification.return_paths` lists
+the candidate (signed) return paths and :attr:`Classification.original_message_ids` the
+original's Message-IDs, for the caller to check.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import Message
+from typing import Literal
+
+from newsletter.inbound.heuristics import (
+    FluflResult,
+    auto_reply_reason,
+    explanation,
+    inline_original,
+    looks_like_bounce,
+    run_flufl,
+    tokens_in_list_unsubscribe,
+    unsubscribe_tokens,
+)
+from newsletter.inbound.mime import (
+    Headers,
+    addresses,
+    clean_address,
+    clean_message_id,
+    embedded_headers,
+    is_embedded_message,
+    iter_parts,
+    parse,
+    safe_line,
+    text_body,
+)
+from newsletter.inbound.reports import read_delivery_status, read_feedback_report
+
+__all__ = ["COMPLAINT_TYPES", "Classification", "Finding", "Kind", "classify"]
+
+Kind = Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe", "auto_reply", "delayed", "unknown"]
+
+#: the RFC 5965 / RFC 6650 feedback types that are a reader's complaint
+COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus", "other"})
+
+# The message's kind is its worst finding's.
+_RANK: dict[str, int] = {
+    "complaint": 6, "hard_bounce": 5, "soft_bounce": 4, "unsubscribe": 3, "delayed": 2, "auto_reply": 1, "unknown": 0,
+}
+_ENVELOPE_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "to")
+_MAX_CANDIDATES = 16
+_REDACTED_RE = re.compile(r"[x*#_.-]+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One recipient's outcome in one report."""
+
+    kind: Kind
+    #: the address the report names (Original-Recipient if given, else Final-Recipient, or
+    #: the complaint's Original-Rcpt-To), lower case, no "rfc822;"; None if it names none
+    recipient: str | None
+    #: the RFC 3463 status ("5.1.1") when known
+    status: str | None
+    #: the server's words: one line, at most 500 characters, no control characters ("" if none)
+    diagnostic: str
+    #: a DSN's Final-Recipient when it differs from ``recipient`` (an alias the MTA expanded)
+    final_recipient: str | None = None
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What one incoming message says (see the module's docstring for the rules)."""
+
+    kind: Kind
+    findings: tuple[Finding, ...]
+    #: candidate return paths, most trusted first: the message's own envelope recipient
+    #: headers (Delivered-To, X-Original-To, Envelope-To, then To), then the return path of
+    #: the original it carries (its Return-Path, Postfix's X-Postfix-Sender, ARF's Original-Mail-From)
+    return_paths: tuple[str, ...]
+    #: the Message-IDs of the original message it reports on, without "<>"
+    original_message_ids: tuple[str, ...]
+    #: unsubscribe tokens: "unsubscribe <token>" (mail unsubscribe), or those in a complained-of
+    #: message's List-Unsubscribe
+    unsubscribe_tokens: tuple[str, ...]
+    #: this message's own Message-ID, without "<>" (for idempotency)
+    message_id: str | None
+    #: what decided: "arf", "dsn", "flufl:<detector>", "mailto", "autoreply", "none", "error"
+    source: str
+    #: why less than the whole message was read, or what went wrong (one line; "" if nothing)
+    note: str = ""
+
+
+def classify(raw: bytes) -> Classification:
+    """What the message ``raw`` (as stored, headers and body) says; ``unknown`` at worst, never an exception."""
+    try:
+        return _classify(bytes(raw))
+    except Exception as exc:  # noqa: BLE001 - the promise: no input makes this raise
+        return Classification("unknown", (), (), (), (), None, "error",
+                              safe_line(f"could not be read: {type(exc).__name__}: {exc}"))
+
+
+class _Collected:
+    """What the walk over the parts found."""
+
+    def __init__(self) -> None:
+        self.delivery_status: list[Message] = []
+        self.feedback: list[Message] = []
+        self.originals: list[Headers] = []
+
+
+def _walk(message: Message) -> _Collected:
+    found = _Collected()
+    for part, _depth, embedded in iter_parts(message):
+        if embedded:
+            continue  # the original's own parts: a bounce quoting a bounce is still one bounce
+        content_type = part.get_content_type()
+        if content_type in ("message/delivery-status", "message/global-delivery-status"):
+            found.delivery_status.append(part)
+        elif content_type == "message/feedback-report":
+            found.feedback.append(part)
+        elif is_embedded_message(part) and part is not message:
+            headers = embedded_headers(part)
+            if headers is not None:
+                found.originals.append(headers)
+    return found
+
+
+def _add(target: list[str], values: list[str] | tuple[str, ...]) -> None:
+    for value in values:
+        if value and value not in target and len(target) < _MAX_CANDIDATES:
+            target.append(value)
+
+
+def _present(*values: str | None) -> list[str]:
+    return [value for value in values if value]
+
+
+class _Result:
+    """What every kind of message has (its Message-ID, the candidate return paths, ...), to finish with one verdict."""
+
+    def __init__(self, message_id: str | None, note: str) -> None:
+        self.message_id = message_id
+        self.note = note
+        self.return_paths: list[str] = []
+        self.original_ids: list[str] = []
+
+    def done(self, kind: Kind, findings: list[Finding], source: str, tokens: list[str] | None = None) -> Classification:
+        return Classification(kind, tuple(findings), tuple(self.return_paths), tuple(self.original_ids),
+                              tuple(tokens or ()), self.message_id, source, self.note)
+
+
+def _classify(raw: bytes) -> Classification:
+    message, note = parse(raw)
+    headers = Headers(message)
+    out = _Result(clean_message_id(headers.get("message-id")), note)
+    for name in _ENVELOPE_HEADERS:
+        for value in headers.get_all(name):
+            _add(out.return_paths, addresses(value))
+    parts = _walk(message)
+    for original in parts.originals:
+        _add(out.original_ids, _present(clean_message_id(original.get("message-id"))))
+        _add(out.return_paths, _present(clean_address(original.get("return-path"))))
+
+    if parts.feedback:
+        return _complaint(parts, out)
+    if parts.delivery_status:
+        findings, seen = _dsn(parts.delivery_status, out)
+        if seen:
+            return out.done(_worst(findings), findings, "dsn")
+    auto_reason = auto_reply_reason(headers)
+    body = text_body(message)
+    if looks_like_bounce(headers, auto_reply=auto_reason is not None):
+        inline_ids, inline_paths = inline_original(body)
+        found = run_flufl(message)  # last use of ``message``: this empties its attachments
+        if found is not None:
+            _add(out.original_ids, inline_ids)
+            _add(out.return_paths, inline_paths)
+            findings = _flufl_findings(found, body)
+            return out.done(_worst(findings), findings, f"flufl:{found.detector}")
+    else:
+        tokens = unsubscribe_tokens(headers.get("subject"), body)
+        if tokens:
+            return out.done("unsubscribe", [Finding("unsubscribe", None, None, "unsubscribe request by mail")],
+                            "mailto", tokens)
+    if auto_reason is not None:
+        _add(out.original_ids, _present(clean_message_id(headers.get("in-reply-to"))))
+        sender = addresses(headers.get("from"))
+        finding = Finding("auto_reply", sender[0] if sender else None, None, safe_line(auto_reason))
+        return out.done("auto_reply", [finding], "autoreply")
+    return out.done("unknown", [], "none")
+
+
+def _worst(findings: list[Finding]) -> Kind:
+    kind: Kind = "unknown"
+    for finding in findings:
+        if _RANK[finding.kind] > _RANK[kind]:
+            kind = finding.kind
+    return kind
+
+
+def _dsn(parts: list[Message], out: _Result) -> tuple[list[Finding], bool]:
+    findings: list[Finding] = []
+    seen = False
+    for part in parts:
+        recipients, sender = read_delivery_status(part)
+        _add(out.return_paths, _present(sender))
+        for block in recipients:
+            seen = True
+            recipient = block.original_recipient or block.final_recipient
+            final = block.final_recipient if block.final_recipient != recipient else None
+            kind: Kind | None
+            if block.action.startswith(("fail", "error")):  # "error": OpenSMTPD's word for it
+                # Without a status a failure counts as soft: only a 5.x.x ends a subscription at once.
+                kind = "hard_bounce" if block.status and block.status.startswith("5") else "soft_bounce"
+            elif block.action.startswith("delay"):
+                kind = "delayed"
+            elif block.action in ("delivered", "relayed", "expanded"):
+                kind = None
+            else:
+                # No Action, or one RFC 3464 doesn't know: a 5.x.x still says the address failed.
+                kind = "hard_bounce" if block.status and block.status.startswith("5") else None
+            if kind is not None:
+                findings.append(Finding(kind, recipient, block.status, block.diagnostic, final))
+    return findings, seen
+
+
+def _flufl_findings(found: FluflResult, body: str) -> list[Finding]:
+    findings: list[Finding] = []
+    for address in found.permanent:
+        status, code_class, diagnostic = explanation(body, address)
+        # An MTA that gave up on a temporary failure (4.2.2 mailbox full): soft, as in a DSN.
+        temporary = (status or "").startswith("4") or (status is None and code_class == "4")
+        findings.append(Finding("soft_bounce" if temporary else "hard_bounce", address, status, diagnostic))
+    for address in found.temporary:
+        # flufl's temporary failures are delay warnings (its DSN and warning detectors' only use of them).
+        if address not in found.permanent:
+            status, _code_class, diagnostic = explanation(body, address)
+            findings.append(Finding("delayed", address, status, diagnostic))
+    return findings
+
+
+def _redacted(address: str) -> bool:
+    # RFC 6590 lets a reporter hide the local part ("xxxxxxx@example.org", "redacted@...").
+    local = address.rpartition("@")[0]
+    return not local or "redacted" in local or _REDACTED_RE.fullmatch(local) is not None
+
+
+def _complaint(parts: _Collected, out: _Result) -> Classification:
+    report = read_feedback_report(parts.feedback[0])
+    if report is None:
+        return out.done("unknown", [], "arf")
+    _add(out.return_paths, _present(report.original_mail_from))
+    tokens: list[str] = []
+    for original in parts.originals:
+        _add(tokens, tokens_in_list_unsubscribe(original.get("list-unsubscribe")))
+    if report.feedback_type not in COMPLAINT_TYPES:
+        return out.done("unknown", [], f"arf:{safe_line(report.feedback_type, 40)}", tokens)
+    recipients: list[str | None] = [address for address in report.recipients if not _redacted(address)]
+    if not recipients:
+        # The complained-of message's To: only its first address (the others were copies).
+        for original in parts.originals:
+            to = [address for address in addresses(original.get("to")) if not _redacted(address)]
+            if to:
+                recipients.append(to[0])
+                break
+    findings = [Finding("complaint", address, None, report.description) for address in recipients or [None]]
+    return out.done("complaint", findings, "arf", tokens)
