@@ -45,6 +45,7 @@ from newsletter.inbound.mime import (
     addresses,
     clean_address,
     clean_message_id,
+    content_type,
     embedded_headers,
     is_embedded_message,
     iter_parts,
@@ -132,10 +133,10 @@ def _walk(message: Message) -> _Collected:
     for part, _depth, embedded in iter_parts(message):
         if embedded:
             continue  # the original's own parts: a bounce quoting a bounce is still one bounce
-        content_type = part.get_content_type()
-        if content_type in ("message/delivery-status", "message/global-delivery-status"):
+        kind = content_type(part)
+        if kind in ("message/delivery-status", "message/global-delivery-status"):
             found.delivery_status.append(part)
-        elif content_type == "message/feedback-report":
+        elif kind == "message/feedback-report":
             found.feedback.append(part)
         elif is_embedded_message(part) and part is not message:
             headers = embedded_headers(part)

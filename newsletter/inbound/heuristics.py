@@ -21,6 +21,7 @@ from newsletter.inbound.mime import (
     Headers,
     clean_address,
     clean_message_id,
+    content_type,
     iter_parts,
     safe_line,
 )
@@ -69,6 +70,7 @@ _AUTO_HEADERS = ("x-autoreply", "x-autorespond", "x-autoresponder", "x-autogener
 # How far an address's explanation reaches in a bounce's text: the lines after it, to the
 # next blank line.
 _WINDOW_LINES = 8
+_MENTIONS = 4
 _SMTP_CODE_RE = re.compile(r"(?:^|said:|error:|;|\()\s*([245])[0-9][0-9](?=[\s-])", re.MULTILINE | re.IGNORECASE)
 _INLINE_HEADER_RE = re.compile(
     r"^[ \t>]*(message-id|return-path)[ \t]*:[ \t]*(\S[^\r\n]*)", re.IGNORECASE | re.MULTILINE
@@ -187,12 +189,9 @@ def _prune(message: Message) -> None:
             if depth >= MAX_DEPTH:
                 part.set_payload("")
             continue
-        try:
-            content_type = part.get_content_type()
-        except Exception:  # noqa: BLE001
-            content_type = "text/plain"
+        kind = content_type(part)
         payload = part.get_payload()
-        if not content_type.startswith("text/") and not content_type.startswith("message/"):
+        if not kind.startswith(("text/", "message/")):
             part.set_payload("")
         elif isinstance(payload, str) and len(payload) > _FLUFL_TEXT:
             part.set_payload(payload[:_FLUFL_TEXT])
@@ -222,20 +221,31 @@ def run_flufl(message: Message) -> FluflResult | None:
 
 
 def explanation(text: str, address: str) -> tuple[str | None, str | None, str]:
-    """What a bounce's ``text`` says next to ``address``: (RFC 3463 status, SMTP code class, one line)."""
+    """What a bounce's ``text`` says next to ``address``: (RFC 3463 status, SMTP code class, one line).
+
+    The address's lines run to the next blank line; of its first few mentions (a summary
+    may name it before the explanation does) the first that gives a code wins.
+    """
     lower = text.lower()
+    first: tuple[str | None, str | None, str] | None = None
     start = lower.find(address)
-    if start < 0:
-        return None, None, ""
-    line_start = lower.rfind("\n", 0, start) + 1
-    lines: list[str] = []
-    for line in text[line_start:].splitlines()[: _WINDOW_LINES + 1]:
-        if not line.strip() and lines:
+    for _ in range(_MENTIONS):
+        if start < 0:
             break
-        lines.append(line.strip())
-    window = "\n".join(lines)
-    code = _SMTP_CODE_RE.search(window)
-    return enhanced_status(window), code[1] if code else None, safe_line(" ".join(lines))
+        line_start = lower.rfind("\n", 0, start) + 1
+        lines: list[str] = []
+        for line in text[line_start:line_start + 4096].splitlines()[: _WINDOW_LINES + 1]:
+            if not line.strip() and lines:
+                break
+            lines.append(line.strip())
+        window = "\n".join(lines)
+        code = _SMTP_CODE_RE.search(window)
+        found = (enhanced_status(window), code[1] if code else None, safe_line(" ".join(lines)))
+        if found[0] or found[1]:
+            return found
+        first = first or found
+        start = lower.find(address, line_start + len(window) + 1)
+    return first or (None, None, "")
 
 
 def inline_original(text: str) -> tuple[list[str], list[str]]:

@@ -28,11 +28,12 @@ from email.utils import getaddresses
 from newsletter.sanitize import one_line
 
 __all__ = [
-    "MAX_DEPTH",
     "Headers",
+    "MAX_DEPTH",
     "addresses",
     "clean_address",
     "clean_message_id",
+    "content_type",
     "embedded_headers",
     "field_blocks",
     "is_embedded_message",
@@ -184,10 +185,11 @@ def clean_message_id(text: str) -> str | None:
 
 def is_embedded_message(part: Message) -> bool:
     """True for a part that carries another message (or its headers): not this message's own text."""
-    return _content_type(part) in _EMBEDDED
+    return content_type(part) in _EMBEDDED
 
 
-def _content_type(part: Message) -> str:
+def content_type(part: Message) -> str:
+    """The part's content type, lower case; text/plain when the stdlib can't read it (RFC 2045's default)."""
     try:
         return part.get_content_type()
     except Exception:  # noqa: BLE001 - a Content-Type the stdlib can't read counts as plain text
@@ -206,7 +208,7 @@ def iter_parts(message: Message) -> Iterator[tuple[Message, int, bool]]:
         part, depth, embedded = stack.pop()
         seen += 1
         yield part, depth, embedded
-        if depth >= MAX_DEPTH or _content_type(part) in _REPORT_CONTAINERS:
+        if depth >= MAX_DEPTH or content_type(part) in _REPORT_CONTAINERS:
             continue
         try:
             payload = part.get_payload() if part.is_multipart() else None
@@ -302,7 +304,7 @@ def field_blocks(part: Message) -> list[Headers]:
         payload = part.get_payload()
         encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
         plain = encoding in ("", "7bit", "8bit", "binary") and _codec(part) in _ASCII_COMPATIBLE
-        if plain and isinstance(payload, list) and payload and _content_type(part) in _SPLIT_BY_PARSER:
+        if plain and isinstance(payload, list) and payload and content_type(part) in _SPLIT_BY_PARSER:
             return [Headers(block) for block in payload[:MAX_PARTS] if isinstance(block, Message)]
         text = part_text(part, 262144)
         blocks = []
@@ -353,12 +355,12 @@ def text_body(message: Message, limit: int = 65536) -> str:
     for part, _depth, embedded in iter_parts(message):
         if embedded or size >= limit:
             continue
-        content_type = _content_type(part)
-        if content_type == "text/plain" and not part.is_multipart():
+        kind = content_type(part)
+        if kind == "text/plain" and not part.is_multipart():
             text = part_text(part, limit - size)
             plain.append(text)
             size += len(text)
-        elif content_type == "text/html" and not part.is_multipart() and not plain:
+        elif kind == "text/html" and not part.is_multipart() and not plain:
             markup.append(part_text(part, limit))
     if plain:
         return "\n".join(plain)[:limit]
