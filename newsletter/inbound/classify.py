@@ -41,13 +41,13 @@ from newsletter.inbound.heuristics import (
     unsubscribe_tokens,
 )
 from newsletter.inbound.mime import (
+    EMBEDDED_TYPES,
     Headers,
+    Part,
     addresses,
     clean_address,
     clean_message_id,
-    content_type,
     embedded_headers,
-    is_embedded_message,
     iter_parts,
     parse,
     safe_line,
@@ -128,17 +128,16 @@ class _Collected:
         self.originals: list[Headers] = []
 
 
-def _walk(message: Message) -> _Collected:
+def _walk(message: Message, parts: list[Part]) -> _Collected:
     found = _Collected()
-    for part, _depth, embedded in iter_parts(message):
+    for part, _depth, embedded, kind in parts:
         if embedded:
             continue  # the original's own parts: a bounce quoting a bounce is still one bounce
-        kind = content_type(part)
         if kind in ("message/delivery-status", "message/global-delivery-status"):
             found.delivery_status.append(part)
         elif kind == "message/feedback-report":
             found.feedback.append(part)
-        elif is_embedded_message(part) and part is not message:
+        elif kind in EMBEDDED_TYPES and part is not message:
             headers = embedded_headers(part)
             if headers is not None:
                 found.originals.append(headers)
@@ -174,9 +173,10 @@ def _classify(raw: bytes) -> Classification:
     headers = Headers(message)
     out = _Result(clean_message_id(headers.get("message-id")), note)
     for name in _ENVELOPE_HEADERS:
-        for value in headers.get_all(name):
+        for value in headers.get_all(name, encoded_words=False):
             _add(out.return_paths, addresses(value))
-    parts = _walk(message)
+    walk = list(iter_parts(message))
+    parts = _walk(message, walk)
     for original in parts.originals:
         _add(out.original_ids, _present(clean_message_id(original.get("message-id"))))
         _add(out.return_paths, _present(clean_address(original.get("return-path"))))
@@ -188,10 +188,10 @@ def _classify(raw: bytes) -> Classification:
         if seen:
             return out.done(_worst(findings), findings, "dsn")
     auto_reason = auto_reply_reason(headers)
-    body = text_body(message)
+    body = text_body(walk)
     if looks_like_bounce(headers, auto_reply=auto_reason is not None):
         inline_ids, inline_paths = inline_original(body)
-        found = run_flufl(message)  # last use of ``message``: this empties its attachments
+        found = run_flufl(message, walk)  # last use of ``message``: this empties its attachments
         if found is not None:
             _add(out.original_ids, inline_ids)
             _add(out.return_paths, inline_paths)
@@ -204,7 +204,7 @@ def _classify(raw: bytes) -> Classification:
                             "mailto", tokens)
     if auto_reason is not None:
         _add(out.original_ids, _present(clean_message_id(headers.get("in-reply-to"))))
-        sender = addresses(headers.get("from"))
+        sender = addresses("".join(headers.get_all("from", encoded_words=False)[:1]))
         finding = Finding("auto_reply", sender[0] if sender else None, None, safe_line(auto_reason))
         return out.done("auto_reply", [finding], "autoreply")
     return out.done("unknown", [], "none")
@@ -279,7 +279,8 @@ def _complaint(parts: _Collected, out: _Result) -> Classification:
     if not recipients:
         # The complained-of message's To: only its first address (the others were copies).
         for original in parts.originals:
-            to = [address for address in addresses(original.get("to")) if not _redacted(address)]
+            to_field = "".join(original.get_all("to", encoded_words=False)[:1])
+            to = [address for address in addresses(to_field) if not _redacted(address)]
             if to:
                 recipients.append(to[0])
                 break

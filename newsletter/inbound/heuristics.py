@@ -19,10 +19,9 @@ from flufl.bounce import BounceDetector, all_failures
 from newsletter.inbound.mime import (
     MAX_DEPTH,
     Headers,
+    Part,
     clean_address,
     clean_message_id,
-    content_type,
-    iter_parts,
     safe_line,
 )
 from newsletter.inbound.reports import enhanced_status
@@ -182,14 +181,13 @@ def _addresses(found: frozenset[bytes]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _prune(message: Message) -> None:
+def _prune(parts: Sequence[Part]) -> None:
     # What flufl reads, bounded: attachments emptied, long texts cut, no deeper than we read.
-    for part, depth, _embedded in iter_parts(message):
+    for part, depth, _embedded, kind in parts:
         if part.is_multipart():
             if depth >= MAX_DEPTH:
                 part.set_payload("")
             continue
-        kind = content_type(part)
         payload = part.get_payload()
         if not kind.startswith(("text/", "message/")):
             part.set_payload("")
@@ -197,9 +195,13 @@ def _prune(message: Message) -> None:
             part.set_payload(payload[:_FLUFL_TEXT])
 
 
-def run_flufl(message: Message) -> FluflResult | None:
-    """flufl.bounce's verdict on ``message`` (which it modifies: attachments are emptied); None if nothing found."""
-    _prune(message)
+def run_flufl(message: Message, parts: Sequence[Part]) -> FluflResult | None:
+    """flufl.bounce's verdict on ``message``; None if it finds nothing.
+
+    ``message`` is modified: of its ``parts`` (from :func:`iter_parts`), attachments are
+    emptied and long texts cut, so that flufl's cost stays bounded.
+    """
+    _prune(parts)
     if _DETECTORS is None:
         try:
             temporary, permanent = all_failures(message)

@@ -19,24 +19,26 @@ import email.policy
 import html
 import quopri
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
+from typing import NamedTuple
 
 from newsletter.sanitize import one_line
 
 __all__ = [
+    "EMBEDDED_TYPES",
     "Headers",
     "MAX_DEPTH",
+    "Part",
     "addresses",
     "clean_address",
     "clean_message_id",
     "content_type",
     "embedded_headers",
     "field_blocks",
-    "is_embedded_message",
     "iter_parts",
     "parse",
     "part_text",
@@ -60,6 +62,7 @@ _FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
 _C1_RE = re.compile("[\x80-\x9f]")
 _ADDRESS_RE = re.compile(r"[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]{1,64}@[A-Za-z0-9\-.\[\]:]{1,255}")
 _MESSAGE_ID_RE = re.compile(r"<?\s*([^<>\s\x00-\x1f\x7f]{1,250}@[^<>\s\x00-\x1f\x7f]{1,250})\s*>?")
+_SIMPLE_ADDRESS_RE = re.compile(r"(?:[\w .'-]{0,80}<)?([^<>\s\",;:()@\\\[\]]{1,64}@[A-Za-z0-9.-]{1,255})>?")
 _TAG_RE = re.compile(r"<[^<>]{0,2000}>")
 _BLANK_LINE_RE = re.compile(r"\r?\n[ \t]*\r?\n")
 _REPORT_CONTAINERS = frozenset(
@@ -68,7 +71,8 @@ _REPORT_CONTAINERS = frozenset(
 # The report parts the parser splits into header blocks (the first) or reads as one nested
 # message (the second); message/global-delivery-status is neither, so it is read as text.
 _SPLIT_BY_PARSER = frozenset({"message/delivery-status", "message/feedback-report"})
-_EMBEDDED = frozenset({"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"})
+#: the parts that carry another message (or its headers): not the message's own text
+EMBEDDED_TYPES = frozenset({"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"})
 
 
 def parse(raw: bytes) -> tuple[Message, str]:
@@ -98,9 +102,12 @@ def _unsurrogate(text: str) -> str:
         return text
 
 
-def _decode(value: str) -> str:
-    value = _FOLD_RE.sub("", value[:_MAX_HEADER])
-    if "=?" in value:
+def _decode(value: str, encoded_words: bool = True) -> str:
+    if "\n" in value:
+        value = _FOLD_RE.sub("", value[:_MAX_HEADER])
+    else:
+        value = value[:_MAX_HEADER]
+    if encoded_words and "=?" in value:
         try:
             value = str(make_header(decode_header(value)))
         except Exception:  # noqa: BLE001 - a broken encoded word leaves the text as it came
@@ -144,9 +151,13 @@ class Headers:
         values = self._fields.get(name)
         return _decode(values[0]) if values else ""
 
-    def get_all(self, name: str) -> list[str]:
-        """Every ``name`` field (lower case), decoded and unfolded, in order."""
-        return [_decode(value) for value in self._fields.get(name, ())]
+    def get_all(self, name: str, *, encoded_words: bool = True) -> list[str]:
+        """Every ``name`` field (lower case), unfolded and decoded, in order.
+
+        ``encoded_words=False`` leaves RFC 2047 words as they are: an address header's
+        display name, once decoded, could hold an address of its own.
+        """
+        return [_decode(value, encoded_words) for value in self._fields.get(name, ())]
 
 
 def clean_address(text: str) -> str | None:
@@ -165,6 +176,10 @@ def clean_address(text: str) -> str | None:
 
 def addresses(value: str) -> list[str]:
     """The addresses in an address-list header's value (lower case, checked), in order."""
+    simple = _SIMPLE_ADDRESS_RE.fullmatch(value.strip())
+    if simple is not None:  # most envelope headers: "a@b", "<a@b>", "Name <a@b>"
+        cleaned = clean_address(simple[1])
+        return [cleaned] if cleaned else []
     found: list[str] = []
     try:
         pairs = getaddresses([value[:_MAX_HEADER]])
@@ -183,11 +198,6 @@ def clean_message_id(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def is_embedded_message(part: Message) -> bool:
-    """True for a part that carries another message (or its headers): not this message's own text."""
-    return content_type(part) in _EMBEDDED
-
-
 def content_type(part: Message) -> str:
     """The part's content type, lower case; text/plain when the stdlib can't read it (RFC 2045's default)."""
     try:
@@ -196,8 +206,17 @@ def content_type(part: Message) -> str:
         return "text/plain"
 
 
-def iter_parts(message: Message) -> Iterator[tuple[Message, int, bool]]:
-    """Every part (``message`` first) as (part, depth, inside an embedded message), depth-first.
+class Part(NamedTuple):
+    """A part met on the walk over a message."""
+
+    message: Message
+    depth: int
+    embedded: bool  # inside an embedded message (the returned original): not this message's own text
+    content_type: str
+
+
+def iter_parts(message: Message) -> Iterator[Part]:
+    """Every part (``message`` first), depth-first.
 
     Bounded: at most :data:`MAX_DEPTH` levels and ``MAX_PARTS`` parts, without recursion;
     the header blocks of a report part are not parts.
@@ -207,15 +226,16 @@ def iter_parts(message: Message) -> Iterator[tuple[Message, int, bool]]:
     while stack and seen < MAX_PARTS:
         part, depth, embedded = stack.pop()
         seen += 1
-        yield part, depth, embedded
-        if depth >= MAX_DEPTH or content_type(part) in _REPORT_CONTAINERS:
+        kind = content_type(part)
+        yield Part(part, depth, embedded, kind)
+        if depth >= MAX_DEPTH or kind in _REPORT_CONTAINERS:
             continue
         try:
             payload = part.get_payload() if part.is_multipart() else None
         except Exception:  # noqa: BLE001
             payload = None
         if isinstance(payload, list):
-            inner = embedded or is_embedded_message(part)
+            inner = embedded or kind in EMBEDDED_TYPES
             stack.extend((child, depth + 1, inner) for child in reversed(payload) if isinstance(child, Message))
 
 
@@ -343,8 +363,10 @@ def _tag_to_space(match: re.Match[str]) -> str:
     return "\n" if match.group().lower().startswith(_BLOCK_TAGS) else " "
 
 
-def text_body(message: Message, limit: int = 65536) -> str:
-    """The message's own text (its text/plain parts, or text/html without tags), up to ``limit`` characters.
+def text_body(parts: Sequence[Part], limit: int = 65536) -> str:
+    """A message's own text (its text/plain parts, or text/html without tags), up to ``limit`` characters.
+
+    ``parts`` are the message's, from :func:`iter_parts`.
 
     Text inside an embedded message (the returned original) is left out, except where a
     bounce quotes the original inline in its own text, as Exim and qmail do.
@@ -352,10 +374,9 @@ def text_body(message: Message, limit: int = 65536) -> str:
     plain: list[str] = []
     markup: list[str] = []
     size = 0
-    for part, _depth, embedded in iter_parts(message):
+    for part, _depth, embedded, kind in parts:
         if embedded or size >= limit:
             continue
-        kind = content_type(part)
         if kind == "text/plain" and not part.is_multipart():
             text = part_text(part, limit - size)
             plain.append(text)
