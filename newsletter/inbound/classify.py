@@ -55,7 +55,7 @@ from newsletter.inbound.mime import (
 )
 from newsletter.inbound.reports import read_delivery_status, read_feedback_report
 
-__all__ = ["COMPLAINT_TYPES", "Classification", "Finding", "Kind", "classify"]
+__all__ = ["COMPLAINT_TYPES", "Classification", "Finding", "Kind", "MAX_FINDINGS", "classify"]
 
 Kind = Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe", "auto_reply", "delayed", "unknown"]
 
@@ -68,6 +68,9 @@ _RANK: dict[str, int] = {
 }
 _ENVELOPE_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "to")
 _MAX_CANDIDATES = 16
+#: each message goes to one recipient (its return path says which), so a report names one;
+#: a report naming thousands is read for its first ones
+MAX_FINDINGS = 100
 _REDACTED_RE = re.compile(r"[x*#_.-]+", re.IGNORECASE)
 
 
@@ -164,6 +167,10 @@ class _Result:
         self.original_ids: list[str] = []
 
     def done(self, kind: Kind, findings: list[Finding], source: str, tokens: list[str] | None = None) -> Classification:
+        if len(findings) > MAX_FINDINGS:
+            note = f"more than {MAX_FINDINGS} recipients: the first {MAX_FINDINGS} kept"
+            self.note = f"{self.note}; {note}" if self.note else note
+            findings = findings[:MAX_FINDINGS]
         return Classification(kind, tuple(findings), tuple(self.return_paths), tuple(self.original_ids),
                               tuple(tokens or ()), self.message_id, source, self.note)
 
@@ -191,7 +198,7 @@ def _classify(raw: bytes) -> Classification:
     body = text_body(walk)
     if looks_like_bounce(headers, auto_reply=auto_reason is not None):
         inline_ids, inline_paths = inline_original(body)
-        found = run_flufl(message, walk)  # last use of ``message``: this empties its attachments
+        found = run_flufl(message)  # last use of ``message``: this empties its attachments
         if found is not None:
             _add(out.original_ids, inline_ids)
             _add(out.return_paths, inline_paths)
@@ -246,14 +253,15 @@ def _dsn(parts: list[Message], out: _Result) -> tuple[list[Finding], bool]:
 
 def _flufl_findings(found: FluflResult, body: str) -> list[Finding]:
     findings: list[Finding] = []
-    for address in found.permanent:
+    for address in found.permanent[: MAX_FINDINGS + 1]:  # one more tells done() there were more
         status, code_class, diagnostic = explanation(body, address)
         # An MTA that gave up on a temporary failure (4.2.2 mailbox full): soft, as in a DSN.
         temporary = (status or "").startswith("4") or (status is None and code_class == "4")
         findings.append(Finding("soft_bounce" if temporary else "hard_bounce", address, status, diagnostic))
-    for address in found.temporary:
+    permanent = set(found.permanent)
+    for address in found.temporary[: MAX_FINDINGS + 1]:
         # flufl's temporary failures are delay warnings (its DSN and warning detectors' only use of them).
-        if address not in found.permanent:
+        if address not in permanent:
             status, _code_class, diagnostic = explanation(body, address)
             findings.append(Finding("delayed", address, status, diagnostic))
     return findings

@@ -18,10 +18,11 @@ from flufl.bounce import BounceDetector, all_failures
 
 from newsletter.inbound.mime import (
     MAX_DEPTH,
+    MAX_PARTS,
     Headers,
-    Part,
     clean_address,
     clean_message_id,
+    content_type,
     safe_line,
 )
 from newsletter.inbound.reports import enhanced_status
@@ -82,7 +83,7 @@ _ORIGINAL_MARK_RE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 # flufl reads every line of every text payload, some detectors once per pattern (40 of them):
-# it gets the message with attachments emptied and long texts cut to this.
+# it gets the message with attachments emptied, each text cut to this, and four times this in all.
 _FLUFL_TEXT = 65536
 
 
@@ -181,27 +182,42 @@ def _addresses(found: frozenset[bytes]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _prune(parts: Sequence[Part]) -> None:
-    # What flufl reads, bounded: attachments emptied, long texts cut, no deeper than we read.
-    for part, depth, _embedded, kind in parts:
-        if part.is_multipart():
-            if depth >= MAX_DEPTH:
-                part.set_payload("")
-            continue
+def _prune(message: Message) -> None:
+    # What flufl reads, bounded: no deeper than MAX_DEPTH, no more than MAX_PARTS parts (one
+    # boundary may separate 100,000 siblings), attachments emptied, long texts cut.
+    stack: list[tuple[Message, int]] = [(message, 0)]
+    budget = MAX_PARTS
+    text = 4 * _FLUFL_TEXT
+    while stack:
+        part, depth = stack.pop()
         payload = part.get_payload()
-        if not kind.startswith(("text/", "message/")):
+        kind = content_type(part)
+        if isinstance(payload, list):
+            if kind in ("message/delivery-status", "message/global-delivery-status"):
+                continue  # header blocks: flufl's DSN detector reads them
+            if depth >= MAX_DEPTH or budget <= 0:
+                part.set_payload("")
+                continue
+            kept: list[Message[str, str] | str] = [child for child in payload[:budget] if isinstance(child, Message)]
+            if len(kept) < len(payload):
+                part.set_payload(kept)
+            budget -= len(kept)
+            stack.extend((child, depth + 1) for child in kept if isinstance(child, Message))
+        elif not kind.startswith(("text/", "message/")) or text <= 0:
             part.set_payload("")
-        elif isinstance(payload, str) and len(payload) > _FLUFL_TEXT:
-            part.set_payload(payload[:_FLUFL_TEXT])
+        elif isinstance(payload, str):
+            if len(payload) > min(text, _FLUFL_TEXT):
+                part.set_payload(payload[: min(text, _FLUFL_TEXT)])
+            text -= min(len(payload), _FLUFL_TEXT)
 
 
-def run_flufl(message: Message, parts: Sequence[Part]) -> FluflResult | None:
+def run_flufl(message: Message) -> FluflResult | None:
     """flufl.bounce's verdict on ``message``; None if it finds nothing.
 
-    ``message`` is modified: of its ``parts`` (from :func:`iter_parts`), attachments are
-    emptied and long texts cut, so that flufl's cost stays bounded.
+    ``message`` is modified: so that flufl's cost stays bounded, its attachments are
+    emptied, long texts cut, and parts past the first few hundred dropped.
     """
-    _prune(parts)
+    _prune(message)
     if _DETECTORS is None:
         try:
             temporary, permanent = all_failures(message)

@@ -32,6 +32,7 @@ __all__ = [
     "EMBEDDED_TYPES",
     "Headers",
     "MAX_DEPTH",
+    "MAX_PARTS",
     "Part",
     "addresses",
     "clean_address",
@@ -63,6 +64,7 @@ _C1_RE = re.compile("[\x80-\x9f]")
 _ADDRESS_RE = re.compile(r"[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]{1,64}@[A-Za-z0-9\-.\[\]:]{1,255}")
 _MESSAGE_ID_RE = re.compile(r"<?\s*([^<>\s\x00-\x1f\x7f]{1,250}@[^<>\s\x00-\x1f\x7f]{1,250})\s*>?")
 _SIMPLE_ADDRESS_RE = re.compile(r"(?:[\w .'-]{0,80}<)?([^<>\s\",;:()@\\\[\]]{1,64}@[A-Za-z0-9.-]{1,255})>?")
+_OPENER_RE = re.compile(r"<(style|script)\b")
 _TAG_RE = re.compile(r"<[^<>]{0,2000}>")
 _BLANK_LINE_RE = re.compile(r"\r?\n[ \t]*\r?\n")
 _REPORT_CONTAINERS = frozenset(
@@ -355,6 +357,23 @@ def embedded_headers(part: Message) -> Headers | None:
         return None
 
 
+def _without_style_and_script(text: str) -> str:
+    # One pass, never back: a regex with ".*?" to the closing tag is quadratic on a page of
+    # unclosed "<style"s.
+    lower = text.lower()
+    kept: list[str] = []
+    position = 0
+    while (opener := _OPENER_RE.search(lower, position)) is not None:
+        kept.append(text[position:opener.start()])
+        closer = lower.find(f"</{opener[1]}", opener.end())
+        if closer < 0:
+            return " ".join(kept)
+        end = lower.find(">", closer)
+        position = len(text) if end < 0 else end + 1
+    kept.append(text[position:])
+    return " ".join(kept)
+
+
 _BLOCK_TAGS = ("<br", "<p", "<div", "</p", "</div", "<tr", "<li")
 
 
@@ -387,7 +406,7 @@ def text_body(parts: Sequence[Part], limit: int = 65536) -> str:
         return "\n".join(plain)[:limit]
     if markup:
         text = "\n".join(markup)
-        text = re.sub(r"(?is)<(style|script)\b.*?</\1\s*>", " ", text[: limit * 4])
+        text = _without_style_and_script(text[: limit * 4])
         text = _TAG_RE.sub(_tag_to_space, text)
         return html.unescape(text)[:limit]
     return ""

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from newsletter.inbound.classify import Classification, Finding, classify
+from newsletter.inbound.classify import MAX_FINDINGS, Classification, Finding, classify
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "inbound"
 FUZZ = settings(settings.get_profile("fuzz"), max_examples=150)
@@ -147,6 +147,13 @@ def test_the_return_path_order_is_envelope_first() -> None:
         "third@news.example.com", "fourth@news.example.com", "fifth@news.example.com",
         verp("c-2n9d-q3kx7hz2mwd4e"),
     )
+
+
+def test_an_address_inside_an_encoded_display_name_is_no_candidate() -> None:
+    # Decoded, the display name would read "<bounces+forged...>": addresses are read before decoding.
+    raw = (b"To: =?utf-8?q?=3Cbounces+forged-1-aaaaaaaaaaaaa@news.example.com=3E?= <real@news.example.com>\n"
+           b"Subject: hello\n\nhi\n")
+    assert classify(raw).return_paths == ("real@news.example.com",)
 
 
 # --- DSNs built here: the rules one at a time -------------------------------------------
@@ -390,6 +397,15 @@ def test_a_bounce_like_message_with_a_10_mb_attachment_and_a_10_mb_text() -> Non
     assert kinds(result) == [("hard_bounce", "x@example.org", None)]
 
 
+def test_a_bounce_of_a_thousand_text_parts_still_reads_the_first() -> None:
+    # One boundary can separate any number of parts: flufl gets the first few hundred, with a budget of text.
+    filler = base64.encodebytes(os.urandom(10_000)).decode()
+    first = "--b\nContent-Type: text/plain\n\nHi. This is the qmail-send program at x.\n\n<x@example.org>:\nno such user\n\n"
+    raw = ("From: MAILER-DAEMON@mail.example.com\nSubject: failure notice\nContent-Type: multipart/mixed; boundary=b\n\n"
+           + first + "".join(f"--b\nContent-Type: text/plain\n\n{filler}" for _ in range(1000)) + "--b--\n").encode()
+    assert kinds(classify(raw)) == [("hard_bounce", "x@example.org", None)]
+
+
 def test_a_message_of_10_mb_without_mime() -> None:
     raw = b"From: someone@example.org\nSubject: big\n\n" + b"x" * (10 * 1024 * 1024)
     assert classify(raw).kind == "unknown"
@@ -406,6 +422,13 @@ def test_deeply_nested_multiparts(depth: int) -> None:
         assert "headers only" in result.note
 
 
+def test_a_report_naming_thousands_of_recipients_keeps_the_first_hundred() -> None:
+    result = classify(dsn(*(block(f"r{i}@example.org", "failed", "5.1.1") for i in range(150))))
+    assert len(result.findings) == MAX_FINDINGS
+    assert result.findings[0].recipient == "r0@example.org"
+    assert result.note == "more than 100 recipients: the first 100 kept"
+
+
 def test_a_hundred_thousand_headers() -> None:
     raw = b"Received: from x by y\n" * 100_000 + fixture("postfix-dsn-5.1.1.eml")
     assert kinds(classify(raw)) == [("hard_bounce", "nobody@example.org", "5.1.1")]
@@ -420,6 +443,8 @@ def test_a_hundred_thousand_headers() -> None:
     b"Content-Type: text/plain; charset=utf-16\nContent-Transfer-Encoding: base64\n\n/w==\n",
     b"Subject: =?utf-8?b?" + b"A" * 100_000 + b"?=\n\n",
     b"To: " + b"<a@b>," * 50_000 + b"\n\n",
+    b"Content-Type: text/html\n\n" + b"<style" * 50_000,  # a lazy regex to "</style>" would be quadratic
+    b"From: MAILER-DAEMON@example.org\nX-Failed-Recipients: a@example.org\n" * 20_000 + b"\n",
 ])
 def test_odd_input_is_unknown_not_an_exception(raw: bytes) -> None:
     result = classify(raw)
