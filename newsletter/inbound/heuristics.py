@@ -202,7 +202,7 @@ def _prune(message: Message) -> None:
             if len(kept) < len(payload):
                 part.set_payload(kept)
             budget -= len(kept)
-            stack.extend((child, depth + 1) for child in kept if isinstance(child, Message))
+            stack.extend((child, depth + 1) for child in reversed(kept) if isinstance(child, Message))
         elif not kind.startswith(("text/", "message/")) or text <= 0:
             part.set_payload("")
         elif isinstance(payload, str):
