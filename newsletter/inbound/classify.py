@@ -15,7 +15,9 @@ any input gets is ``unknown``. In order, the first that applies decides:
    code (``soft_bounce``); what they call temporary (delay warnings) is ``delayed``;
 4. "unsubscribe <token>" in the subject or the first lines of the body (RFC 2369, RFC 8058
    section 3.2): ``unsubscribe``;
-5. RFC 3834 ``Auto-Submitted``, ``X-Autoreply`` and its kin, ``Precedence: auto_reply``,
+5. a message that looked like a bounce but in which no detector found a recipient:
+   ``unknown``, with a note (for a human, even when it says Auto-Submitted, as Exim's do);
+6. RFC 3834 ``Auto-Submitted``, ``X-Autoreply`` and its kin, ``Precedence: auto_reply``,
    or an out-of-office subject: ``auto_reply``.
 
 Nothing here decides whom a report is about: :attr:`Classification.return_paths` lists
@@ -166,10 +168,12 @@ class _Result:
         self.return_paths: list[str] = []
         self.original_ids: list[str] = []
 
+    def add_note(self, note: str) -> None:
+        self.note = f"{self.note}; {note}" if self.note else note
+
     def done(self, kind: Kind, findings: list[Finding], source: str, tokens: list[str] | None = None) -> Classification:
         if len(findings) > MAX_FINDINGS:
-            note = f"more than {MAX_FINDINGS} recipients: the first {MAX_FINDINGS} kept"
-            self.note = f"{self.note}; {note}" if self.note else note
+            self.add_note(f"more than {MAX_FINDINGS} recipients: the first {MAX_FINDINGS} kept")
             findings = findings[:MAX_FINDINGS]
         return Classification(kind, tuple(findings), tuple(self.return_paths), tuple(self.original_ids),
                               tuple(tokens or ()), self.message_id, source, self.note)
@@ -196,7 +200,8 @@ def _classify(raw: bytes) -> Classification:
             return out.done(_worst(findings), findings, "dsn")
     auto_reason = auto_reply_reason(headers)
     body = text_body(walk)
-    if looks_like_bounce(headers, auto_reply=auto_reason is not None):
+    bounce_like = looks_like_bounce(headers, auto_reply=auto_reason is not None)
+    if bounce_like:
         inline_ids, inline_paths = inline_original(body)
         found = run_flufl(message)  # last use of ``message``: this empties its attachments
         if found is not None:
@@ -204,11 +209,15 @@ def _classify(raw: bytes) -> Classification:
             _add(out.return_paths, inline_paths)
             findings = _flufl_findings(found, body)
             return out.done(_worst(findings), findings, f"flufl:{found.detector}")
-    else:
-        tokens = unsubscribe_tokens(headers.get("subject"), body)
-        if tokens:
-            return out.done("unsubscribe", [Finding("unsubscribe", None, None, "unsubscribe request by mail")],
-                            "mailto", tokens)
+    tokens = unsubscribe_tokens(headers.get("subject"), body)
+    if tokens:
+        return out.done("unsubscribe", [Finding("unsubscribe", None, None, "unsubscribe request by mail")],
+                        "mailto", tokens)
+    if bounce_like:
+        # Not an auto-reply (an Exim bounce says Auto-Submitted too): a bounce nobody could
+        # read goes to a human.
+        out.add_note("looks like a bounce, but names no recipient the detectors could find")
+        return out.done("unknown", [], "none")
     if auto_reason is not None:
         _add(out.original_ids, _present(clean_message_id(headers.get("in-reply-to"))))
         sender = addresses("".join(headers.get_all("from", encoded_words=False)[:1]))

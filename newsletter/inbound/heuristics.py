@@ -40,8 +40,11 @@ __all__ = [
 
 # newsletter/tokens.py's token: <subscriber>-<list>-<key id 4><mac 22>
 _TOKEN = r"([1-9][0-9]{0,18}-[1-9][0-9]{0,18}-[A-Za-z0-9_-]{26})(?![A-Za-z0-9_-])"
-# "unsubscribe <token>"; a client that didn't decode the mailto's "%20" (or used "+") too.
+# "unsubscribe <token>"; in a subject (or a List-Unsubscribe mailto) also a "%20" a client
+# didn't decode, or a "+". Not in a body: a bounce that quotes our List-Unsubscribe header
+# inline has "unsubscribe%20<token>" in its text, and is no request.
 _UNSUBSCRIBE_RE = re.compile(r"\bunsubscribe(?:[ \t:]+|%20|\+)" + _TOKEN, re.IGNORECASE)
+_UNSUBSCRIBE_TEXT_RE = re.compile(r"\bunsubscribe[ \t:]+" + _TOKEN, re.IGNORECASE)
 _URL_TOKEN_RE = re.compile(r"/unsubscribe/" + _TOKEN)
 #: how much of the body is searched for "unsubscribe <token>": the first lines, a quoted
 #: "Subject: Re: unsubscribe <token>" of a reply included
@@ -90,8 +93,8 @@ _FLUFL_TEXT = 65536
 def unsubscribe_tokens(subject: str, body: str) -> list[str]:
     """The tokens of "unsubscribe <token>" in ``subject`` or the first lines of ``body``."""
     found: list[str] = []
-    for text in (subject, body[:_UNSUBSCRIBE_BODY]):
-        for match in _UNSUBSCRIBE_RE.finditer(text):
+    for pattern, text in ((_UNSUBSCRIBE_RE, subject), (_UNSUBSCRIBE_TEXT_RE, body[:_UNSUBSCRIBE_BODY])):
+        for match in pattern.finditer(text):
             if match[1] not in found:
                 found.append(match[1])
     return found

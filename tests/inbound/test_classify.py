@@ -294,6 +294,27 @@ def test_a_readers_message_shaped_like_a_qmail_bounce_is_not_one() -> None:
     assert kinds(classify(daemon)) == [("hard_bounce", "friend@example.org", None)]
 
 
+def test_a_bounce_nobody_can_read_is_unknown_for_a_human_even_if_auto_submitted() -> None:
+    raw = (b"From: Mail Delivery System <MAILER-DAEMON@mail.example.org>\nAuto-Submitted: auto-replied\n"
+           b"Subject: Mail delivery failed\n\nSomething went wrong, in words no detector knows.\n")
+    result = classify(raw)
+    assert (result.kind, result.source) == ("unknown", "none")
+    assert result.note == "looks like a bounce, but names no recipient the detectors could find"
+
+
+def test_a_bounce_quoting_our_list_unsubscribe_header_is_no_unsubscribe() -> None:
+    raw = (b"From: MAILER-DAEMON@mail.example.org\nSubject: Returned mail\n\nCould not deliver.\n\n"
+           b"--- Original message follows\nList-Unsubscribe: <https://news.example.com/unsubscribe/" + TOKEN.encode()
+           + b">,\n <mailto:bounces+unsubscribe@news.example.com?subject=unsubscribe%20" + TOKEN.encode() + b">\n")
+    result = classify(raw)
+    assert (result.kind, result.unsubscribe_tokens) == ("unknown", ())
+
+
+def test_an_unsubscribe_from_a_postmaster_address_is_still_one() -> None:
+    raw = message(f"unsubscribe {TOKEN}").replace(b"Reader <reader@example.org>", b"postmaster@example.org")
+    assert classify(raw).kind == "unsubscribe"
+
+
 def test_a_warning_flufl_reads_as_temporary_is_a_delay() -> None:
     raw = (b"From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\nTo: bounces+x@news.example.com\n"
            b"Subject: Delivery Status Notification (Delay)\n\n"
