@@ -118,6 +118,8 @@ class Classification:
 def classify(raw: bytes) -> Classification:
     """What the message ``raw`` (as stored, headers and body) says; ``unknown`` at worst, never an exception."""
     try:
+        if not isinstance(raw, (bytes, bytearray, memoryview)):  # bytes(10**9) would be a gigabyte of zeros
+            raise TypeError(f"a message is bytes, not {type(raw).__name__}")
         return _classify(bytes(raw))
     except Exception as exc:  # noqa: BLE001 - the promise: no input makes this raise
         return Classification("unknown", (), (), (), (), None, "error",
@@ -149,9 +151,9 @@ def _walk(message: Message, parts: list[Part]) -> _Collected:
     return found
 
 
-def _add(target: list[str], values: list[str] | tuple[str, ...]) -> None:
+def _add(target: list[str], values: list[str] | tuple[str, ...], limit: int = _MAX_CANDIDATES) -> None:
     for value in values:
-        if value and value not in target and len(target) < _MAX_CANDIDATES:
+        if value and value not in target and len(target) < limit:
             target.append(value)
 
 
@@ -185,7 +187,8 @@ def _classify(raw: bytes) -> Classification:
     out = _Result(clean_message_id(headers.get("message-id")), note)
     for name in _ENVELOPE_HEADERS:
         for value in headers.get_all(name, encoded_words=False):
-            _add(out.return_paths, addresses(value))
+            # Half the room at most: a To: of fifty addresses leaves the original's Return-Path a place.
+            _add(out.return_paths, addresses(value), _MAX_CANDIDATES // 2)
     walk = list(iter_parts(message))
     parts = _walk(message, walk)
     for original in parts.originals:

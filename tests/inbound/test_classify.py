@@ -135,6 +135,15 @@ def test_message_ids_and_return_paths_of_a_dsn() -> None:
     assert result.unsubscribe_tokens == ()
 
 
+def test_many_to_addresses_leave_room_for_the_originals_return_path() -> None:
+    to = ", ".join(f"r{i}@example.org" for i in range(50))
+    original = "Return-Path: <bounces+o-1-bbbbbbbbbbbbb@news.example.com>\nMessage-ID: <o@x>\n\nbody\n"
+    result = classify(f"To: {to}\n".encode() + dsn(block("a@example.org", "failed", "5.1.1"), original=original))
+    assert result.return_paths[:2] == ("r0@example.org", "r1@example.org")
+    assert len(result.return_paths) == 9
+    assert result.return_paths[-1] == "bounces+o-1-bbbbbbbbbbbbb@news.example.com"
+
+
 def test_the_return_path_order_is_envelope_first() -> None:
     raw = (b"Delivered-To: bounces+a-b-cccccccccccccc@news.example.com\n"
            b"X-Original-To: bounces+x-y-zzzzzzzzzzzzz@news.example.com\n"
@@ -472,10 +481,16 @@ def test_odd_input_is_unknown_not_an_exception(raw: bytes) -> None:
     assert result.source != "error", result.note
 
 
-def test_something_not_bytes_is_an_error_result_not_an_exception() -> None:
-    result = classify(None)  # type: ignore[arg-type]
+@pytest.mark.parametrize("value", [None, 10**9, "text"])
+def test_something_not_bytes_is_an_error_result_not_an_exception(value: object) -> None:
+    result = classify(value)  # type: ignore[arg-type]
     assert (result.kind, result.source) == ("unknown", "error")
-    assert result.note.startswith("could not be read: TypeError")
+    assert result.note.startswith("could not be read: TypeError: a message is bytes, not ")
+
+
+def test_bytes_like_values_are_read() -> None:
+    raw = fixture("postfix-dsn-5.1.1.eml")
+    assert _summary(classify(bytearray(raw))) == _summary(classify(memoryview(raw))) == _summary(classify(raw))
 
 
 # --- fuzz: never an exception, whatever the bytes ----------------------------------------
