@@ -17,6 +17,7 @@ import codecs
 import email
 import email.policy
 import html
+import itertools
 import quopri
 import re
 from collections.abc import Iterator, Sequence
@@ -79,7 +80,8 @@ EMBEDDED_TYPES = frozenset({"message/rfc822", "message/global", "text/rfc822-hea
 
 def parse(raw: bytes) -> tuple[Message, str]:
     """``raw`` parsed (compat32), and a note ("" if none) when only its headers could be read."""
-    if len(_BOUNDARY_RE.findall(raw, 0, len(raw))) > _MAX_BOUNDARIES:
+    boundaries = _BOUNDARY_RE.finditer(raw)
+    if any(True for _ in itertools.islice(boundaries, _MAX_BOUNDARIES, _MAX_BOUNDARIES + 1)):
         return _headers_only(raw), f"more than {_MAX_BOUNDARIES} MIME boundaries: read the headers only"
     try:
         return email.message_from_bytes(raw, policy=email.policy.compat32), ""
@@ -243,8 +245,10 @@ def iter_parts(message: Message) -> Iterator[Part]:
 
 def _codec(part: Message) -> str:
     try:
-        charset = part.get_content_charset() or "us-ascii"
-        return codecs.lookup(charset).name
+        charset = part.get_content_charset() or "utf-8"
+        name = codecs.lookup(charset).name
+        # Undeclared or "us-ascii" 8-bit text is nearly always UTF-8 a sender didn't declare.
+        return "utf-8" if name == "ascii" else name
     except (LookupError, ValueError, TypeError, AttributeError):
         return "utf-8"
 
@@ -262,7 +266,8 @@ def _body_bytes(part: Message, limit: int) -> bytes:
             return binascii.a2b_base64(chunk.encode("ascii", "replace"))
         except binascii.Error:
             return b""
-    raw = payload[: limit * 3 if encoding == "quoted-printable" else limit].encode("ascii", "surrogateescape")
+    # The parser keeps 8-bit bytes as surrogates (surrogateescape): this gives them back.
+    raw = payload[: limit * 3 if encoding == "quoted-printable" else limit].encode("utf-8", "surrogateescape")
     if encoding == "quoted-printable":
         try:
             return quopri.decodestring(raw)[:limit]

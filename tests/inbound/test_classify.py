@@ -393,6 +393,16 @@ def test_auto_replies(subject: str, headers: str) -> None:
     assert kinds(result) == [("auto_reply", "reader@example.org", None)]
 
 
+def test_raw_utf8_in_a_subject_and_an_undeclared_body() -> None:
+    # 8-bit bytes nobody encoded (RFC 6532 allows them in headers): read as UTF-8.
+    raw = ("From: reader@example.org\nSubject: Abwesenheitsnotiz: Grüße\n\n"
+           f"Grüße, unsubscribe {TOKEN}\n").encode()
+    result = classify(raw)
+    assert (result.kind, result.unsubscribe_tokens) == ("unsubscribe", (TOKEN,))
+    result = classify(raw.replace(b"unsubscribe", b"bye"))
+    assert result.findings[0].diagnostic == "subject says 'abwesenheit'"
+
+
 def test_auto_submitted_no_is_a_person() -> None:
     assert classify(message("Re: The December briefing", headers="Auto-Submitted: no\n")).kind == "unknown"
 
