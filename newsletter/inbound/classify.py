@@ -102,7 +102,8 @@ class Classification:
     #: headers (Delivered-To, X-Original-To, Envelope-To, then To), then the return path of
     #: the original it carries (its Return-Path, Postfix's X-Postfix-Sender, ARF's Original-Mail-From)
     return_paths: tuple[str, ...]
-    #: the Message-IDs of the original message it reports on, without "<>"
+    #: the Message-IDs of the original message it reports on, without "<>" (from the original
+    #: it carries, Gmail's X-Original-Message-ID, or an auto-reply's In-Reply-To)
     original_message_ids: tuple[str, ...]
     #: unsubscribe tokens: "unsubscribe <token>" (mail unsubscribe), or those in a complained-of
     #: message's List-Unsubscribe
@@ -241,9 +242,10 @@ def _dsn(parts: list[Message], out: _Result) -> tuple[list[Finding], bool]:
     findings: list[Finding] = []
     seen = False
     for part in parts:
-        recipients, sender = read_delivery_status(part)
-        _add(out.return_paths, _present(sender))
-        for block in recipients:
+        report = read_delivery_status(part)
+        _add(out.return_paths, _present(report.sender))
+        _add(out.original_ids, _present(report.original_message_id))
+        for block in report.recipients:
             seen = True
             recipient = block.original_recipient or block.final_recipient
             final = block.final_recipient if block.final_recipient != recipient else None

@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
-from newsletter.inbound.mime import Headers, clean_address, field_blocks, safe_line
+from newsletter.inbound.mime import Headers, clean_address, clean_message_id, field_blocks, safe_line
 
 __all__ = [
+    "DeliveryStatus",
     "FeedbackReport",
     "RecipientStatus",
     "enhanced_status",
@@ -54,19 +55,26 @@ class FeedbackReport:
     description: str  # one line: the type, and who reported it
 
 
-def read_delivery_status(part: Message) -> tuple[list[RecipientStatus], str | None]:
-    """The per-recipient blocks of a message/delivery-status part, and the sender the MTA names.
+@dataclass(frozen=True)
+class DeliveryStatus:
+    """A message/delivery-status part: its per-recipient blocks, and what its per-message block says of the original."""
 
-    The sender is Postfix's ``X-Postfix-Sender`` (the original envelope sender: our return
-    path) when the per-message block has one.
-    """
+    recipients: tuple[RecipientStatus, ...]
+    #: Postfix's ``X-Postfix-Sender``: the original's envelope sender (our return path)
+    sender: str | None
+    #: Gmail's ``X-Original-Message-ID``: the original's Message-ID, without "<>"
+    original_message_id: str | None
+
+
+def read_delivery_status(part: Message) -> DeliveryStatus:
+    """The fields of a message/delivery-status (or RFC 6533 message/global-delivery-status) part."""
     recipients = []
-    sender = None
+    sender = original_message_id = None
     for block in field_blocks(part):
         if "final-recipient" not in block and "original-recipient" not in block and "action" not in block:
-            postfix_sender = block.get("x-postfix-sender")
-            if postfix_sender and sender is None:
-                sender = clean_address(postfix_sender)
+            # The per-message block (or one that names no recipient).
+            sender = sender or clean_address(block.get("x-postfix-sender"))
+            original_message_id = original_message_id or clean_message_id(block.get("x-original-message-id"))
             continue
         action = block.get("action").strip().lower()
         action = re.split(r"[\s(;]", action, maxsplit=1)[0] if action else ""
@@ -79,7 +87,7 @@ def read_delivery_status(part: Message) -> tuple[list[RecipientStatus], str | No
             status=status,
             diagnostic=safe_line(diagnostic),
         ))
-    return recipients, sender
+    return DeliveryStatus(tuple(recipients), sender, original_message_id)
 
 
 def read_feedback_report(part: Message) -> FeedbackReport | None:

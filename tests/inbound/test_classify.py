@@ -258,6 +258,13 @@ def test_the_original_message_id_from_message_rfc822_and_gmails_field() -> None:
                                    "bounces+p-1-ccccccccccccc@news.example.com")
 
 
+def test_gmails_x_original_message_id_when_the_original_is_not_returned() -> None:
+    raw = fixture("gmail-failure.eml")
+    raw = raw[: raw.index(b"--000000000000a1b2c3060a1b2c3d\nContent-Type: text/rfc822-headers")] + b"--000000000000a1b2c3060a1b2c3d--\n"
+    result = classify(raw)
+    assert (result.kind, result.original_message_ids) == ("hard_bounce", (mid(123464),))
+
+
 def test_a_delivery_status_part_in_base64() -> None:
     fields = "Reporting-MTA: dns; x\n\nFinal-Recipient: rfc822; b64@example.org\nAction: failed\nStatus: 5.1.1\n"
     encoded = base64.encodebytes(fields.encode()).decode()
