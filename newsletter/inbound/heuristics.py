@@ -23,6 +23,8 @@ from newsletter.inbound.mime import (
     clean_address,
     clean_message_id,
     content_type,
+    is_encoded,
+    part_text,
     safe_line,
 )
 from newsletter.inbound.reports import enhanced_status
@@ -209,8 +211,14 @@ def _prune(message: Message) -> None:
         elif not kind.startswith(("text/", "message/")) or text <= 0:
             part.set_payload("")
         elif isinstance(payload, str):
-            if len(payload) > min(text, _FLUFL_TEXT):
-                part.set_payload(payload[: min(text, _FLUFL_TEXT)])
+            size = min(text, _FLUFL_TEXT)
+            if kind.startswith("text/") and is_encoded(part):
+                # Most detectors read the payload undecoded: base64 or UTF-16 text is decoded for them.
+                decoded = part_text(part, size)
+                del part["content-transfer-encoding"]
+                part.set_payload(decoded)
+            elif len(payload) > size:
+                part.set_payload(payload[:size])
             text -= min(len(payload), _FLUFL_TEXT)
 
 

@@ -18,7 +18,6 @@ import email
 import email.policy
 import html
 import itertools
-import quopri
 import re
 from collections.abc import Iterator, Sequence
 from email.header import decode_header, make_header
@@ -41,6 +40,7 @@ __all__ = [
     "content_type",
     "embedded_headers",
     "field_blocks",
+    "is_encoded",
     "iter_parts",
     "parse",
     "part_text",
@@ -64,7 +64,8 @@ _FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
 _C1_RE = re.compile("[\x80-\x9f]")
 _ADDRESS_RE = re.compile(r"[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]{1,64}@[A-Za-z0-9\-.\[\]:]{1,255}")
 _MESSAGE_ID_RE = re.compile(r"<?\s*([^<>\s\x00-\x1f\x7f]{1,250}@[^<>\s\x00-\x1f\x7f]{1,250})\s*>?")
-_SIMPLE_ADDRESS_RE = re.compile(r"(?:[\w .'-]{0,80}<)?([^<>\s\",;:()@\\\[\]]{1,64}@[A-Za-z0-9.-]{1,255})>?")
+# "a@b", "<a@b>", "Name <a@b>", "=?utf-8?q?...?= <a@b>": no quotes, comments, groups or lists.
+_SIMPLE_ADDRESS_RE = re.compile(r"(?:[^<>\",;:@\\()\[\]]{0,160}<)?([^<>\s\",;:()@\\\[\]]{1,64}@[A-Za-z0-9.-]{1,255})>?")
 _OPENER_RE = re.compile(r"<(style|script)\b")
 _TAG_RE = re.compile(r"<[^<>]{0,2000}>")
 _BLANK_LINE_RE = re.compile(r"\r?\n[ \t]*\r?\n")
@@ -131,7 +132,7 @@ def safe_line(text: str, limit: int = 500) -> str:
 class Headers:
     """A message's header fields read once: by lower-case name, the raw values in order."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_decoded", "_fields")
 
     def __init__(self, message: Message) -> None:
         fields: dict[str, list[str]] = {}
@@ -146,14 +147,18 @@ class Headers:
         except Exception:  # noqa: BLE001 - a header the parser kept as something odd: keep what was read
             pass
         self._fields = fields
+        self._decoded: dict[str, str] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self._fields
 
     def get(self, name: str) -> str:
         """The first ``name`` field (lower case), decoded, unfolded; "" if absent."""
-        values = self._fields.get(name)
-        return _decode(values[0]) if values else ""
+        decoded = self._decoded.get(name)
+        if decoded is None:
+            values = self._fields.get(name)
+            decoded = self._decoded[name] = _decode(values[0]) if values else ""
+        return decoded
 
     def get_all(self, name: str, *, encoded_words: bool = True) -> list[str]:
         """Every ``name`` field (lower case), unfolded and decoded, in order.
@@ -254,26 +259,22 @@ def _codec(part: Message) -> str:
 
 
 def _body_bytes(part: Message, limit: int) -> bytes:
-    """Up to about ``limit`` bytes of a leaf part's decoded body, decoding no more than that."""
-    payload = part.get_payload()
-    if not isinstance(payload, str):
-        return b""
+    """Up to about ``limit`` bytes of a leaf part's decoded body; base64 is decoded no further than that."""
     encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
     if encoding == "base64":
+        payload = part.get_payload()
+        if not isinstance(payload, str):
+            return b""
         chunk = "".join(payload[: limit * 4 // 3 + limit // 16 + 8].split())
         chunk = chunk[: len(chunk) // 4 * 4]
         try:
             return binascii.a2b_base64(chunk.encode("ascii", "replace"))
         except binascii.Error:
             return b""
-    # The parser keeps 8-bit bytes as surrogates (surrogateescape): this gives them back.
-    raw = payload[: limit * 3 if encoding == "quoted-printable" else limit].encode("utf-8", "surrogateescape")
-    if encoding == "quoted-printable":
-        try:
-            return quopri.decodestring(raw)[:limit]
-        except ValueError:
-            return raw[:limit]
-    return raw
+    # The bytes as they came (get_payload() without decode would hand 8-bit text over
+    # already decoded by the declared charset, 'replace'd where that was wrong).
+    data = part.get_payload(decode=True)
+    return data[:limit] if isinstance(data, bytes) else b""
 
 
 def part_text(part: Message, limit: int = 65536) -> str:
@@ -319,6 +320,12 @@ _ASCII_COMPATIBLE = frozenset(
     codecs.lookup(name).name
     for name in ("us-ascii", "utf-8", "latin-1", "iso-8859-15", "cp1252", "iso-8859-2", "koi8-r", "shift_jis", "gb2312")
 )
+
+
+def is_encoded(part: Message) -> bool:
+    """Whether a leaf part's text can't be read line by line as it is (base64, quoted-printable, UTF-16, ...)."""
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    return encoding in ("base64", "quoted-printable") or _codec(part) not in _ASCII_COMPATIBLE
 
 
 def field_blocks(part: Message) -> list[Headers]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import quopri
 import re
 import unicodedata
 from pathlib import Path
@@ -329,6 +330,20 @@ def test_a_bounce_quoting_our_list_unsubscribe_header_is_no_unsubscribe() -> Non
 def test_an_unsubscribe_from_a_postmaster_address_is_still_one() -> None:
     raw = message(f"unsubscribe {TOKEN}").replace(b"Reader <reader@example.org>", b"postmaster@example.org")
     assert classify(raw).kind == "unsubscribe"
+
+
+@pytest.mark.parametrize(("charset", "encoding"), [
+    ("iso-8859-1", "8bit"), ("utf-8", "8bit"), ("utf-8", "base64"), ("utf-8", "quoted-printable"), ("utf-16", "base64"),
+])
+def test_a_bounce_text_in_its_declared_charset(charset: str, encoding: str) -> None:
+    # flufl's detectors read most payloads undecoded: they get base64, quoted-printable and UTF-16 text decoded.
+    text = "Hi. This is the qmail-send program at mail.example.org.\n\n<x@example.org>:\nEmpfänger unbekannt: 550 5.1.1\n"
+    body = {"8bit": bytes, "base64": base64.encodebytes, "quoted-printable": quopri.encodestring}[encoding](text.encode(charset))
+    raw = (f"From: MAILER-DAEMON@mail.example.org\nSubject: failure notice\nMIME-Version: 1.0\n"
+           f"Content-Type: text/plain; charset={charset}\nContent-Transfer-Encoding: {encoding}\n\n").encode() + body
+    result = classify(raw)
+    assert kinds(result) == [("hard_bounce", "x@example.org", "5.1.1")]
+    assert result.findings[0].diagnostic == "<x@example.org>: Empfänger unbekannt: 550 5.1.1"
 
 
 def test_a_warning_flufl_reads_as_temporary_is_a_delay() -> None:
