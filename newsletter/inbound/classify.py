@@ -57,7 +57,7 @@ from newsletter.inbound.mime import (
 )
 from newsletter.inbound.reports import read_delivery_status, read_feedback_report
 
-__all__ = ["COMPLAINT_TYPES", "Classification", "Finding", "Kind", "MAX_FINDINGS", "classify"]
+__all__ = ["COMPLAINT_TYPES", "FIRST_READ", "Classification", "Finding", "Kind", "MAX_FINDINGS", "classify"]
 
 Kind = Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe", "auto_reply", "delayed", "unknown"]
 
@@ -70,6 +70,8 @@ _RANK: dict[str, int] = {
 }
 _ENVELOPE_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "to")
 _MAX_CANDIDATES = 16
+#: how much of a large message is read first (see classify)
+FIRST_READ = 16384
 #: each message goes to one recipient (its return path says which), so a report names one;
 #: a report naming thousands is read for its first ones
 MAX_FINDINGS = 100
@@ -121,7 +123,17 @@ def classify(raw: bytes) -> Classification:
     try:
         if not isinstance(raw, (bytes, bytearray, memoryview)):  # bytes(10**9) would be a gigabyte of zeros
             raise TypeError(f"a message is bytes, not {type(raw).__name__}")
-        return _classify(bytes(raw))
+        data = bytes(raw)
+        if len(data) > 2 * FIRST_READ:
+            # A report puts what matters first (its text, the status part, the original's
+            # headers) and the original's body last: a DSN that returns a 100 KB newsletter
+            # is read from its first 16 KB in a tenth of the time. Only a reading that got as
+            # far as the original's headers counts; anything less is read again in full.
+            cut = data.rfind(b"\n", 0, FIRST_READ) + 1 or FIRST_READ
+            first, complete = _classify(data[:cut])
+            if complete:
+                return first
+        return _classify(data)[0]
     except Exception as exc:  # noqa: BLE001 - the promise: no input makes this raise
         return Classification("unknown", (), (), (), (), None, "error",
                               safe_line(f"could not be read: {type(exc).__name__}: {exc}"))
@@ -170,6 +182,8 @@ class _Result:
         self.note = note
         self.return_paths: list[str] = []
         self.original_ids: list[str] = []
+        #: whether the original's Message-ID was read from the original itself (attached or quoted)
+        self.saw_original = False
 
     def add_note(self, note: str) -> None:
         self.note = f"{self.note}; {note}" if self.note else note
@@ -182,7 +196,16 @@ class _Result:
                               tuple(tokens or ()), self.message_id, source, self.note)
 
 
-def _classify(raw: bytes) -> Classification:
+def _classify(raw: bytes) -> tuple[Classification, bool]:
+    """The classification, and whether it is complete: a verdict, with the original's headers if it is a report."""
+    result, out = _verdict(raw)
+    if result.kind in ("unsubscribe", "auto_reply"):
+        return result, True
+    complete = result.kind != "unknown" and out.saw_original
+    return result, complete and (result.kind != "complaint" or bool(result.unsubscribe_tokens))
+
+
+def _verdict(raw: bytes) -> tuple[Classification, _Result]:
     message, note = parse(raw)
     headers = Headers(message)
     out = _Result(clean_message_id(headers.get("message-id")), note)
@@ -193,15 +216,16 @@ def _classify(raw: bytes) -> Classification:
     walk = list(iter_parts(message))
     parts = _walk(message, walk)
     for original in parts.originals:
+        out.saw_original = out.saw_original or bool(original.get("message-id"))
         _add(out.original_ids, _present(clean_message_id(original.get("message-id"))))
         _add(out.return_paths, _present(clean_address(original.get("return-path"))))
 
     if parts.feedback:
-        return _complaint(parts, out)
+        return _complaint(parts, out), out
     if parts.delivery_status:
         findings, seen = _dsn(parts.delivery_status, out)
         if seen:
-            return out.done(_worst(findings), findings, "dsn")
+            return out.done(_worst(findings), findings, "dsn"), out
     auto_reason = auto_reply_reason(headers)
     body = text_body(walk)
     bounce_like = looks_like_bounce(headers, auto_reply=auto_reason is not None)
@@ -209,25 +233,26 @@ def _classify(raw: bytes) -> Classification:
         inline_ids, inline_paths = inline_original(body)
         found = run_flufl(message)  # last use of ``message``: this empties its attachments
         if found is not None:
+            out.saw_original = out.saw_original or bool(inline_ids)
             _add(out.original_ids, inline_ids)
             _add(out.return_paths, inline_paths)
             findings = _flufl_findings(found, body)
-            return out.done(_worst(findings), findings, f"flufl:{found.detector}")
+            return out.done(_worst(findings), findings, f"flufl:{found.detector}"), out
     tokens = unsubscribe_tokens(headers.get("subject"), body)
     if tokens:
         return out.done("unsubscribe", [Finding("unsubscribe", None, None, "unsubscribe request by mail")],
-                        "mailto", tokens)
+                        "mailto", tokens), out
     if bounce_like:
         # Not an auto-reply (an Exim bounce says Auto-Submitted too): a bounce nobody could
         # read goes to a human.
         out.add_note("looks like a bounce, but names no recipient the detectors could find")
-        return out.done("unknown", [], "none")
+        return out.done("unknown", [], "none"), out
     if auto_reason is not None:
         _add(out.original_ids, _present(clean_message_id(headers.get("in-reply-to"))))
         sender = addresses("".join(headers.get_all("from", encoded_words=False)[:1]))
         finding = Finding("auto_reply", sender[0] if sender else None, None, safe_line(auto_reason))
-        return out.done("auto_reply", [finding], "autoreply")
-    return out.done("unknown", [], "none")
+        return out.done("auto_reply", [finding], "autoreply"), out
+    return out.done("unknown", [], "none"), out
 
 
 def _worst(findings: list[Finding]) -> Kind:

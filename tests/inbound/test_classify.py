@@ -19,7 +19,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from newsletter.inbound.classify import MAX_FINDINGS, Classification, Finding, classify
+from newsletter.inbound.classify import FIRST_READ, MAX_FINDINGS, Classification, Finding, classify
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "inbound"
 FUZZ = settings(settings.get_profile("fuzz"), max_examples=150)
@@ -466,6 +466,28 @@ def test_a_bounce_of_a_thousand_text_parts_still_reads_the_first() -> None:
     raw = ("From: MAILER-DAEMON@mail.example.com\nSubject: failure notice\nContent-Type: multipart/mixed; boundary=b\n\n"
            + first + "".join(f"--b\nContent-Type: text/plain\n\n{filler}" for _ in range(1000)) + "--b--\n").encode()
     assert kinds(classify(raw)) == [("hard_bounce", "x@example.org", None)]
+
+
+@pytest.mark.parametrize(("human", "original_headers"), [
+    (100, 10), (20_000, 10), (100, 2_000), (15_000, 10), (15_900, 10), (16_000, 10), (16_100, 10),
+], ids=["report-first", "long-text-first", "long-original-headers", "cut-in-original", "cut-near-status-1",
+        "cut-near-status-2", "cut-near-status-3"])
+def test_a_large_report_reads_the_same_from_its_first_part_or_in_full(human: int, original_headers: int) -> None:
+    # Read from the first FIRST_READ bytes when those hold the original's headers, in full otherwise.
+    text = "The mail system said more than usual.\n" * (human // 38)
+    padding = "".join(f"X-Padding-{i}: {'p' * 40}\n" for i in range(original_headers))
+    original = (f"Return-Path: <bounces+o-1-bbbbbbbbbbbbb@news.example.com>\n{padding}Message-ID: <orig.2@news.example.com>\n"
+                "List-Unsubscribe: <https://news.example.com/unsubscribe/" + TOKEN + ">\n\n" + "newsletter body line\n" * 5_000)
+    raw = dsn(block("a@example.org", "failed", "5.1.1"), original=original).replace(b"The mail system", text.encode())
+    assert len(raw) > 2 * FIRST_READ
+    result = classify(raw)
+    assert kinds(result) == [("hard_bounce", "a@example.org", "5.1.1")]
+    assert result.original_message_ids == ("orig.2@news.example.com",)
+    assert result.return_paths[-1] == "bounces+o-1-bbbbbbbbbbbbb@news.example.com"
+    complaint = classify(fixture("arf-abuse.eml").replace(b"Hello, this is the December briefing.", b"body\n" * 20_000)
+                         .replace(b"This is an email abuse report", text.encode()))
+    assert (complaint.kind, complaint.original_message_ids, complaint.unsubscribe_tokens) == (
+        "complaint", (mid(123467),), ("123467-3-Zy8xW7vU6tS5rQ4pO3nM2lK1jI",))
 
 
 def test_a_message_of_10_mb_without_mime() -> None:
