@@ -66,7 +66,7 @@ _BOUNCE_SUBJECT_RE = re.compile(
 )
 _AUTO_SUBJECT_RE = re.compile(
     r"out of (?:the )?office|automatic reply|auto[- ]?reply|auto[- ]?response|autoresponder|away from (?:the )?office"
-    r"|on vacation|vacation|abwesenheit|automatische antwort|réponse automatique|absence|respuesta automática"
+    r"|vacation|abwesenheit|automatische antwort|réponse automatique|absence|respuesta automática"
     r"|fuera de la oficina|risposta automatica|fuori ufficio|automatisch antwoord|afwezig|resposta automática"
     r"|automatisk svar|poza biurem|odpowiedź automatyczna",
     re.IGNORECASE,
@@ -150,7 +150,7 @@ def looks_like_bounce(headers: Headers, *, auto_reply: bool) -> bool:
     if "multipart/report" in headers.get("content-type").lower():
         return True
     return_path = headers.get("return-path").strip()
-    return not auto_reply and return_path in ("<>", "")  and "return-path" in headers
+    return not auto_reply and return_path in ("<>", "") and "return-path" in headers
 
 
 @dataclass(frozen=True)

@@ -542,6 +542,12 @@ def test_something_not_bytes_is_an_error_result_not_an_exception(value: object) 
     assert result.note.startswith("could not be read: TypeError: a message is bytes, not ")
 
 
+def test_an_mbox_from_line_first_is_read_past() -> None:
+    # What a pipe from the MTA or an mbox may hand over: the envelope's "From " line first.
+    raw = b"From MAILER-DAEMON  Tue Dec  1 09:14:07 2026\n" + fixture("postfix-dsn-5.1.1.eml")
+    assert _summary(classify(raw)) == _summary(classify(fixture("postfix-dsn-5.1.1.eml")))
+
+
 def test_bytes_like_values_are_read() -> None:
     raw = fixture("postfix-dsn-5.1.1.eml")
     assert _summary(classify(bytearray(raw))) == _summary(classify(memoryview(raw))) == _summary(classify(raw))
