@@ -57,7 +57,7 @@ from newsletter.inbound.mime import (
 )
 from newsletter.inbound.reports import read_delivery_status, read_feedback_report
 
-__all__ = ["COMPLAINT_TYPES", "FIRST_READ", "Classification", "Finding", "Kind", "MAX_FINDINGS", "classify"]
+__all__ = ["COMPLAINT_TYPES", "Classification", "FIRST_READ", "Finding", "Kind", "MAX_FINDINGS", "classify"]
 
 Kind = Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe", "auto_reply", "delayed", "unknown"]
 
