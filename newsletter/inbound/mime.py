@@ -17,7 +17,6 @@ import codecs
 import email
 import email.policy
 import html
-import itertools
 import re
 from collections.abc import Iterator, Sequence
 from email.header import decode_header, make_header
@@ -59,7 +58,6 @@ _MAX_BOUNDARIES = 200
 _MAX_VALUES = 32
 #: the longest header value read (a To: with 10,000 addresses is cut here, not parsed)
 _MAX_HEADER = 8192
-_BOUNDARY_RE = re.compile(rb"boundary", re.IGNORECASE)
 _FOLD_RE = re.compile(r"\r?\n(?=[ \t])")
 _C1_RE = re.compile("[\x80-\x9f]")
 _ADDRESS_RE = re.compile(r"[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]{1,64}@[A-Za-z0-9\-.\[\]:]{1,255}")
@@ -81,8 +79,7 @@ EMBEDDED_TYPES = frozenset({"message/rfc822", "message/global", "text/rfc822-hea
 
 def parse(raw: bytes) -> tuple[Message, str]:
     """``raw`` parsed (compat32), and a note ("" if none) when only its headers could be read."""
-    boundaries = _BOUNDARY_RE.finditer(raw)
-    if any(True for _ in itertools.islice(boundaries, _MAX_BOUNDARIES, _MAX_BOUNDARIES + 1)):
+    if raw.lower().count(b"boundary") > _MAX_BOUNDARIES:  # in C: a copy and a count, ~1 ms a MB
         return _headers_only(raw), f"more than {_MAX_BOUNDARIES} MIME boundaries: read the headers only"
     try:
         return email.message_from_bytes(raw, policy=email.policy.compat32), ""
