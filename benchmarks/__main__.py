@@ -1,7 +1,8 @@
 """``python -m benchmarks [BENCHMARK] [options]``: run the project's benchmarks.
 
 ``all`` (the default) runs render, throughput, latency, workers, startup, memory,
-subscribers and archive in that order; ``--quick`` makes it a fast smoke run of every path (small sizes, figures written
+subscribers, archive and inbound in that order;
+``--quick`` makes it a fast smoke run of every path (small sizes, figures written
 to ``build/BENCHMARKS.quick.md`` instead of ``BENCHMARKS.md`` unless ``--output`` is given).
 The delivery benchmarks need Postfix's smtp-sink and smtp-source and the project's
 virtualenv: missing ones are installed first with ``bash scripts/bootstrap.sh --smtp-sink``
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks import archive, delivery, netns, render, startup, subscribers, workers
+from benchmarks import archive, delivery, inbound, netns, render, startup, subscribers, workers
 from benchmarks.report import ROOT, command_line
 from benchmarks.servers import ensure_ready
 
@@ -29,6 +30,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, str], int]] = {
     "memory": delivery.run_memory,
     "subscribers": subscribers.run,
     "archive": archive.run,
+    "inbound": inbound.run,
 }
 #: the ones that run `newsletter` against smtp-sink
 NEED_SMTP_TOOLS = {"throughput", "latency", "workers", "startup", "memory"}
@@ -60,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     startup.add_arguments(parser)
     subscribers.add_arguments(parser)
     archive.add_arguments(parser)
+    inbound.add_arguments(parser)
     args = parser.parse_args(arguments)
     if args.quick:
         # Smoke-run sizes for the render benchmark too (the others read args.quick themselves).

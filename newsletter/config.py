@@ -366,6 +366,9 @@ class InboundSettings:
     timeout: float = _key(60.0, _number(positive=True))
     #: a CA bundle to trust instead of the system's (a private server's own CA)
     ca_file: Path | None = _key(None, _path_or_none)
+    #: where ``newsletter inbound -`` (an MTA's pipe) keeps each message it read, in the Maildir++
+    #: subfolders .processed and .unhandled: a pipe's message is never thrown away either
+    pipe_maildir: Path = _key(Path("returned-mail"), _path)
 
     @property
     def effective_port(self) -> int:

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import sys
+import time
 import webbrowser
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from newsletter.errors import (
     ComposeError,
     ConfigError,
     DeliveryError,
+    InboundError,
     IssueError,
     NewsletterError,
     RenderError,
@@ -509,6 +511,81 @@ def send_test_command(ctx: click.Context, issue: str, addresses: tuple[str, ...]
             failed += 1
             click.echo(f"error: {sent.address}: {sent.result.outcome}: {sent.result.describe()}", err=True)
     sys.exit(EXIT_ERROR if failed else 0)
+
+
+#: sysexits.h EX_TEMPFAIL: an MTA piping a message to `inbound -` keeps it and tries again later
+EXIT_TEMPFAIL = 75
+#: how often a long `inbound` run says how far it got (messages)
+_INBOUND_PROGRESS_EVERY = 10_000
+
+
+@main.command("inbound")
+@click.argument("source", required=False, type=click.Choice(["-"]))
+@click.option("--maildir", type=click.Path(file_okay=False, path_type=Path), help="Read a Maildir folder.")
+@click.option("--mbox", type=click.Path(dir_okay=False, path_type=Path), help="Read an mbox file.")
+@click.option("--imap", is_flag=True, help="Read the IMAP mailbox of [inbound] (password: NEWSLETTER_IMAP_PASSWORD).")
+@click.option("--json", "as_json", is_flag=True, help="JSON: the summary as one object.")
+@click.pass_context
+def inbound_command(ctx: click.Context, source: str | None, maildir: Path | None, mbox: Path | None,
+                    imap: bool, as_json: bool) -> None:
+    """Act on what came back by mail: bounces, complaints (ARF) and mail unsubscribes.
+
+    Reads one source: a Maildir (--maildir), an mbox (--mbox), the IMAP mailbox of
+    [inbound] (--imap), or one message on standard input (-), as an MTA's pipe alias gives
+    it. Each message is filed, never deleted: in .processed (Maildir++ subfolder, the mbox's
+    FILE.processed, the IMAP processed folder) when understood, in .unhandled for a human when
+    not. A hard bounce marks the address bounced; soft ones do after [bounces] soft_limit;
+    a complaint unsubscribes the reader from everything; `unsubscribe <token>` ends that list.
+
+    \b
+    Exit status: 0 every message read (the summary says how many were unhandled);
+    75 the database or mailbox is unavailable now (nothing lost: run again, or the MTA
+    retries); 2 a setting or path to fix; 1 another error.
+
+    \b
+    Examples:
+      newsletter inbound --maildir /var/mail/bounces
+      newsletter inbound --imap --json
+      bounces: "|/srv/newsletter/.venv/bin/newsletter inbound -"    (an /etc/aliases line)
+    """
+    from newsletter.inbound.run import run_inbound  # flufl.bounce and imapclient: only for this command
+
+    piped = source == "-"
+    shown = {"count": 0, "started": time.perf_counter()}
+
+    def progress(where: str, verdict: str) -> None:
+        shown["count"] += 1
+        if shown["count"] % _INBOUND_PROGRESS_EVERY == 0:
+            elapsed = time.perf_counter() - shown["started"]
+            click.echo(f"inbound: {shown['count']:,} messages read ({shown['count'] / elapsed:,.0f} msg/s)", err=True)
+
+    try:
+        settings = _settings(ctx)
+        report = run_inbound(settings, maildir=maildir, mbox=mbox, stdin=sys.stdin.buffer if piped else None,
+                             imap=imap, progress=progress)
+    except (StoreError, InboundError, ConfigError) as exc:
+        temporary = isinstance(exc, StoreError) or (isinstance(exc, InboundError) and exc.temporary) or (
+            piped and isinstance(exc, ConfigError))  # a pipe's message waits in the MTA's queue for the fix
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_TEMPFAIL if temporary else exit_code(exc, "inbound"))
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    for error in report.mailbox.errors:
+        click.echo(f"warning: {error}", err=True)
+    box = report.mailbox
+    kinds = ", ".join(f"{count:,} {kind.replace('_', ' ')}" for kind, count in sorted(report.tally.kinds.items()))
+    changes = ", ".join(f"{count:,} {change}" for change, count in sorted(report.tally.changes.items()))
+    click.echo(f"inbound ({report.source}): {box.handled:,} messages: {box.processed:,} processed, "
+               f"{box.unhandled:,} unhandled (for a human), {box.retried:,} left to retry"
+               f" in {report.elapsed:.1f} s ({report.rate:,.0f} msg/s)")
+    if kinds:
+        click.echo(f"  kinds: {kinds}")
+    click.echo(f"  changes: {changes or 'none'}")
+    for note, count in sorted(report.tally.notes.items()):
+        click.echo(f"  {count:,} {note}")
 
 
 @main.command("status")
