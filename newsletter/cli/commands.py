@@ -481,7 +481,9 @@ def dispatch_command(ctx: click.Context, issue: str | None, dry_run: bool, now_t
                 click.echo(describe(summary), err=True)
         if not report.issues and not report.errors:
             click.echo("nothing is due", err=True)
-    if report.issues and settings.sender.bounce_notice:  # not when nothing is due: cron would mail it each time
+    # Once a run, and only one that sent (or tried, or would): cron runs it every few minutes.
+    if settings.sender.bounce_notice and any(summary.dry_run or summary.sent or summary.failed or summary.retries
+                                             for summary in report.issues):
         click.echo(settings.sender.bounce_notice, err=True)
     sys.exit(report.exit_code)
 
