@@ -126,6 +126,11 @@ UNSUBSCRIBE_TAG = "unsubscribe"
 #: within RFC 5321's 64 octets (1 + 13 + 1 + 13 + 1 + 13 = 42 more)
 MAX_BOUNCE_LOCAL_PART = 20
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: two base-36 digits for each number below 36 ** 2 (with its leading zero): half the divisions
+_BASE36_PAIRS = [high + low for high in _BASE36 for low in _BASE36]
+#: RFC 4648 base 32, lower case, and two of its digits for each 10-bit number
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+_BASE32_PAIRS = [high + low for high in _BASE32 for low in _BASE32]
 _VERP_ID_RE = re.compile(r"([0-9a-z]{1,13})-([0-9a-z]{1,13})-([a-z2-7]{13})")
 
 
@@ -138,12 +143,16 @@ class SignedDelivery:
 
 
 def _base36(number: int) -> str:
+    # Two digits a division (per recipient, so it counts: ~0.1 µs instead of ~0.4 for a 64-bit id).
+    if number < 36:
+        return _BASE36[number]
     digits = []
-    while True:
-        number, digit = divmod(number, 36)
-        digits.append(_BASE36[digit])
-        if not number:
-            return "".join(reversed(digits))
+    while number >= 1296:
+        number, pair = divmod(number, 1296)
+        digits.append(_BASE36_PAIRS[pair])
+    digits.append(_BASE36_PAIRS[number] if number >= 36 else _BASE36[number])  # no leading zero
+    digits.reverse()
+    return "".join(digits)
 
 
 class ReturnPaths:
@@ -210,4 +219,9 @@ class ReturnPaths:
 def _verp_mac(key: bytes, ids: str) -> str:
     # Its own purpose string: an unsubscribe MAC can never pass for a return path's, or back.
     digest = hmac.digest(key, b"return path\x00" + ids.encode("ascii"), "sha256")
-    return base64.b32encode(digest[:9]).decode("ascii")[:13].lower()
+    # The first 65 bits in base 32: base64.b32encode(digest[:9])[:13].lower(), without its
+    # pure-Python encoder (~1.4 µs a recipient; this is ~0.5).
+    bits = int.from_bytes(digest[:9], "big") >> 7
+    pairs = _BASE32_PAIRS
+    return (pairs[bits >> 55] + pairs[(bits >> 45) & 1023] + pairs[(bits >> 35) & 1023] + pairs[(bits >> 25) & 1023]
+            + pairs[(bits >> 15) & 1023] + pairs[(bits >> 5) & 1023] + _BASE32[bits & 31])
