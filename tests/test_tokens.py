@@ -208,7 +208,7 @@ def test_return_paths_are_stable() -> None:
     ]
 
 
-@given(st.integers(min_value=0, max_value=2**64), st.binary(min_size=16, max_size=40))
+@given(st.integers(min_value=0, max_value=2**64), st.binary(min_size=16, max_size=100))  # > 64: hashed first
 def test_the_fast_encoders_match_the_plain_ones(number: int, key: bytes) -> None:
     assert int(tokens._base36(number), 36) == number
     assert tokens._base36(number) == "0" or not tokens._base36(number).startswith("0")

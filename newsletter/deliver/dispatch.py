@@ -7,6 +7,10 @@ then run ``connections`` workers. Each worker takes a claimed row, has the ledge
 limiter, builds the message bytes and sends them. A feeder claims rows in batches and,
 when none are due, waits for retries that come due soon.
 
+Each message's envelope sender (``MAIL FROM``, where bounces go) is its own signed return
+path at ``[sender] bounce_address`` (:class:`~newsletter.tokens.ReturnPaths`, VERP), so that a
+bounce names its delivery; without one it is the From address.
+
 Results map to the ledger as: 250 → sent; 4xx, timeout, dropped connection → deferred
 with exponential backoff and jitter (failed once older than the maximum age); 5xx →
 failed, and the subscriber is marked bounced when the server says the mailbox doesn't
