@@ -55,6 +55,7 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.delivery import (
+    BOUNCE_ADDRESS,
     DispatchRun,
     auto_timeout,
     build_database,
@@ -461,7 +462,8 @@ def run(args: argparse.Namespace, command: str) -> int:
          "(connections × that client's rate)."
          if floor_ms else "Path floor: not measured (the probe failed)."),
         f"Each dispatch sends enough messages for about {seconds:g} s at the 2-RTT ideal (at least 200); "
-        f"one message is {message_bytes:,} bytes. smtp-source: `-d -s <conns> -m <conns × "
+        f"one message is {message_bytes:,} bytes, and each one's MAIL FROM its own signed return path "
+        f"(`[sender] bounce_address = \"{BOUNCE_ADDRESS}\"`, VERP). smtp-source: `-d -s <conns> -m <conns × "
         f"{2 if args.quick else 10}, at least 100> -l {message_bytes}`; its ratio is to the same 2-RTT ideal.",
     ]
     if made.delayers:

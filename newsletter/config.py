@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from newsletter.errors import ConfigError
 from newsletter.sanitize import direction_control
+from newsletter.tokens import MAX_BOUNCE_LOCAL_PART, UNSUBSCRIBE_TAG
 
 __all__ = [
     "BouncesSettings",
@@ -188,6 +189,19 @@ def _plain_address(value: object, where: _Where) -> str:
     return text
 
 
+def _bounce_address(value: object, where: _Where) -> str:
+    """The bounce mailbox: a plain address whose local part has room for a return path's ``+<id>``."""
+    text = _plain_address(value, where)
+    local = text.rpartition("@")[0]
+    if "+" in local:
+        raise where.error(f" '{text}' holds '+'; give the bare mailbox (each message's return path adds"
+                          " '+<id>' to it)")
+    if len(local) > MAX_BOUNCE_LOCAL_PART:
+        raise where.error(f" '{text}': the part before '@' has {len(local)} characters, at most"
+                          f" {MAX_BOUNCE_LOCAL_PART} fit (a return path adds up to 42, and SMTP allows 64)")
+    return text
+
+
 def _site_url(value: object, where: _Where) -> str:
     """The base of every link in every email: an absolute http(s) URL that can stand in a header as it is."""
     text = _text(value, where)
@@ -253,13 +267,39 @@ class SenderSettings:
     reply_to: str = _key("", _mailbox("whole"))
     postal_address: str = _key("1 Example Street, Springfield", _text)
     site_url: str = _key("https://news.example.com", _site_url)
-    #: the address of the ``mailto:`` in List-Unsubscribe; default: reply_to, else from
+    #: the address of the ``mailto:`` in List-Unsubscribe; default: the bounce mailbox's
+    #: ``+unsubscribe`` address when bounce_address is set, else reply_to, else from
     unsubscribe_mailto: str = _key("", _plain_address)
+    #: the mailbox that ``newsletter inbound`` reads: each message's envelope sender (MAIL FROM)
+    #: is ``<local>+<signed id>@<domain>`` there (VERP); "" keeps the From address as MAIL FROM
+    bounce_address: str = _key("", _bounce_address)
 
     @property
     def unsubscribe_address(self) -> str:
-        """Where List-Unsubscribe's ``mailto:`` points: unsubscribe_mailto, else the reply-to, else from."""
-        return self.unsubscribe_mailto or parseaddr(self.reply_to)[1] or self.from_email
+        """Where List-Unsubscribe's ``mailto:`` points.
+
+        ``unsubscribe_mailto`` when given; else the bounce mailbox's ``+unsubscribe`` address
+        (:attr:`newsletter.tokens.ReturnPaths.unsubscribe_address`), where ``newsletter
+        inbound`` honours the requests, when ``bounce_address`` is set; else the reply-to,
+        else from (a human reads those: nothing honours them on its own).
+        """
+        if self.unsubscribe_mailto:
+            return self.unsubscribe_mailto
+        if self.bounce_address:
+            local, _, domain = self.bounce_address.rpartition("@")
+            return f"{local}+{UNSUBSCRIBE_TAG}@{domain}"
+        return parseaddr(self.reply_to)[1] or self.from_email
+
+    @property
+    def bounce_notice(self) -> str:
+        """The one line ``check`` and ``dispatch`` say when ``bounce_address`` is unset ("" when it is set)."""
+        if self.bounce_address:
+            return ""
+        unprocessed = f"bounces (to {self.from_email})"
+        if not self.unsubscribe_mailto:  # an explicit one may be a mailbox that inbound reads
+            unprocessed += f" and unsubscribe requests by mail (to {self.unsubscribe_address})"
+        return (f"note: [sender] bounce_address is not set, so {unprocessed} can't be processed;"
+                " set it to a mailbox that `newsletter inbound` reads")
 
     @property
     def domain(self) -> str:

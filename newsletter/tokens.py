@@ -15,7 +15,7 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from newsletter.errors import ConfigError
@@ -126,6 +126,15 @@ UNSUBSCRIBE_TAG = "unsubscribe"
 #: within RFC 5321's 64 octets (1 + 13 + 1 + 13 + 1 + 13 = 42 more)
 MAX_BOUNCE_LOCAL_PART = 20
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: two base-36 digits for each number below 36 ** 2 (with its leading zero): half the divisions
+_BASE36_PAIRS = [high + low for high in _BASE36 for low in _BASE36]
+#: RFC 4648 base 32, lower case, and two of its digits for each 10-bit number
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+_BASE32_PAIRS = [high + low for high in _BASE32 for low in _BASE32]
+#: HMAC (RFC 2104) for SHA-256: its block size, and the key XOR ipad / opad as translation tables
+_SHA256_BLOCK = 64
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
 _VERP_ID_RE = re.compile(r"([0-9a-z]{1,13})-([0-9a-z]{1,13})-([a-z2-7]{13})")
 
 
@@ -138,12 +147,16 @@ class SignedDelivery:
 
 
 def _base36(number: int) -> str:
+    # Two digits a division (per recipient, so it counts: ~0.1 µs instead of ~0.4 for a 64-bit id).
+    if number < 36:
+        return _BASE36[number]
     digits = []
-    while True:
-        number, digit = divmod(number, 36)
-        digits.append(_BASE36[digit])
-        if not number:
-            return "".join(reversed(digits))
+    while number >= 1296:
+        number, pair = divmod(number, 1296)
+        digits.append(_BASE36_PAIRS[pair])
+    digits.append(_BASE36_PAIRS[number] if number >= 36 else _BASE36[number])  # no leading zero
+    digits.reverse()
+    return "".join(digits)
 
 
 class ReturnPaths:
@@ -156,7 +169,7 @@ class ReturnPaths:
     in ``keys`` is accepted when reading (rotation, as for unsubscribe tokens).
     """
 
-    __slots__ = ("_domain", "_keys", "_local", "_prefix", "_suffix")
+    __slots__ = ("_domain", "_local", "_macs", "_prefix", "_suffix")
 
     def __init__(self, bounce_address: str, keys: Sequence[bytes]) -> None:
         if not keys:
@@ -164,7 +177,7 @@ class ReturnPaths:
         local, _, domain = bounce_address.rpartition("@")
         if not local or not domain or "+" in local or len(local) > MAX_BOUNCE_LOCAL_PART:
             raise ValueError(f"not a bounce mailbox: {bounce_address!r}")
-        self._keys = list(keys)
+        self._macs = [_verp_signer(key) for key in keys]
         self._local = local.lower()
         self._domain = domain.lower()
         self._prefix = f"{local}+"
@@ -175,7 +188,7 @@ class ReturnPaths:
         if not (0 < issue_id <= _MAX_ID and 0 < subscriber_id <= _MAX_ID):
             raise ValueError("ids are positive 64-bit integers")
         ids = f"{_base36(issue_id)}-{_base36(subscriber_id)}"
-        return f"{self._prefix}{ids}-{_verp_mac(self._keys[0], ids)}{self._suffix}"
+        return f"{self._prefix}{ids}-{self._macs[0](ids)}{self._suffix}"
 
     @property
     def unsubscribe_address(self) -> str:
@@ -202,12 +215,42 @@ class ReturnPaths:
         ids = f"{match[1]}-{match[2]}"
         if _base36(issue_id) != match[1] or _base36(subscriber_id) != match[2]:
             return None  # leading zeros: one delivery has exactly one return path
-        if not any(hmac.compare_digest(_verp_mac(key, ids), match[3]) for key in self._keys):
+        if not any(hmac.compare_digest(mac(ids), match[3]) for mac in self._macs):
             return None
         return SignedDelivery(issue_id, subscriber_id)
 
 
-def _verp_mac(key: bytes, ids: str) -> str:
+def _verp_signer(key: bytes) -> Callable[[str], str]:
+    """The return-path MAC with ``key``: HMAC-SHA256 over ``"return path\\0<ids>"``, its first 65 bits in base 32.
+
+    Made once per key and called once per recipient, so it does what ``hmac.digest`` does
+    (RFC 2104) with the padded key and the purpose string hashed once, here: each call
+    copies two hash states instead of hashing the pads again (~0.5 µs instead of ~1.2).
+    """
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\x00")
+    inner = hashlib.sha256(key.translate(_INNER_PAD))
     # Its own purpose string: an unsubscribe MAC can never pass for a return path's, or back.
-    digest = hmac.digest(key, b"return path\x00" + ids.encode("ascii"), "sha256")
-    return base64.b32encode(digest[:9]).decode("ascii")[:13].lower()
+    inner.update(b"return path\x00")
+    outer = hashlib.sha256(key.translate(_OUTER_PAD))
+    pairs, digits = _BASE32_PAIRS, _BASE32
+
+    def mac(ids: str) -> str:
+        message = inner.copy()
+        message.update(ids.encode("ascii"))
+        digest = outer.copy()
+        digest.update(message.digest())
+        # The first 65 bits in base 32: base64.b32encode(digest[:9])[:13].lower(), without its
+        # pure-Python encoder (~1.4 µs a recipient; this is ~0.5).
+        bits = int.from_bytes(digest.digest()[:9], "big") >> 7
+        return (pairs[bits >> 55] + pairs[(bits >> 45) & 1023] + pairs[(bits >> 35) & 1023]
+                + pairs[(bits >> 25) & 1023] + pairs[(bits >> 15) & 1023] + pairs[(bits >> 5) & 1023]
+                + digits[bits & 31])
+
+    return mac
+
+
+def _verp_mac(key: bytes, ids: str) -> str:
+    """The return-path MAC of ``ids`` with ``key`` (what :func:`_verp_signer` makes, for one use)."""
+    return _verp_signer(key)(ids)

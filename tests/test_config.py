@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from newsletter.cli.commands import main
-from newsletter.config import known_keys, load_settings
+from newsletter.config import SenderSettings, known_keys, load_settings
+from newsletter.tokens import ReturnPaths
 from tests.conftest import ROOT, SEED_ISSUE
 
 
@@ -75,6 +76,15 @@ REFUSED = [
      " control U+202E"),
     ('[sender]\npostal_address = "1 Main St \\u2067Springfield\\u2069"', "[sender] postal_address contains the"
      " direction control U+2067"),
+    # the bounce mailbox: each return path adds "+<id>" (up to 42 characters) to its local part
+    ('[sender]\nbounce_address = "Bounces <bounces@news.example.com>"', "[sender] bounce_address"
+     " 'Bounces <bounces@news.example.com>' must be a plain address like editors@example.com"),
+    ('[sender]\nbounce_address = "bounces"', "[sender] bounce_address 'bounces' must be a plain address"),
+    ('[sender]\nbounce_address = "bounces+news@news.example.com"', "[sender] bounce_address"
+     " 'bounces+news@news.example.com' holds '+'; give the bare mailbox"),
+    ('[sender]\nbounce_address = "bounces-of-the-briefing@news.example.com"', "[sender] bounce_address"
+     " 'bounces-of-the-briefing@news.example.com': the part before '@' has 23 characters, at most 20 fit"),
+    ("[sender]\nbounce_address = 3", "[sender] bounce_address must be a string"),
 ]
 
 
@@ -95,6 +105,7 @@ def test_a_setting_that_cannot_work_is_one_line_naming_its_key_exit_2(tmp_path: 
     "[dispatch]\nwait_for_retries = 0\ngive_up_after_hours = 0\nretry_initial = 0.01\nretry_max = 0.01",
     '[sender]\nfrom = "\\"Doe, Jane\\" <jane@example.com>"\nreply_to = "Desk <desk@example.com>"',
     '[sender]\nsite_url = "http://127.0.0.1:8080/news/"',
+    '[sender]\nbounce_address = "b.o-u_n.c.e.s.123456@mail.news.example.com"',  # 20 characters
     '[sender]\nsite_url = "https://xn--bcher-kva.example/%C3%BC"\nfrom = "Zoë \\u05e9\\u05dc\\u05d5\\u05dd <z@example.com>"',
 ])
 def test_settings_that_work_still_load(tmp_path: Path, toml: str) -> None:
@@ -158,3 +169,35 @@ def test_inbound_imap_settings_and_their_password(tmp_path: Path) -> None:
     settings = load_settings(config, {"NEWSLETTER_IMAP_PASSWORD": "s3cret"})
     assert settings.inbound.password.reveal() == "s3cret" and settings.inbound.effective_port == 1143
     assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(("toml", "mailto"), [
+    ("", "briefing@news.example.com"),                                                 # from
+    ('reply_to = "Desk <desk@news.example.com>"', "desk@news.example.com"),            # reply-to
+    ('reply_to = "desk@news.example.com"\nbounce_address = "bounces@news.example.com"',
+     "bounces+unsubscribe@news.example.com"),                                          # the bounce mailbox's
+    ('bounce_address = "bounces@news.example.com"\nunsubscribe_mailto = "out@news.example.com"',
+     "out@news.example.com"),                                                          # an explicit one wins
+])
+def test_list_unsubscribe_mailto_goes_to_the_bounce_mailbox_when_there_is_one(tmp_path: Path, toml: str,
+                                                                             mailto: str) -> None:
+    """A human reads the reply-to; `newsletter inbound` reads the bounce mailbox and honours the request.
+
+    (What a dispatched message carries is held in tests/deliver/test_return_paths.py.)
+    """
+    config = tmp_path / "newsletter.toml"
+    config.write_text(f"[sender]\n{toml}\n", encoding="utf-8")
+    sender = load_settings(config).sender
+    assert sender.unsubscribe_address == mailto
+    if sender.bounce_address and not sender.unsubscribe_mailto:
+        assert mailto == ReturnPaths(sender.bounce_address, [b"k" * 32]).unsubscribe_address
+
+
+def test_the_bounce_notice_names_where_bounces_and_mail_unsubscribes_go() -> None:
+    assert SenderSettings(bounce_address="bounces@news.example.com").bounce_notice == ""
+    notice = SenderSettings(reply_to="desk@news.example.com").bounce_notice
+    assert notice == ("note: [sender] bounce_address is not set, so bounces (to briefing@news.example.com) and"
+                      " unsubscribe requests by mail (to desk@news.example.com) can't be processed; set it to a"
+                      " mailbox that `newsletter inbound` reads")
+    # an explicit unsubscribe_mailto may be a mailbox `newsletter inbound` reads: only bounces are lost
+    assert "unsubscribe" not in SenderSettings(unsubscribe_mailto="out@news.example.com").bounce_notice.split(";")[0]

@@ -1,13 +1,25 @@
-"""Unsubscribe tokens: only the key holder can make one; altered or forged ones are refused."""
+"""Unsubscribe tokens and return paths: only the key holder can make one; altered or forged ones are refused."""
 
 from __future__ import annotations
+
+import base64
+import hmac
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from newsletter import tokens
 from newsletter.errors import ConfigError
-from newsletter.tokens import TokenSigner, UnsubscribeToken, split_keys
+from newsletter.tokens import (
+    MAX_BOUNCE_LOCAL_PART,
+    UNSUBSCRIBE_TAG,
+    ReturnPaths,
+    SignedDelivery,
+    TokenSigner,
+    UnsubscribeToken,
+    split_keys,
+)
 
 KEY = b"k" * 32
 OTHER = b"o" * 32
@@ -71,3 +83,135 @@ def test_repr_hides_the_keys() -> None:
 @given(st.text(max_size=80))
 def test_random_strings_are_never_accepted(text: str) -> None:
     assert TokenSigner([KEY]).verify(text) is None
+
+
+# --- return paths (VERP) -------------------------------------------------------------------
+
+BOUNCES = "bounces@news.example.com"
+
+
+def test_return_path_round_trip() -> None:
+    paths = ReturnPaths(BOUNCES, [KEY])
+    address = paths.make(42, 123456)
+    assert paths.read(address) == SignedDelivery(42, 123456)
+    local, domain = address.split("@")
+    assert domain == "news.example.com" and local.startswith("bounces+16-2n9c-")
+    assert address == address.lower() and all(char.isalnum() or char in "+-" for char in local)
+    assert paths.tag(address) == local.split("+", 1)[1]
+    assert paths.make(42, 123456) == address  # one delivery, one return path
+
+
+def test_a_return_path_still_reads_upper_cased_or_in_brackets() -> None:
+    """Some mail servers fold the local part's case; a DSN may give the address in <>."""
+    paths = ReturnPaths(BOUNCES, [KEY])
+    address = paths.make(42, 7)
+    assert paths.read(address.upper()) == SignedDelivery(42, 7)
+    assert paths.read(f" <{address}> ") == SignedDelivery(42, 7)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda a: a.replace("+16-", "+17-", 1),                     # another issue
+    lambda a: a.replace("-7-", "-8-", 1),                       # another subscriber
+    lambda a: a.replace("@", "a@", 1),                          # MAC extended
+    lambda a: a.replace("+16-", "+016-", 1),                    # a leading zero
+    lambda a: a.replace("-7-", "-07-", 1),
+    lambda a: a.replace("+16-", "+0-", 1),                      # a zero id
+    lambda a: a.replace("@news.example.com", "@example.org"),   # a foreign domain
+    lambda a: a.replace("@news.example.com", "@news.example.com.evil.example"),
+    lambda a: a.replace("bounces+", "other+", 1),               # another mailbox at the domain
+    lambda a: a.replace("bounces+", "bounces-", 1),
+    lambda a: a.split("+")[0] + "@news.example.com",            # the bare mailbox
+    lambda a: "bounces+unsubscribe@news.example.com",           # the unsubscribe tag
+    lambda a: a.split("@")[0],                                  # no domain
+    lambda a: "",
+])
+def test_altered_return_paths_are_refused(mutate: object) -> None:
+    paths = ReturnPaths(BOUNCES, [KEY])
+    address = paths.make(42, 7)
+    altered = mutate(address)  # type: ignore[operator]
+    assert altered.lower() != address
+    assert paths.read(altered) is None
+
+
+def test_a_one_character_change_of_the_mac_is_refused() -> None:
+    paths = ReturnPaths(BOUNCES, [KEY])
+    address = paths.make(22, 7)
+    local, domain = address.split("@")
+    for index in range(len(local) - 13, len(local)):
+        for char in "a2z7":
+            if local[index] != char:
+                assert paths.read(f"{local[:index]}{char}{local[index + 1:]}@{domain}") is None
+
+
+def test_ids_beyond_64_bits_are_refused_even_with_a_valid_mac() -> None:
+    """A MAC made with the key over ids no row can have still names no delivery."""
+    ids = f"{tokens._base36(2**63)}-7"
+    forged = f"bounces+{ids}-{tokens._verp_mac(KEY, ids)}@news.example.com"
+    assert ReturnPaths(BOUNCES, [KEY]).read(forged) is None
+
+
+def test_a_return_path_from_another_key_is_refused_and_rotation_accepts_the_old_one() -> None:
+    old = ReturnPaths(BOUNCES, [KEY]).make(42, 7)
+    assert ReturnPaths(BOUNCES, [OTHER]).read(old) is None
+    rotated = ReturnPaths(BOUNCES, [OTHER, KEY])
+    assert rotated.read(old) == SignedDelivery(42, 7)
+    new = rotated.make(42, 7)
+    assert new != old and ReturnPaths(BOUNCES, [OTHER]).read(new) == SignedDelivery(42, 7)
+    assert ReturnPaths(BOUNCES, [KEY]).read(new) is None  # the newest key signs
+
+
+def test_the_longest_return_path_fits_smtp_local_part_limit() -> None:
+    """RFC 5321 4.5.3.1.1: 64 octets before the @, with the longest mailbox name and the largest ids."""
+    largest = 2**63 - 1
+    mailbox = "b" * MAX_BOUNCE_LOCAL_PART + "@news.example.com"
+    paths = ReturnPaths(mailbox, [KEY])
+    address = paths.make(largest, largest)
+    assert len(address.split("@")[0]) <= 64
+    assert paths.read(address) == SignedDelivery(largest, largest)
+    with pytest.raises(ValueError):
+        ReturnPaths("b" * (MAX_BOUNCE_LOCAL_PART + 1) + "@news.example.com", [KEY])
+    with pytest.raises(ValueError):
+        paths.make(largest + 1, 1)
+    with pytest.raises(ValueError):
+        paths.make(1, 0)
+
+
+def test_the_unsubscribe_address_and_tags() -> None:
+    paths = ReturnPaths(BOUNCES, [KEY])
+    assert paths.unsubscribe_address == f"bounces+{UNSUBSCRIBE_TAG}@news.example.com"
+    assert paths.tag("Bounces+Unsubscribe@News.Example.com") == UNSUBSCRIBE_TAG
+    assert paths.tag("bounces@news.example.com") == ""
+    assert paths.tag("editors@news.example.com") is None
+    with pytest.raises(ConfigError, match="NEWSLETTER_SECRET_KEY"):
+        ReturnPaths(BOUNCES, [])
+    with pytest.raises(ValueError):
+        ReturnPaths("bounces+x@news.example.com", [KEY])
+
+
+@given(st.text(max_size=80))
+def test_random_strings_are_never_a_return_path(text: str) -> None:
+    paths = ReturnPaths(BOUNCES, [KEY])
+    assert paths.read(text) is None
+    assert paths.read(f"bounces+{text}@news.example.com") is None
+
+
+def test_return_paths_are_stable() -> None:
+    """Fixed vectors: a return path already out in the world must keep reading (and the fast encoders
+    must keep making exactly what the first implementation made)."""
+    paths = ReturnPaths(BOUNCES, [KEY])
+    largest = 2**63 - 1
+    assert [paths.make(42, 7), paths.make(largest, largest), paths.make(1, 1296), paths.make(36, 1295)] == [
+        "bounces+16-7-civ46zrs6db3r@news.example.com",
+        "bounces+1y2p0ij32e8e7-1y2p0ij32e8e7-mh5nu5vyeevsd@news.example.com",
+        "bounces+1-100-427aanpfvnkzw@news.example.com",
+        "bounces+10-zz-vw45mq6r7dd6v@news.example.com",
+    ]
+
+
+@given(st.integers(min_value=0, max_value=2**64), st.binary(min_size=16, max_size=100))  # > 64: hashed first
+def test_the_fast_encoders_match_the_plain_ones(number: int, key: bytes) -> None:
+    assert int(tokens._base36(number), 36) == number
+    assert tokens._base36(number) == "0" or not tokens._base36(number).startswith("0")
+    ids = f"{tokens._base36(number)}-1"
+    digest = hmac.digest(key, b"return path\x00" + ids.encode("ascii"), "sha256")
+    assert tokens._verp_mac(key, ids) == base64.b32encode(digest[:9]).decode("ascii")[:13].lower()

@@ -244,6 +244,8 @@ def check(ctx: click.Context, issues: tuple[str, ...], clients: str, browser: bo
     if not report.errors:
         click.echo(f"{len(issues)} file(s) checked, {counted} finding(s)"
                    + (f", {hidden} info (-a shows them)" if hidden and not show_all else ""), err=True)
+    for note in report.notes:  # about the settings, once (JSON: "notes")
+        click.echo(note, err=True)
     sys.exit(report.exit_code)
 
 
@@ -482,6 +484,10 @@ def dispatch_command(ctx: click.Context, issue: str | None, dry_run: bool, now_t
                 click.echo(describe(summary), err=True)
         if not report.issues and not report.errors:
             click.echo("nothing is due", err=True)
+    # Once a run, and only one that sent (or tried, or would): cron runs it every few minutes.
+    if settings.sender.bounce_notice and any(summary.dry_run or summary.sent or summary.failed or summary.retries
+                                             for summary in report.issues):
+        click.echo(settings.sender.bounce_notice, err=True)
     sys.exit(report.exit_code)
 
 

@@ -7,6 +7,10 @@ then run ``connections`` workers. Each worker takes a claimed row, has the ledge
 limiter, builds the message bytes and sends them. A feeder claims rows in batches and,
 when none are due, waits for retries that come due soon.
 
+Each message's envelope sender (``MAIL FROM``, where bounces go) is its own signed return
+path at ``[sender] bounce_address`` (:class:`~newsletter.tokens.ReturnPaths`, VERP), so that a
+bounce names its delivery; without one it is the From address.
+
 Results map to the ledger as: 250 → sent; 4xx, timeout, dropped connection → deferred
 with exponential backoff and jitter (failed once older than the maximum age); 5xx →
 failed, and the subscriber is marked bounced when the server says the mailbox doesn't
@@ -39,7 +43,7 @@ from newsletter.models import Issue, Recipient
 from newsletter.render.engine import render_issue
 from newsletter.store.engine import Database
 from newsletter.store.ledger import Delivery, IssueRecord, Ledger, Result
-from newsletter.tokens import TokenSigner, split_keys, unsubscribe_links
+from newsletter.tokens import ReturnPaths, TokenSigner, split_keys, unsubscribe_links
 
 __all__ = [
     "DispatchOptions",
@@ -61,6 +65,8 @@ _CONNECT_FAILURES_TO_STOP = 3  # per connection, in a row, with nothing sent in 
 STOP_GRACE = 3.0
 #: seconds between looks at the ledger while other live runs hold the only rows left
 _OTHERS_POLL = 0.5
+#: a delivery taken to send: the row, its envelope sender (MAIL FROM) and its message (or why it can't be built)
+_Taken = tuple[Delivery, str, bytes | ComposeError]
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,13 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
     report.errors.extend(str(error) for error in bad)
     if not due:
         return report
-    signer = None if options.dry_run else TokenSigner(split_keys(settings.secret_key.reveal()))
+    signer: TokenSigner | None = None
+    return_paths: ReturnPaths | None = None
+    if not options.dry_run:
+        keys = split_keys(settings.secret_key.reveal())
+        signer = TokenSigner(keys)
+        if settings.sender.bounce_address:
+            return_paths = ReturnPaths(settings.sender.bounce_address, keys)
     with Database.open(settings.database.location) as store:
         ledger = Ledger(store)
         stop = _StopSignal()
@@ -232,8 +244,8 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
                         _dry_run(ledger, settings, issue, summary)
                     else:
                         assert signer is not None
-                        run = _IssueRun(ledger, settings, options, path, issue, summary, signer, sign,
-                                        progress or _Silent(), stop)
+                        run = _IssueRun(ledger, settings, options, path, issue, summary, signer, return_paths,
+                                        sign, progress or _Silent(), stop)
                         await run.execute()
                 except NewsletterError as exc:
                     if isinstance(exc, DeliveryError) and not exc.fatal:
@@ -353,8 +365,8 @@ class _IssueRun:
     """One issue's dispatch in this run."""
 
     def __init__(self, ledger: Ledger, settings: Settings, options: DispatchOptions, path: Path, issue: Issue,
-                 summary: IssueSummary, tokens: TokenSigner, sign: Callable[[bytes], bytes] | None,
-                 progress: Progress, stop: _StopSignal) -> None:
+                 summary: IssueSummary, tokens: TokenSigner, return_paths: ReturnPaths | None,
+                 sign: Callable[[bytes], bytes] | None, progress: Progress, stop: _StopSignal) -> None:
         self.ledger = ledger
         self.settings = settings
         self.options = options
@@ -362,6 +374,8 @@ class _IssueRun:
         self.issue = issue
         self.summary = summary
         self.tokens = tokens
+        #: each message's envelope sender names its delivery (VERP); None: the From address, as before
+        self.return_paths = return_paths
         self.sign = sign
         self.progress = progress
         self.stop = stop
@@ -374,6 +388,7 @@ class _IssueRun:
         self.halted = False
         self.list_id = 0
         self.site_url = settings.sender.site_url
+        self.from_email = settings.sender.from_email
         self.unsubscribe_address = settings.sender.unsubscribe_address
         self._date_second = -1
         self._date = ""
@@ -569,18 +584,19 @@ class _IssueRun:
         # The next delivery, taken as this message's final dot goes out so that its envelope
         # rides with it (pipelined connections only; not under a rate limit, where the next
         # message waits for its own slot).
-        held: tuple[Delivery, bytes | ComposeError] | None = None
-        ahead: list[tuple[Delivery, bytes | ComposeError]] = []
+        held: _Taken | None = None
+        ahead: list[_Taken] = []
 
-        def take_ahead() -> tuple[str, int] | None:
+        def take_ahead() -> tuple[str, str, int] | None:
             if self._stopping():
                 return None
             taken = self._take_now(template)
             if taken is None:
                 return None
             ahead.append(taken)
-            delivery, message = taken
-            return None if isinstance(message, ComposeError) else (delivery.email, len(message))
+            delivery, sender, message = taken
+            # Its own envelope sender: with VERP every message has a return path of its own.
+            return None if isinstance(message, ComposeError) else (sender, delivery.email, len(message))
 
         ride = None if limiter.interval else take_ahead
         try:
@@ -589,7 +605,7 @@ class _IssueRun:
                     held = None
                     self._done_one()  # taken but never marked; its envelope dies with the connection
                 if held is not None:
-                    (delivery, message), held = held, None
+                    (delivery, sender, message), held = held, None
                 else:
                     if previous is not None and self.queue.empty():
                         await committer.submit(previous, None)
@@ -598,13 +614,13 @@ class _IssueRun:
                     taken = await self._take(limiter, template)
                     if taken is None:
                         break
-                    delivery, message = taken
+                    delivery, sender, message = taken
                 # The mark commits while the envelope travels; the message itself waits for it
                 # (the transport's gate), so a row is always `sending` before its DATA.
                 mark = committer.submit_nowait(previous, delivery)
                 had_previous, previous = previous is not None, None
                 try:
-                    result = await self._send_one(connection, delivery, message, gate=mark, then=ride)
+                    result = await self._send_one(connection, delivery, sender, message, gate=mark, then=ride)
                 finally:
                     if ahead:
                         held = ahead.pop()
@@ -625,8 +641,7 @@ class _IssueRun:
                 self._done_one()
             await connection.close()
 
-    async def _take(self, limiter: RateLimiter, template: MessageTemplate
-                    ) -> tuple[Delivery, bytes | ComposeError] | None:
+    async def _take(self, limiter: RateLimiter, template: MessageTemplate) -> _Taken | None:
         """The next delivery to send and its message (or why it can't be built); None when the work is over."""
         while True:
             delivery = await self.queue.get()
@@ -639,9 +654,9 @@ class _IssueRun:
             if self._stopping():  # the stop came while it waited for its slot
                 self._done_one()
                 continue
-            return delivery, self._compose(delivery, template)
+            return delivery, self._sender(delivery), self._compose(delivery, template)
 
-    def _take_now(self, template: MessageTemplate) -> tuple[Delivery, bytes | ComposeError] | None:
+    def _take_now(self, template: MessageTemplate) -> _Taken | None:
         """Like :meth:`_take`, but only what is queued already, and without a rate limit."""
         if self.queue.empty():
             return None
@@ -652,7 +667,7 @@ class _IssueRun:
         if not self._may_send():
             self._done_one()
             return None
-        return delivery, self._compose(delivery, template)
+        return delivery, self._sender(delivery), self._compose(delivery, template)
 
     def _may_send(self) -> bool:
         """Whether a delivery taken from the queue may go now (it counts against the hourly cap)."""
@@ -663,6 +678,12 @@ class _IssueRun:
                 return False
             self.hourly_left -= 1
         return True
+
+    def _sender(self, delivery: Delivery) -> str:
+        """The envelope sender (MAIL FROM) of ``delivery``'s message: its signed return path, else the From address."""
+        if self.return_paths is None:
+            return self.from_email
+        return self.return_paths.make(delivery.issue_id, delivery.subscriber_id)
 
     def _compose(self, delivery: Delivery, template: MessageTemplate) -> bytes | ComposeError:
         try:
@@ -683,15 +704,14 @@ class _IssueRun:
         elif result.status == "deferred":
             self.summary.retries += 1
 
-    async def _send_one(self, connection: SmtpConnection, delivery: Delivery, message: bytes | ComposeError, *,
-                        gate: Awaitable[bool], then: NextMessage | None) -> Result:
+    async def _send_one(self, connection: SmtpConnection, delivery: Delivery, sender: str,
+                        message: bytes | ComposeError, *, gate: Awaitable[bool], then: NextMessage | None) -> Result:
         key = (delivery.issue_id, delivery.subscriber_id)
         if isinstance(message, ComposeError):
             return Result(*key, "failed", None, str(message))
         try:
             # personalise() never starts a line with a dot (quoted-printable encodes it as =2E).
-            outcome = await connection.send(self.settings.sender.from_email, delivery.email, message, gate=gate,
-                                            dot_safe=True, then=then)
+            outcome = await connection.send(sender, delivery.email, message, gate=gate, dot_safe=True, then=then)
         except DeliveryError as exc:
             if exc.fatal:
                 self.fatal = exc

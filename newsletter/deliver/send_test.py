@@ -40,8 +40,9 @@ def send_test(issue_path: str | Path, addresses: Sequence[str], settings: Settin
 
     Nothing goes into the ledger. An address that is a subscriber gets their own name,
     merge fields and a working unsubscribe link; any other gets the message as an
-    anonymous reader (its unsubscribe link says it was a test). Everything is checked
-    and rendered before the first connection.
+    anonymous reader (its unsubscribe link says it was a test). The envelope sender is
+    the bare ``bounce_address`` when set (no delivery to name), else the From address.
+    Everything is checked and rendered before the first connection.
     """
     recipients = [normalise_address(address) for address in addresses]
     issue = load_issue(issue_path)
@@ -80,11 +81,14 @@ def _known_subscribers(settings: Settings, list_name: str, emails: Sequence[str]
 
 async def _send_all(settings: Settings, messages: Sequence[tuple[str, str, bytes]]) -> list[SentTest]:
     connection = SmtpConnection(settings.smtp)
+    # The bare bounce mailbox: a test belongs to no delivery, so it gets no signed id, but a
+    # bounce of it still reaches the mailbox `newsletter inbound` reads (which files it as unhandled).
+    sender = settings.sender.bounce_address or settings.sender.from_email
     results: list[SentTest] = []
     try:
         for email, message_id, message in messages:
             try:
-                result = await connection.send(settings.sender.from_email, email, message)
+                result = await connection.send(sender, email, message)
             except DeliveryError as exc:
                 result = SendResult("deferred", None, str(exc))
             results.append(SentTest(email, result, message_id))

@@ -46,8 +46,9 @@ __all__ = [
 ]
 
 Outcome = Literal["sent", "deferred", "failed", "uncertain"]
-#: the next message from the same sender as (recipient, size), or a callable that gives it (or None) when asked
-NextMessage = tuple[str, int] | Callable[[], tuple[str, int] | None]
+#: the next message as (sender, recipient, size), or a callable that gives it (or None) when asked; each
+#: message may have its own sender (a return path per recipient, VERP)
+NextMessage = tuple[str, str, int] | Callable[[], tuple[str, str, int] | None]
 
 # RFC 3463 enhanced status codes that say the address itself is bad: 5.1.1 bad mailbox,
 # 5.1.0 other address status, 5.1.2 bad domain, 5.1.3 bad syntax, 5.1.6 moved, 5.1.10 null MX.
@@ -195,9 +196,11 @@ class SmtpConnection:
         abandoned by dropping the connection) and the result is ``withheld``. ``dot_safe``
         promises that no line starts with a dot (true of :func:`~newsletter.compose.personalise`
         output, signed or not), so the pipelined path need not look for one. ``then``
-        (recipient, message size) is the next message from the same sender: on a pipelined
-        connection its envelope rides with this message's final dot, so that each message
-        costs one round trip; the next :meth:`send` must be that message. A callable
+        (sender, recipient, message size) is the next message: on a pipelined connection
+        its envelope (its own ``MAIL FROM``, which may differ from this one's) rides with
+        this message's final dot, so that each message costs one round trip; the next
+        :meth:`send` must be that message, same sender and recipient (any other starts
+        afresh on a new connection). A callable
         ``then`` is asked for it only as the final dot goes out (and may say None: no next
         message), so that nothing is taken for a connection stalled before that.
         """
@@ -232,18 +235,20 @@ class SmtpConnection:
         # An envelope that went ahead was built (and its addresses checked) as the previous `then`.
         envelope = None if in_flight else self._envelope(sender, recipient, len(message))
         if envelope is None and not in_flight:
-            return SendResult("failed", None, f"refusing an address that can't go in an SMTP command: {recipient!r}")
-        #: the recipient whose envelope went out with the final dot
-        riding: list[str] = []
+            bad = recipient if _ENVELOPE_ADDRESS.match(sender) else sender
+            return SendResult("failed", None, f"refusing an address that can't go in an SMTP command: {bad!r}")
+        #: the (sender, recipient) whose envelope went out with the final dot
+        riding: list[tuple[str, str]] = []
 
         def following() -> bytes:
             upcoming = then() if callable(then) else then
             if upcoming is None:
                 return b""
-            ahead = self._envelope(sender, *upcoming)
+            next_sender, next_recipient, size = upcoming
+            ahead = self._envelope(next_sender, next_recipient, size)
             if ahead is None:
                 return b""  # its address can't go in a command: its own send() refuses it
-            riding.append(upcoming[0])
+            riding.append((next_sender, next_recipient))
             return ahead
 
         try:
@@ -262,7 +267,7 @@ class SmtpConnection:
             # message says so first (RFC 5321 4.1.1.4), so this one didn't: send it again.
             return self._after(SendResult("deferred", None, _reason(exc), reconnect=True))
         if replies.final is not None and riding:
-            self._in_flight = (sender, riding[0])
+            self._in_flight = riding[0]
         if replies.withheld:
             self.abort()  # after 354 only the connection's end cancels the message
             return SendResult("deferred", None, _WITHHELD, reconnect=True)

@@ -72,6 +72,8 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     errors: list[IssueError] = field(default_factory=list)
     files: list[FileChecks] = field(default_factory=list)
+    #: what is said once about the settings rather than a file (e.g. no bounce mailbox); not findings
+    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -125,6 +127,7 @@ class CheckReport:
                                            if finding.source == checks.source and finding.severity == severity)
                              for severity in ("error", "warning", "info")},
             } for checks in self.files],
+            "notes": list(self.notes),
             "summary": {
                 "files": len(self.files) + len(self.errors),
                 "invalid": len(self.errors),
@@ -143,13 +146,16 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
     Besides the file's own checks: email-client compatibility for ``clients`` (caniemail.com
     data; default Gmail, Outlook for Windows, Apple Mail, Yahoo), accessibility (light and
     dark scheme), and with ``browser`` (or ``screenshots``) the dark-mode check in Chromium,
-    which also saves light, dark and 375 px screenshots into ``screenshots``. Raises
+    which also saves light, dark and 375 px screenshots into ``screenshots``. What concerns
+    the settings rather than a file goes, once, into ``notes``. Raises
     ValueError for an unknown client, ConfigError when the browser check can't run.
     """
     from newsletter.preflight.compat import DEFAULT_CLIENTS, check_compat, resolve_clients
 
     chosen = [client.id for client in resolve_clients(clients or DEFAULT_CLIENTS)]
     report = CheckReport()
+    if settings.sender.bounce_notice:
+        report.notes.append(settings.sender.bounce_notice)
     for path in paths:
         try:
             issue = load_issue(path)

@@ -17,6 +17,7 @@ from newsletter.config import load_settings
 from newsletter.errors import ConfigError
 from newsletter.store.ledger import Ledger
 from newsletter.store.subscribers import Store, SubscriberRow
+from newsletter.tokens import ReturnPaths, SignedDelivery, split_keys
 from tests.conftest import SEED_ISSUE, write_issue
 from tests.harness.smtpserver import SmtpServer, running_server
 
@@ -207,3 +208,70 @@ def test_password_in_clear_to_a_remote_host_is_refused(tmp_path: Path) -> None:
     settings = load_settings(config, {"NEWSLETTER_SMTP_PASSWORD": ""})
     assert settings.smtp.host == "smtp.example.com"
     assert "s3cret" not in repr(load_settings(None, {"NEWSLETTER_SMTP_PASSWORD": "s3cret"}))
+
+
+# --- [sender] bounce_address: said once when it is unset ---------------------------------------
+
+NOTICE = ("note: [sender] bounce_address is not set, so bounces (to briefing@news.example.com) and unsubscribe"
+          " requests by mail (to editors@news.example.com) can't be processed; set it to a mailbox that"
+          " `newsletter inbound` reads\n")
+
+
+def set_bounce_address(workdir: Path) -> None:
+    config = workdir / "newsletter.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("[sender]\n", '[sender]\nbounce_address = "bounces@news.example.com"\n'),
+                      encoding="utf-8")
+
+
+def test_dispatch_says_once_that_bounces_cant_be_processed(workdir: Path, server: SmtpServer) -> None:
+    subscribe(workdir, SubscriberRow("ann@example.org"), SubscriberRow("bob@example.org"))
+    write_issue(workdir / "issues", "Body", front="subject: Second\ndate: 2024-01-02\nsend_at: 2024-01-02T00:00:00Z\n",
+                name="2024-01-02-second.md")
+    (workdir / "issues" / SEED_ISSUE.name).unlink()
+    shutil.copy(SEED_ISSUE, workdir / "issues" / "2024-01-01-first.md")
+    first = workdir / "issues" / "2024-01-01-first.md"
+    first.write_text(first.read_text(encoding="utf-8").replace("\n---", "\nsend_at: 2024-01-01T00:00:00Z\n---", 1),
+                     encoding="utf-8")
+    rehearsal = cli(workdir, "dispatch", "--dry-run", "--json")
+    assert len(json.loads(rehearsal.stdout)["issues"]) == 2 and rehearsal.stderr == NOTICE  # stdout stays JSON
+    result = cli(workdir, "dispatch", "-q")  # two issues due: still one line
+    assert result.exit_code == 0, result.output
+    assert {m.mail_from for m in server.recorder.received()} == {"briefing@news.example.com"}
+    assert len(server.recorder.received()) == 4
+    assert result.stderr.count(NOTICE) == 1 and result.stdout == "", result.stderr
+    # cron, every few minutes: no line about it when nothing went out
+    assert "bounce_address" not in cli(workdir, "dispatch").stderr  # both already complete
+    (workdir / "issues" / "2024-01-01-first.md").unlink()
+    (workdir / "issues" / "2024-01-02-second.md").unlink()
+    assert cli(workdir, "dispatch").stderr == "nothing is due\n"
+
+
+def test_dispatch_with_a_bounce_address_says_nothing_and_sends_from_return_paths(workdir: Path,
+                                                                                 server: SmtpServer) -> None:
+    set_bounce_address(workdir)
+    subscribe(workdir, SubscriberRow("ann@example.org"), SubscriberRow("bob@example.org"))
+    result = cli(workdir, "dispatch", "--issue", SEED_ISSUE.stem, "-q")
+    assert result.exit_code == 0, result.output
+    assert "bounce_address" not in result.output
+    paths = ReturnPaths("bounces@news.example.com", split_keys(KEY))
+    found = {message.rcpt: paths.read(message.mail_from) for message in server.recorder.received()}
+    with Store.open(workdir / "news.db") as store:
+        ids = {person.email: person.id for person in store.subscribers()}
+        issue = Ledger(store).find_issue(SEED_ISSUE.stem)
+    assert issue is not None
+    assert found == {email: SignedDelivery(issue.id, ids[email]) for email in ("ann@example.org", "bob@example.org")}
+
+
+def test_check_says_once_that_bounces_cant_be_processed(workdir: Path) -> None:
+    issue = str(workdir / "issues" / SEED_ISSUE.name)
+    result = cli(workdir, "check", issue, issue)
+    assert result.stderr.count(NOTICE) == 1 and result.stderr.endswith(NOTICE), result.stderr
+    assert "bounce_address" not in result.stdout  # a note about the settings, not a finding of the file
+    document = json.loads(cli(workdir, "check", "--json", issue).stdout)
+    assert document["notes"] == [NOTICE.rstrip("\n")]
+    assert document["summary"]["findings"] == 0 and document["summary"]["exit_code"] == result.exit_code == 0
+    set_bounce_address(workdir)
+    quiet = cli(workdir, "check", issue)
+    assert "bounce_address" not in quiet.output and quiet.exit_code == 0
+    assert json.loads(cli(workdir, "check", "--json", issue).stdout)["notes"] == []

@@ -53,7 +53,7 @@ def test_a_relay_silent_after_a_slow_final_reply_times_out_at_the_command_timeou
         connection = SmtpConnection(SmtpSettings(port=port, timeout=0.5, final_reply_timeout=FINAL_REPLY_TIMEOUT))
         try:
             slow = await connection.send("a@example.com", "slow@example.org", MESSAGE,
-                                         then=("next@example.org", len(MESSAGE)))
+                                         then=("a@example.com", "next@example.org", len(MESSAGE)))
             started = time.monotonic()
             silent = await asyncio.wait_for(connection.send("a@example.com", "next@example.org", MESSAGE), WAIT)
             return slow, silent, time.monotonic() - started

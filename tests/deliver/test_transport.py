@@ -180,7 +180,8 @@ def test_next_envelope_rides_with_the_final_dot() -> None:
             results = []
             try:
                 for n, message in enumerate(messages):
-                    following = (f"r{n + 1}@example.org", len(messages[n + 1])) if n + 1 < len(messages) else None
+                    following = (("a@example.com", f"r{n + 1}@example.org", len(messages[n + 1])) if n + 1 < len(messages)
+                                 else None)
                     results.append(await connection.send("a@example.com", f"r{n}@example.org", message,
                                                          then=following))
             finally:
@@ -208,7 +209,7 @@ def test_a_different_message_after_a_ride_starts_afresh() -> None:
             connection = SmtpConnection(SmtpSettings(port=port, timeout=10))
             try:
                 first = await connection.send("a@example.com", "r0@example.org", MESSAGES[0],
-                                              then=("r1@example.org", len(MESSAGES[0])))
+                                              then=("a@example.com", "r1@example.org", len(MESSAGES[0])))
                 second = await connection.send("a@example.com", "other@example.org", MESSAGES[1])
                 return [first, second]
             finally:
