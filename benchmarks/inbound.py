@@ -37,7 +37,7 @@ MIX = [
      "123456-3-Xk9aQ2mZ7bN4cV8dF1gH5jK0lP"),
     (3, "postfix-dsn-4.2.2.eml", "bounces+c-2n9d-q3kx7hz2mwd4e@news.example.com", "full@example.com", None, None),
     (2, "postfix-delay.eml", None, None, None, None),
-    (2, "exim-failed.eml", None, None, None, None),
+    (2, "exim-failed.eml", "bounces+c-2n9f-ab3kq7zw2mx5y@news.example.com", "gone@example.net", None, None),
     (2, "autoreply-auto-submitted.eml", None, None, None, None),
     (1, "arf-abuse.eml", "bounces+c-2n9n-m2kq7wz5xa4bf@news.example.com", "annoyed@example.com", "123467",
      "123467-3-Zy8xW7vU6tS5rQ4pO3nM2lK1jI"),
@@ -103,9 +103,7 @@ def write_maildir(folder: Path, count: int, issue_id: int, list_id: int) -> dict
 def _measure(folder: Path, count: int) -> tuple[Finished, dict[str, object], float]:
     workspace = make_workspace(folder, issue=report.ROOT / "issues" / "2017-07-07-trump-putin.md",
                                host="127.0.0.1", port=25, connections=1)
-    config = workspace.config.read_text(encoding="utf-8").replace(
-        "[sender]\n", f'[sender]\nbounce_address = "bounces@{DOMAIN}"\n', 1)
-    workspace.config.write_text(config, encoding="utf-8")
+    assert f'bounce_address = "bounces@{DOMAIN}"' in workspace.config.read_text(encoding="utf-8")
     build_database(workspace, count)
     issue_id, list_id = _open_issue(workspace.database)
     started = time.perf_counter()
