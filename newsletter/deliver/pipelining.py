@@ -289,10 +289,17 @@ class PipelinedSession(asyncio.Protocol):
         self.abort()
 
     def abort(self) -> None:
-        """Close the connection now."""
+        """Close the connection now.
+
+        ``transport.abort()``, not ``close()``: on TLS, close() starts the TLS shutdown and
+        closes the socket only when the server's close_notify comes (or 30 s later); a run
+        whose event loop ends first leaves the socket open. Nothing is left unsent here:
+        after QUIT's reply the buffer is empty, and otherwise dropping what is buffered is
+        the point (a message that must not become one).
+        """
         self._stop_watchdog()
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self.transport.abort()
 
 
 def _dot_stuffed(message: bytes) -> bytes:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import ssl
+import threading
 import warnings
 from pathlib import Path
 
@@ -289,7 +291,7 @@ class _ScriptedServer:
 
     def close(self) -> None:
         for writer in self._writers:
-            writer.close()
+            writer.transport.abort()  # the server's own sockets closed at once (TLS: no shutdown to wait for)
 
 
 @pytest.mark.parametrize("silent_at", ["greeting", "EHLO", "RCPT", "QUIT"])
@@ -327,5 +329,81 @@ def test_a_task_cancelled_while_the_server_is_silent_leaves_no_socket_open(silen
         warnings.simplefilter("always", ResourceWarning)
         asyncio.run(scenario())
         gc.collect()
+    unclosed = [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)]
+    assert unclosed == []
+
+
+class _QuietAfterQuitTlsServer:
+    """A TLS SMTP server in a thread of its own that answers QUIT, then neither reads nor closes.
+
+    A client that closes TLS politely sends close_notify and waits for the server's: here it
+    never comes, for as long as the test wants (until :meth:`stop`).
+    """
+
+    def __init__(self, cert: Path, key: str | Path) -> None:
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._context.load_cert_chain(cert, key)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.quit_answered = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        raw, _ = self._listener.accept()
+        with self._context.wrap_socket(raw, server_side=True) as connection:
+            lines = connection.makefile("rb")
+            connection.sendall(b"220 ready\r\n")
+            while line := lines.readline():
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    connection.sendall(b"250-here\r\n250 PIPELINING\r\n")
+                elif verb == b"DATA":
+                    connection.sendall(b"354 go on\r\n")
+                    while lines.readline() not in (b".\r\n", b""):
+                        pass
+                    connection.sendall(b"250 queued\r\n")
+                elif verb == b"QUIT":
+                    connection.sendall(b"221 bye\r\n")
+                    self.quit_answered.set()
+                    self._release.wait(60)
+                    lines.close()
+                    return
+                else:
+                    connection.sendall(b"250 ok\r\n")
+
+    def stop(self) -> None:
+        self._release.set()
+        self._thread.join(10)
+        self._listener.close()
+
+
+def test_a_tls_connection_closed_after_quit_leaves_no_socket_open(certificate: tuple[Path, Path]) -> None:
+    """The run's event loop ends right after the last QUIT: the socket must be closed by then.
+
+    Before the fix the session closed a TLS transport with close(), which starts the TLS
+    shutdown and closes the socket only when the server's close_notify comes (or 30 s later);
+    the loop ending first left it open, and a later garbage collection warned ``unclosed
+    transport`` in whichever test ran then (the test_tls flake).
+    """
+    cert, key = certificate
+    server = _QuietAfterQuitTlsServer(cert, key)
+
+    async def scenario() -> SendResult:
+        settings = SmtpSettings(host="127.0.0.1", port=server.port, security="tls", timeout=10)
+        connection = SmtpConnection(settings, tls_context=ssl.create_default_context(cafile=str(cert)))
+        result = await connection.send("editor@example.org", "reader@example.org", b"Subject: x\r\n\r\nhi\r\n")
+        await connection.close()
+        return result
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            assert asyncio.run(scenario()).outcome == "sent"
+            assert server.quit_answered.is_set()
+            gc.collect()
+    finally:
+        server.stop()
     unclosed = [str(warning.message) for warning in caught if issubclass(warning.category, ResourceWarning)]
     assert unclosed == []
