@@ -109,11 +109,11 @@ def run_inbound(settings: Settings, *, maildir: Path | None = None, mbox: Path |
 
         if maildir is not None:
             if not maildir.is_dir():
-                raise InboundError(f"{maildir}: no such Maildir folder")
+                raise ConfigError(f"{maildir}: no such Maildir folder (it needs cur/, new/ and tmp/)")
             report.mailbox = process_maildir(maildir, handle, progress=progress)
         elif mbox is not None:
             if not mbox.is_file():
-                raise InboundError(f"{mbox}: no such mbox file")
+                raise ConfigError(f"{mbox}: no such mbox file")
             report.mailbox = process_mbox(mbox, handle, progress=progress)
         elif stdin is not None:
             raw = read_stdin_message(stdin)

@@ -171,3 +171,12 @@ def test_a_piped_message_too_large_is_refused_with_one_line(tmp_path: Path) -> N
     done = newsletter(folder, "inbound", "-", stdin=huge)
     assert done.returncode not in (0, 75)
     assert done.stderr.decode().count("\n") == 1
+
+
+def test_a_maildir_or_mbox_that_isnt_there_is_named_with_exit_2(tmp_path: Path) -> None:
+    folder = workspace(tmp_path)
+    for option, path in (("--maildir", "no-such-dir"), ("--mbox", "no-such-file")):
+        done = newsletter(folder, "inbound", option, path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.decode().splitlines() == [f"error: {path}: no such " + (
+            "Maildir folder (it needs cur/, new/ and tmp/)" if option == "--maildir" else "mbox file")]
