@@ -164,6 +164,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deliveries ADD COLUMN feedback_at DOUBLE PRECISION;
     CREATE INDEX memberships_ended ON memberships (list_id, updated_at) WHERE status = 'unsubscribed';
     """,
+    """
+    ALTER TABLE subscribers DROP CONSTRAINT subscribers_status_check;
+    ALTER TABLE subscribers ADD CONSTRAINT subscribers_status_check
+        CHECK (status IN ('active', 'unsubscribed', 'bounced', 'complained', 'forgotten'));
+    CREATE TABLE forgotten (
+        hash          TEXT PRIMARY KEY,
+        forgotten_at  TEXT NOT NULL
+    );
+    """,
 )
 
 
