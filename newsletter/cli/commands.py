@@ -321,6 +321,7 @@ def add_command(ctx: click.Context, email: str, name: str, list_name: str, field
     keys = split_keys(_settings(ctx).secret_key.reveal())
     with _store(ctx) as store:
         check_list_name(list_name)
+        store.check_forget_keys(keys)
         forgotten_at = DataRights(store).was_forgotten(row.email, keys)
         if forgotten_at is not None:
             raise SubscriberError(f"{row.email} was forgotten at their request ({forgotten_at}) and is not added"

@@ -50,8 +50,9 @@ def import_subscribers(csv_path: str | Path, list_name: str, settings: Settings,
                 return ImportReport(None, errors)
             with Store.open(settings.database.location) as store:
                 # Forgotten addresses are recognised by their keyed hash and left out.
-                counts = store.upsert_subscribers(rows, list_name=list_name,
-                                                  forget_keys=split_keys(settings.secret_key.reveal()))
+                keys = split_keys(settings.secret_key.reveal())
+                store.check_forget_keys(keys)
+                counts = store.upsert_subscribers(rows, list_name=list_name, forget_keys=keys)
     except OSError as exc:
         raise SubscriberError(f"{source}: can't read it: {exc.strerror or exc}") from exc
     return ImportReport(counts, errors)

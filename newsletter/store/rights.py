@@ -30,8 +30,8 @@ from newsletter.store.dialect import Cursor
 from newsletter.store.engine import Database
 
 __all__ = [
-    "FORGOTTEN_DOMAIN",
     "DataRights",
+    "FORGOTTEN_DOMAIN",
     "ForgetOutcome",
     "PersonRecord",
     "forget_hash",

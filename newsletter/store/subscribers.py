@@ -140,15 +140,12 @@ class Store(Database):
 
         An address that was forgotten (``subscribers forget``: its keyed hash under one of
         ``forget_keys``, the keys of ``NEWSLETTER_SECRET_KEY``, is kept) is not added again
-        and counts as ``forgotten``. With no keys while some address was forgotten, this
-        raises ConfigError before writing anything: it could not tell who they were.
+        and counts as ``forgotten``. Without keys nobody can be recognised: a command calls
+        :meth:`check_forget_keys` first.
         """
         added = updated = kept_out = forgotten = 0
         now = _now()
         with self.transaction() as cursor:
-            if not forget_keys and cursor.execute("SELECT 1 FROM forgotten LIMIT 1").fetchone() is not None:
-                raise ConfigError("some subscribers were forgotten (subscribers forget) and no secret key can tell"
-                                  " who they were: set NEWSLETTER_SECRET_KEY (the one used to forget them)")
             self.dialect.prefer_index_lookups(cursor)
             list_id = self._list_id(cursor, list_name)
             pending = iter(rows)
@@ -157,6 +154,12 @@ class Store(Database):
                 added, updated, kept_out = added + counts.added, updated + counts.updated, kept_out + counts.kept_out
                 forgotten += counts.forgotten
         return UpsertCounts(added, updated, kept_out, forgotten)
+
+    def check_forget_keys(self, forget_keys: Sequence[bytes]) -> None:
+        """Raise ConfigError when some address was forgotten and there is no key to recognise it by."""
+        if not forget_keys and self.query("SELECT 1 FROM forgotten LIMIT 1"):
+            raise ConfigError("some subscribers were forgotten (subscribers forget) and no secret key can tell"
+                              " who they were: set NEWSLETTER_SECRET_KEY (the one used to forget them)")
 
     def _merge(self, cursor: Cursor, list_id: int, rows: Sequence[SubscriberRow], now: str,
                forget_keys: Sequence[bytes] = ()) -> UpsertCounts:

@@ -224,6 +224,9 @@ def test_add_refuses_a_forgotten_address_and_names_the_way_back(tmp_path: Path, 
     assert result.output.startswith(f"error: {ANN.lower()} was forgotten at their request (")
     assert "new double opt-in" in result.output
     assert every_row(ledger) == before
+    keyless = cli(tmp_path, ledger, "subscribers", "add", ANN.lower(), key="")
+    assert keyless.exit_code == 2 and "NEWSLETTER_SECRET_KEY" in keyless.output
+    assert every_row(ledger) == before
     assert cli(tmp_path, ledger, "subscribers", "add", "erin@example.org").exit_code == 0
 
 
