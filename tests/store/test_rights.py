@@ -259,3 +259,19 @@ def test_the_lookups_use_indexes(database: str | Path) -> None:
                             ("deliveries", "deliveries_pkey"), ("feedback", "feedback_subscriber"),
                             ("forgotten", "forgotten_pkey")):
             assert index in plans[name], plans[name]
+
+
+def test_a_report_that_comes_back_after_forgetting_keeps_no_text_and_no_other_status(
+        tmp_path: Path, ledger: str | Path) -> None:
+    assert cli(tmp_path, ledger, "subscribers", "forget", ANN, "--yes").exit_code == 0
+    with Store.open(ledger) as store:
+        issue_id, subscriber_id = store.query("SELECT issue_id, subscriber_id FROM deliveries d JOIN subscribers s"
+                                              " ON s.id = d.subscriber_id WHERE s.status = 'forgotten'")[0]
+        Feedback(store).record_feedback(
+            issue_id=int(issue_id), subscriber_id=int(subscriber_id), kind="complaint", status=None,
+            diagnostic=f"abuse report from {ANN} (Annabel Lovelace)", fingerprint="report-2")
+        assert store.query("SELECT status FROM subscribers WHERE id = ?", (subscriber_id,))[0][0] == "forgotten"
+        assert int(store.query("SELECT count(*) FROM feedback WHERE kind = 'complaint'")[0][0]) == 1
+    text = clear_text(ledger)
+    for clear in ANN_CLEAR:
+        assert clear not in text, clear
