@@ -413,7 +413,7 @@ class SQLiteDialect:
         """``executemany`` by the primary key."""
         if rows:
             cursor.executemany(
-                "UPDATE subscribers SET name = ?, fields = ?, updated_at = ? WHERE id = ?",
+                "UPDATE subscribers SET name = ?, fields = ?, updated_at = ? WHERE id = ? AND status <> 'forgotten'",
                 [(name, fields, now, subscriber_id) for subscriber_id, name, fields in rows],
             )
 

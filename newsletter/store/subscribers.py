@@ -206,6 +206,8 @@ class Store(Database):
                     kept_out += 1
             joined.add(key)
         new = [(key, person) for key, person in people.items() if person.id is None]
+        # A forgotten row never takes a name or fields again, even from an import that read it
+        # just before it was forgotten (PostgreSQL: the update re-checks the row it waited for).
         changed = [person for person in people.values() if person.changed and person.id is not None]
         # The new ones in order (their ids follow the file's order), and they learn their ids.
         for subscriber_id, key in self.dialect.insert_subscribers(
