@@ -43,8 +43,10 @@ from newsletter.preflight.report import COMPAT_KINDS, check_files
 from newsletter.store.feedback import Feedback, feedback_rates, feedback_warnings
 from newsletter.store.importing import check_list_name, import_subscribers
 from newsletter.store.ledger import STATES, Ledger
+from newsletter.store.rights import DataRights
 from newsletter.store.subscriber_files import subscriber_row, write_csv, write_json
 from newsletter.store.subscribers import Store
+from newsletter.tokens import split_keys
 
 __all__ = [
     "EVERY_ERROR_EXITS",
@@ -285,6 +287,7 @@ def import_command(ctx: click.Context, csv_file: str, list_name: str, all_or_not
         click.echo(json.dumps({
             "added": counts.added if counts else 0, "updated": counts.updated if counts else 0,
             "kept_unsubscribed_or_bounced": counts.kept_out if counts else 0,
+            "forgotten_not_readded": counts.forgotten if counts else 0,
             "errors": [str(error) for error in report.errors],
         }, indent=2))
     else:
@@ -293,8 +296,9 @@ def import_command(ctx: click.Context, csv_file: str, list_name: str, all_or_not
         if counts is None:
             click.echo(f"nothing imported: {len(report.errors)} bad row(s)", err=True)
         else:
+            forgotten = f", {counts.forgotten} forgotten, not re-added" if counts.forgotten else ""
             click.echo(f"{counts.added} added, {counts.updated} updated "
-                       f"({counts.kept_out} stay unsubscribed or bounced), {len(report.errors)} refused "
+                       f"({counts.kept_out} stay unsubscribed or bounced){forgotten}, {len(report.errors)} refused "
                        f"-> list '{list_name}'")
     if report.errors:
         sys.exit(EXIT_BAD_INPUT if counts is None else EXIT_FINDINGS)
@@ -314,9 +318,16 @@ def add_command(ctx: click.Context, email: str, name: str, list_name: str, field
       newsletter subscribers add ann@example.org --name "Ann Reader" --field city=Leeds
     """
     row = subscriber_row(email, name, dict(_split_field(item) for item in fields))
+    keys = split_keys(_settings(ctx).secret_key.reveal())
     with _store(ctx) as store:
         check_list_name(list_name)
-        counts = store.upsert_subscribers([row], list_name=list_name)
+        store.check_forget_keys(keys)
+        forgotten_at = DataRights(store).was_forgotten(row.email, keys)
+        if forgotten_at is not None:
+            raise SubscriberError(f"{row.email} was forgotten at their request ({forgotten_at}) and is not added"
+                                  " again: only a new double opt-in by them can bring them back"
+                                  " (self-signup is not built yet)")
+        counts = store.upsert_subscribers([row], list_name=list_name, forget_keys=keys)
     state = "added" if counts.added else "updated"
     note = " (stays unsubscribed or bounced)" if counts.kept_out else ""
     click.echo(f"{state} {row.email} on list '{list_name}'{note}")
@@ -348,9 +359,64 @@ def remove_command(ctx: click.Context, email: str, list_name: str | None) -> Non
     click.echo(f"unsubscribed {email}" + (f" from '{list_name}'" if list_name else " from everything"))
 
 
+@subscribers.command("show")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="JSON: the export of everything held about them.")
+@click.pass_context
+def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
+    """Show everything the tool holds about EMAIL: fields, lists, deliveries, what came back by mail.
+
+    The address matches case-insensitively; one that isn't a subscriber exits 2.
+    --json is the export a reader may ask for (their data, machine-readable).
+
+    \b
+    Example:
+      newsletter subscribers show ann@example.org --json > ann.json
+    """
+    with _store(ctx) as store:
+        record = DataRights(store).person(email)
+    if record is None:
+        raise SubscriberError(f"{email} is not a subscriber")
+    if as_json:
+        click.echo(json.dumps(record.as_json(), indent=2, ensure_ascii=False))
+    else:
+        for line in record.lines():
+            click.echo(line)
+
+
+@subscribers.command("forget")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Don't ask for confirmation.")
+@click.pass_context
+def forget_command(ctx: click.Context, email: str, yes: bool) -> None:
+    """Erase EMAIL's person: address, name and fields, everywhere the database keeps them.
+
+    All that stays is a keyed hash of the address (NEWSLETTER_SECRET_KEY), so that no
+    import or `subscribers add` brings them back (only a new double opt-in by them can),
+    and a row marked `forgotten` so each issue's counts stay right. Run it again: nothing
+    changes. An address that was never a subscriber exits 2.
+
+    \b
+    Example:
+      newsletter subscribers forget ann@example.org --yes
+    """
+    keys = split_keys(_settings(ctx).secret_key.reveal())
+    if not keys:
+        raise ConfigError("forgetting keeps a keyed hash of the address: set NEWSLETTER_SECRET_KEY")
+    if not yes:
+        click.confirm(f"Erase {email} for good (this can't be undone)?", abort=True)
+    with _store(ctx) as store:
+        outcome = DataRights(store).forget(email, keys)
+    if outcome == "unknown":
+        raise SubscriberError(f"{email} is not a subscriber")
+    click.echo(f"{email} was forgotten already: nothing changed" if outcome == "already"
+               else f"forgot {email}: only a keyed hash of the address is kept")
+
+
 @subscribers.command("list")
 @click.option("--list", "list_name", default=None, help="Only active members of this list.")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]), default=None)
+@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained", "forgotten"]),
+              default=None)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @click.pass_context
 def list_command(ctx: click.Context, list_name: str | None, status: str | None, as_json: bool) -> None:

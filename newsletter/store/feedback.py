@@ -77,7 +77,9 @@ _LEAVE_LIST = ("UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
                " WHERE subscriber_id = ? AND list_id = ? AND status = 'active'")
 _LEAVE_ALL = ("UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
               " WHERE subscriber_id = ? AND status = 'active'")
-_COMPLAINED = "UPDATE subscribers SET status = 'complained', updated_at = ? WHERE id = ? AND status <> 'complained'"
+# A forgotten subscriber stays forgotten (issue 16: their row must not look like anyone's again).
+_COMPLAINED = ("UPDATE subscribers SET status = 'complained', updated_at = ?"
+               " WHERE id = ? AND status NOT IN ('complained', 'forgotten')")
 _BOUNCED = ("UPDATE subscribers SET status = 'bounced', updated_at = ?"
             " WHERE id = ? AND status IN ('active', 'unsubscribed')")
 #: each issue's first soft-bounce day near a day, for one subscriber
@@ -148,6 +150,10 @@ class Feedback:
             if row is None:
                 return "unknown"
             person, list_id = str(row[0]), row[1]
+            if person == "forgotten":
+                # A late report about someone forgotten still counts in its issue's figures, but
+                # its text (which may quote their address) is not kept.
+                diagnostic = ""
             inserted = cursor.execute(
                 _INSERT, (issue_id, subscriber_id, kind, status, diagnostic, moment, day, fingerprint)).fetchone()
             if inserted is None:

@@ -10,6 +10,7 @@ from newsletter.errors import SubscriberError
 from newsletter.models import is_valid_name
 from newsletter.store.subscriber_files import UniqueRows, csv_lines, read_csv
 from newsletter.store.subscribers import Store, UpsertCounts
+from newsletter.tokens import split_keys
 
 __all__ = [
     "ImportReport",
@@ -48,7 +49,10 @@ def import_subscribers(csv_path: str | Path, list_name: str, settings: Settings,
             if errors and all_or_nothing:
                 return ImportReport(None, errors)
             with Store.open(settings.database.location) as store:
-                counts = store.upsert_subscribers(rows, list_name=list_name)
+                # Forgotten addresses are recognised by their keyed hash and left out.
+                keys = split_keys(settings.secret_key.reveal())
+                store.check_forget_keys(keys)
+                counts = store.upsert_subscribers(rows, list_name=list_name, forget_keys=keys)
     except OSError as exc:
         raise SubscriberError(f"{source}: can't read it: {exc.strerror or exc}") from exc
     return ImportReport(counts, errors)

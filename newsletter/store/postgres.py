@@ -164,6 +164,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deliveries ADD COLUMN feedback_at DOUBLE PRECISION;
     CREATE INDEX memberships_ended ON memberships (list_id, updated_at) WHERE status = 'unsubscribed';
     """,
+    """
+    ALTER TABLE subscribers DROP CONSTRAINT subscribers_status_check;
+    ALTER TABLE subscribers ADD CONSTRAINT subscribers_status_check
+        CHECK (status IN ('active', 'unsubscribed', 'bounced', 'complained', 'forgotten'));
+    CREATE TABLE forgotten (
+        hash          TEXT PRIMARY KEY,
+        forgotten_at  TEXT NOT NULL
+    );
+    """,
 )
 
 
@@ -172,7 +181,7 @@ INDEX_LOOKUPS_ONLY = ("enable_seqscan", "enable_bitmapscan", "enable_hashjoin", 
 #: an import's update of the subscribers of a chunk who were there before (by primary key)
 UPDATE_SUBSCRIBERS = ("UPDATE subscribers SET name = u.name, fields = u.fields, updated_at = ?"
                       " FROM unnest(?::bigint[], ?::text[], ?::text[]) AS u(id, name, fields)"
-                      " WHERE subscribers.id = u.id")
+                      " WHERE subscribers.id = u.id AND subscribers.status <> 'forgotten'")
 # An import's lookups take the values as an array (the first parameter), each looked up by a
 # LATERAL subquery that OFFSET 0 keeps from being flattened into a join: whatever the
 # statistics say, the plan is one index search per value (a join let the planner read the

@@ -188,6 +188,22 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deliveries ADD COLUMN feedback_at REAL;
     CREATE INDEX memberships_ended ON memberships (list_id, updated_at) WHERE status = 'unsubscribed';
     """,
+    # 8: data rights (issue 16 item 6). A forgotten subscriber keeps a row ('forgotten', a
+    # placeholder address, no name or fields) so that each issue's deliveries and counts stay
+    # right; the address itself survives only as a keyed hash in ``forgotten`` (its primary
+    # key is the lookup an import makes), so that no import or ``add`` silently brings them
+    # back. The CHECK gains one value the way migration 7 did it.
+    """
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_master SET sql = replace(sql, '''bounced'', ''complained'')',
+                                           '''bounced'', ''complained'', ''forgotten'')')
+        WHERE type = 'table' AND name = 'subscribers';
+    PRAGMA writable_schema = RESET;
+    CREATE TABLE forgotten (
+        hash          TEXT PRIMARY KEY,            -- hex HMAC-SHA256 of the lower-cased address
+        forgotten_at  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 #: values one ``IN (…)`` list of an import's lookups holds
@@ -397,7 +413,7 @@ class SQLiteDialect:
         """``executemany`` by the primary key."""
         if rows:
             cursor.executemany(
-                "UPDATE subscribers SET name = ?, fields = ?, updated_at = ? WHERE id = ?",
+                "UPDATE subscribers SET name = ?, fields = ?, updated_at = ? WHERE id = ? AND status <> 'forgotten'",
                 [(name, fields, now, subscriber_id) for subscriber_id, name, fields in rows],
             )
 

@@ -17,8 +17,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from newsletter.errors import ConfigError
 from newsletter.store.dialect import Cursor
 from newsletter.store.engine import Database
+from newsletter.store.rights import lookup_forgotten
 
 __all__ = [
     "IMPORT_CHUNK",
@@ -86,6 +88,7 @@ class UpsertCounts:
     added: int
     updated: int
     kept_out: int  # unsubscribed or bounced before: left as they were
+    forgotten: int = 0  # forgotten before (``subscribers forget``): not added again
 
 
 def _now() -> str:
@@ -125,7 +128,8 @@ class Store(Database):
         rows = self.query("SELECT id FROM lists WHERE name = ?", (name,))
         return int(rows[0][0]) if rows else None
 
-    def upsert_subscribers(self, rows: Iterable[SubscriberRow], *, list_name: str) -> UpsertCounts:
+    def upsert_subscribers(self, rows: Iterable[SubscriberRow], *, list_name: str,
+                           forget_keys: Sequence[bytes] = ()) -> UpsertCounts:
         """Add or update ``rows`` and put them on ``list_name``, all in one transaction.
 
         Addresses merge case-insensitively (the same address twice merges like two imports).
@@ -133,19 +137,32 @@ class Store(Database):
         import never re-activates them, and a list it adds them to counts them as left.
         ``rows`` is read :data:`IMPORT_CHUNK` at a time, so an iterator of any length (a
         million rows of ``subscribers import``) takes the same memory as a few thousand.
+
+        An address that was forgotten (``subscribers forget``: its keyed hash under one of
+        ``forget_keys``, the keys of ``NEWSLETTER_SECRET_KEY``, is kept) is not added again
+        and counts as ``forgotten``. Without keys nobody can be recognised: a command calls
+        :meth:`check_forget_keys` first.
         """
-        added = updated = kept_out = 0
+        added = updated = kept_out = forgotten = 0
         now = _now()
         with self.transaction() as cursor:
             self.dialect.prefer_index_lookups(cursor)
             list_id = self._list_id(cursor, list_name)
             pending = iter(rows)
             while chunk := list(itertools.islice(pending, IMPORT_CHUNK)):
-                counts = self._merge(cursor, list_id, chunk, now)
+                counts = self._merge(cursor, list_id, chunk, now, forget_keys)
                 added, updated, kept_out = added + counts.added, updated + counts.updated, kept_out + counts.kept_out
-        return UpsertCounts(added, updated, kept_out)
+                forgotten += counts.forgotten
+        return UpsertCounts(added, updated, kept_out, forgotten)
 
-    def _merge(self, cursor: Cursor, list_id: int, rows: Sequence[SubscriberRow], now: str) -> UpsertCounts:
+    def check_forget_keys(self, forget_keys: Sequence[bytes]) -> None:
+        """Raise ConfigError when some address was forgotten and there is no key to recognise it by."""
+        if not forget_keys and self.query("SELECT 1 FROM forgotten LIMIT 1"):
+            raise ConfigError("some subscribers were forgotten (subscribers forget) and no secret key can tell"
+                              " who they were: set NEWSLETTER_SECRET_KEY (the one used to forget them)")
+
+    def _merge(self, cursor: Cursor, list_id: int, rows: Sequence[SubscriberRow], now: str,
+               forget_keys: Sequence[bytes] = ()) -> UpsertCounts:
         """One chunk of an import: read what exists for it, decide in memory, write with a few statements.
 
         Each statement covers the whole chunk: on PostgreSQL a statement is a round trip
@@ -159,14 +176,21 @@ class Store(Database):
             for found in cursor.execute(sql, params).fetchall():
                 people[found["email_key"]] = _Person(int(found["id"]), found["email"], found["name"],
                                                      found["status"], json.loads(found["fields"]))
+        # Of the addresses not stored, those forgotten before: one primary-key search per hash.
+        unknown = [key for key in keys if key not in people]
+        skipped = set(lookup_forgotten(cursor, unknown, forget_keys)) if unknown and forget_keys else set()
         on_list: dict[int, str] = {}
         known_ids = [person.id for person in people.values() if person.id is not None]
         for sql, params in self.dialect.memberships_on_list(list_id, known_ids):
             for found in cursor.execute(sql, params).fetchall():
                 on_list[int(found["subscriber_id"])] = found["status"]
         joined: set[str] = set()  # keys with a membership row by the end of this chunk
+        forgotten = 0
         for row in rows:
             key = row.email.lower()
+            if key in skipped:
+                forgotten += 1
+                continue
             person = people.get(key)
             if person is None:
                 people[key] = _Person(None, row.email, row.name, "active", dict(row.fields), changed=True)
@@ -182,6 +206,8 @@ class Store(Database):
                     kept_out += 1
             joined.add(key)
         new = [(key, person) for key, person in people.items() if person.id is None]
+        # A forgotten row never takes a name or fields again, even from an import that read it
+        # just before it was forgotten (PostgreSQL: the update re-checks the row it waited for).
         changed = [person for person in people.values() if person.changed and person.id is not None]
         # The new ones in order (their ids follow the file's order), and they learn their ids.
         for subscriber_id, key in self.dialect.insert_subscribers(
@@ -195,7 +221,7 @@ class Store(Database):
         members = [(person.id, "active" if person.status == "active" else "unsubscribed")
                    for person in (people[key] for key in joined) if person.id is not None]
         self.dialect.insert_memberships(cursor, list_id, members, now)
-        return UpsertCounts(added, updated, kept_out)
+        return UpsertCounts(added, updated, kept_out, forgotten)
 
     def unsubscribe(self, email: str, *, list_name: str | None = None) -> bool:
         """Unsubscribe ``email`` from ``list_name``, or from everything; False if unknown.
@@ -372,7 +398,7 @@ class Store(Database):
 
     def count(self, *, list_name: str | None = None) -> dict[str, int]:
         """How many subscribers there are per status (on ``list_name`` if given)."""
-        counts = {"active": 0, "unsubscribed": 0, "bounced": 0}
+        counts = {"active": 0, "unsubscribed": 0, "bounced": 0}  # others (complained, forgotten) when there are any
         if list_name is None:
             rows = self.query("SELECT status, count(*) FROM subscribers GROUP BY status")
         else:
