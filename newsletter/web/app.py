@@ -73,6 +73,11 @@ class _Web:
     def message(self, status: int, heading: str, text: str, link: str = "", link_text: str = "") -> HTMLResponse:
         return self.page("message.html", status, heading=heading, text=text, link=link, link_text=link_text)
 
+    def forgotten(self) -> HTMLResponse:
+        return self.message(410, "This address was erased",
+                            "At its owner's request we erased this address and everything we held about it."
+                            " It gets no mail from us.")
+
     def invalid_token(self) -> HTMLResponse:
         return self.message(400, "This link is not valid",
                             "The unsubscribe link is incomplete or was changed. Use the link at the end of"
@@ -101,6 +106,8 @@ def create_app(settings: Settings) -> ASGIApp:
         membership = await run_in_threadpool(unsubscribe.find_membership, settings.database.location, web.signer, token)
         if membership is None:
             return web.invalid_token()
+        if membership.forgotten:
+            return web.forgotten()
         return web.page("unsubscribe.html", email=membership.email, list_name=membership.list_name,
                         active=membership.active, suppressed=membership.suppressed,
                         complained=membership.complained, action=f"/unsubscribe/{token}")
@@ -118,6 +125,9 @@ def create_app(settings: Settings) -> ASGIApp:
             if one_click:
                 return PlainTextResponse("Invalid unsubscribe token.\n", status_code=400)
             return web.invalid_token()
+        if membership.forgotten:
+            # Nothing to end: every list already stopped, and the page must show nothing of them.
+            return PlainTextResponse("Unsubscribed.\n") if one_click else web.forgotten()
         if one_click or action == "unsubscribe":
             await run_in_threadpool(unsubscribe.unsubscribe, settings.database.location, membership)
             if one_click:

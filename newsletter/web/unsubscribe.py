@@ -37,6 +37,8 @@ class Membership:
     suppressed: bool = False
     #: suppressed because its reader reported our mail as spam, not because mail to it came back
     complained: bool = False
+    #: the person was erased at their request (``subscribers forget``): nothing of them is shown
+    forgotten: bool = False
 
 
 def find_membership(database: str | Path, signer: TokenSigner, token: str) -> Membership | None:
@@ -49,7 +51,7 @@ def find_membership(database: str | Path, signer: TokenSigner, token: str) -> Me
     if found is None:
         return None
     return Membership(verified.subscriber_id, verified.list_id, found.email, found.list_name, found.receives,
-                      found.suppressed, found.person == "complained")
+                      found.suppressed, found.person == "complained", found.person == "forgotten")
 
 
 def unsubscribe(database: str | Path, membership: Membership) -> bool:

@@ -447,6 +447,24 @@ def test_an_address_that_complained_is_not_resubscribed_by_the_button(site: Site
         assert store.subscribers(list_name="default", emails=["grace@example.org"]) == []
 
 
+def test_the_link_of_a_forgotten_reader_shows_nothing_of_them(site: Site) -> None:
+    """After `subscribers forget`, an old link names nobody: no placeholder address, no 'undeliverable'."""
+    from newsletter.store.rights import DataRights
+
+    url = site.one_click_url("grace@example.org")
+    with Store.open(site.settings.database.path) as store:
+        assert DataRights(store).forget("grace@example.org", split_keys(KEY)) == "forgotten"
+    page = httpx.get(url)
+    assert page.status_code == 410 and "erased" in page.text
+    assert "forgotten.invalid" not in page.text and "undeliverable" not in page.text and "grace" not in page.text
+    back = httpx.post(url, data={"action": "resubscribe"}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert back.status_code == 410 and "Welcome back" not in back.text
+    one_click = httpx.post(url, data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200  # RFC 8058: the sender's answer to a one-click POST is success
+    with Store.open(site.settings.database.path) as store:
+        assert store.subscribers(list_name="default", emails=["grace@example.org"]) == []
+
+
 def test_a_one_click_unsubscribe_does_not_wait_behind_archive_pages(site: Site,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """40 archive requests in flight, each held inside the archive's own work by a gate this test opens
