@@ -27,7 +27,7 @@ from newsletter.devtools.outbox import Outbox
 from newsletter.store.subscribers import Store, SubscriberRow
 from newsletter.web.app import create_app
 from newsletter.web.archive import build_static
-from newsletter.web.feed import atom_feed
+from newsletter.web.feed import FEED_LIMIT, atom_feed
 from tests.conftest import SEED_ISSUE, write_issue
 from tests.harness.smtpserver import free_port
 from tests.web.test_app import KEY, PEOPLE, Site
@@ -217,3 +217,18 @@ def test_an_archive_with_no_issue_sent_has_a_valid_empty_feed(tmp_path: Path) ->
     parsed = _parsed(document)
     assert parsed.entries == [] and parsed.feed.title == "The Briefing"
     assert document == atom_feed([], settings)  # the same every time: nothing in it moves
+
+
+def test_the_feed_holds_the_latest_fifty_issues(site: Site) -> None:
+    # 60 more issues as the ledger records them once sent (text kept, first_sent_at written), in 2025.
+    text = "---\nsubject: Old news\ndate: 2025-01-01\n---\n# Old\n\nOld news.\n"
+    with Store.open(site.settings.database.path) as store, store.transaction() as cursor:
+        for number in range(60):
+            moment = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=number)
+            cursor.execute("INSERT INTO issues (slug, list_name, subject, content_hash, created_at, source_text,"
+                           " first_sent_at) VALUES (?, 'default', ?, 'x', ?, ?, ?)",
+                           (f"old-{number:02d}", f"Old news {number}", moment.isoformat(), text, moment.isoformat()))
+    parsed = _parsed(_feed(site).content)
+    assert len(parsed.entries) == FEED_LIMIT == 50
+    assert [entry.title for entry in parsed.entries] == [f"Old news {number}" for number in range(59, 9, -1)]
+    assert _moment(parsed.feed.updated_parsed) == dt.datetime(2025, 3, 1, tzinfo=dt.UTC)  # day 59 of 2025
