@@ -12,7 +12,8 @@ It starts ``newsletter serve`` as a user does (``.venv/bin/newsletter --config â
 --port P``, ``NEWSLETTER_SECRET_KEY`` set) and measures, over HTTP on 127.0.0.1:
 
 * **alone**: ``GET /issues/`` (the index), ``GET /issues/<slug>/`` (a known issue, its
-  page rendered once and then cached) and ``GET /issues/nope/`` (an unknown slug), each
+  page rendered once and then cached), ``GET /issues/nope/`` (an unknown slug) and
+  ``GET /issues/feed.xml`` (the Atom feed, its summaries parsed once and then cached), each
   ``--archive-requests`` times (default 30) one after another on a keep-alive connection;
   the first render of the known page on its own;
 * **under load**: 40 threads each keep one archive request in flight (index, known and
@@ -410,7 +411,8 @@ def measure(backend: str, folder: Path, count: int, requests: int, quiet_wait: f
             first = sequential(base, "first render", known, 1)
             rows = [sequential(base, "GET /issues/ (index)", "/issues/", requests),
                     sequential(base, f"GET {known} (known, cached)", known, requests),
-                    sequential(base, "GET /issues/nope/ (unknown slug)", "/issues/nope/", requests)]
+                    sequential(base, "GET /issues/nope/ (unknown slug)", "/issues/nope/", requests),
+                    sequential(base, "GET /issues/feed.xml (Atom feed)", "/issues/feed.xml", requests)]
             signer = TokenSigner(split_keys(BENCH_SECRET_KEY))
             tokens = [signer.make(subscriber, 1) for subscriber in range(1, ONE_CLICKS + 1)]
             clicks, archive = under_load(base, ["/issues/", known, "/issues/nope/"], tokens)
@@ -422,7 +424,7 @@ def measure(backend: str, folder: Path, count: int, requests: int, quiet_wait: f
         problems += feedback_problems_found
         feedback_notes.insert(0, f"{events:,} feedback rows and {count // 300 + count // 1000:,} ended "
                                  f"memberships added in {seconds:.1f} s.")
-    for row, expected in zip(rows, (200, 200, 404, 200), strict=False):
+    for row, expected in zip(rows, (200, 200, 404, 200, 200), strict=False):
         if set(row.statuses) != {expected}:
             problems.append(f"{row.name}: statuses {sorted(set(row.statuses))}, expected {expected}")
     if first.statuses != [200]:

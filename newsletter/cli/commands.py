@@ -818,7 +818,7 @@ def archive_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
 @click.pass_context
 def archive_build_command(ctx: click.Context, out_dir: str, as_json: bool) -> None:
-    """Write every sent issue's web version and an index to OUT_DIR/issues/.
+    """Write every sent issue's web version, an index and an Atom feed to OUT_DIR/issues/.
 
     The same pages as `newsletter serve` shows, for any static web server: upload
     OUT_DIR so that OUT_DIR/issues/ is at [sender] site_url/issues/ (the emails'
@@ -834,7 +834,8 @@ def archive_build_command(ctx: click.Context, out_dir: str, as_json: bool) -> No
     if as_json:
         click.echo(json.dumps({"files": [str(path) for path in written]}, indent=2))
     else:
-        click.echo(f"wrote {len(written) - 1} issue page(s) and the index to {Path(out_dir) / 'issues'}", err=True)
+        click.echo(f"wrote {len(written) - 2} issue page(s), the index and feed.xml to {Path(out_dir) / 'issues'}",
+                   err=True)
 
 
 @main.command("preview")

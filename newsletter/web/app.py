@@ -11,6 +11,7 @@ Routes:
   does it and shows the result, with the way back.
 - ``GET /issues/`` and ``GET /issues/<slug>/``: the archive and each sent issue's web version,
   worked out on threads of their own, so that no number of them delays an unsubscribe.
+- ``GET /issues/feed.xml``: the archive's Atom feed (the latest sent issues), on the same threads.
 
 A forged, altered or malformed token gets 400 and changes nothing. Every response carries
 security headers (a CSP with no script at all, no referrer); bodies are capped at 16 KiB; a
@@ -40,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.tokens import TokenSigner, split_keys
-from newsletter.web import archive, unsubscribe
+from newsletter.web import archive, feed, unsubscribe
 from newsletter.web.security import MAX_BODY, SecurityHeaders, page_policy, redact_path
 
 __all__ = [
@@ -66,6 +67,8 @@ class _Web:
     signer: TokenSigner
     #: slug -> (a digest of the issue's text, its web version): rendered once per version
     pages: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: a digest of an issue's text -> its summary in the feed: each version parsed once
+    summaries: dict[str, str] = field(default_factory=dict)
 
     def page(self, template: str, status: int = 200, **values: object) -> HTMLResponse:
         return HTMLResponse(archive.page(template, self.settings, **values), status_code=status)
@@ -184,6 +187,13 @@ def create_app(settings: Settings) -> ASGIApp:
             web.pages[slug] = cached = (stamp, html)
         return HTMLResponse(cached[1])
 
+    def feed_document() -> Response:
+        items = feed.feed_items(settings.database.location, settings.issues_dir, web.summaries)
+        return Response(feed.atom_feed(items, settings), media_type=feed.MEDIA_TYPE)
+
+    async def archive_feed(request: Request) -> Response:
+        return await on_archive_thread(feed_document)
+
     async def archive_index(request: Request) -> Response:
         return await on_archive_thread(index_page)
 
@@ -207,6 +217,7 @@ def create_app(settings: Settings) -> ASGIApp:
             Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET", "HEAD"]),
             Route("/unsubscribe/{token}", unsubscribe_post, methods=["POST"]),
             Route("/issues/", archive_index),
+            Route("/issues/feed.xml", archive_feed),  # before /issues/{slug}, which would redirect it
             Route("/issues/{slug}/", archive_issue),
             Route("/issues/{slug}", issue_without_slash),
         ],

@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import tempfile
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -168,38 +169,51 @@ def web_version(text: str, source: str, settings: Settings) -> str:
     """The issue (``text``, named ``source``) as a web page: the email's HTML with no recipient data in it."""
     issue = parse_issue(text, source=source)
     rendered = render_issue(issue, sender=settings.sender, templates_dir=settings.templates_dir, web=True)
-    return fill_html(rendered, web_recipient(settings))
+    html = fill_html(rendered, web_recipient(settings))
+    # The page names the archive's feed, for browsers and feed readers that look for one. An absolute
+    # URL: served and built pages are the same bytes, and the email's own links are absolute too.
+    # (The email template is not touched: the emails must not point at a feed.)
+    link = (f'<link rel="alternate" type="application/atom+xml" title="{escape(settings.sender.from_name)}"'
+            f' href="{escape(settings.sender.site_url)}/issues/feed.xml">')
+    head_end = html.find("</head>")
+    return html if head_end < 0 else f"{html[:head_end]}{link}\n{html[head_end:]}"
 
 
 def index_page(entries: list[ArchiveEntry], settings: Settings, *, prefix: str = "/issues/") -> str:
     """The list of sent issues; links are ``prefix + slug + "/"``."""
     issues = [{"href": f"{prefix}{entry.slug}/", "subject": entry.subject, "date": entry.date} for entry in entries]
-    return page("archive.html", settings, issues=issues, robots="index")
+    return page("archive.html", settings, issues=issues, robots="index", feed_href=f"{prefix}feed.xml")
 
 
 def build_static(out_dir: Path, settings: Settings) -> list[Path]:
-    """Write the archive as static files: ``issues/index.html`` and ``issues/<slug>/index.html``.
+    """Write the archive as static files: ``issues/index.html``, ``issues/<slug>/index.html`` and the
+    Atom feed ``issues/feed.xml`` (the same bytes as ``newsletter serve`` answers).
 
     Everything is rendered first, then written (each file atomically), so a broken issue
     file leaves ``out_dir`` as it was. An issue is shown as it was sent (the ledger keeps
     its text); one sent before the ledger did, and whose file is gone, is left out. Returns the files written.
     """
+    # Imported here: the feed module builds on this one's entries.
+    from newsletter.web.feed import atom_feed, feed_items
+
     entries = sent_issues(settings.database.location)
-    pages: dict[Path, str] = {}
+    pages: dict[Path, bytes] = {}
     kept: list[ArchiveEntry] = []
     for entry in entries:
         found = issue_source(settings.database.location, entry, settings.issues_dir)
         if found is None:
             continue
-        pages[Path("issues") / entry.slug / "index.html"] = web_version(*found, settings)
+        pages[Path("issues") / entry.slug / "index.html"] = web_version(*found, settings).encode("utf-8")
         kept.append(entry)
     # Relative links, so that the folder works wherever it is served from.
-    pages[Path("issues") / "index.html"] = index_page(kept, settings, prefix="./")
+    pages[Path("issues") / "index.html"] = index_page(kept, settings, prefix="./").encode("utf-8")
+    pages[Path("issues") / "feed.xml"] = atom_feed(feed_items(settings.database.location, settings.issues_dir),
+                                                   settings)
     written = []
-    for relative, html in pages.items():
+    for relative, data in pages.items():
         target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(target, html.encode("utf-8"))
+        _write_atomically(target, data)
         written.append(target)
     return written
 

@@ -603,3 +603,16 @@ def test_the_archive_reads_one_row_per_issue_and_finds_a_slug_by_index(database:
         assert "Index Scan using issues_slug_key on issues" in slug and "Seq Scan" not in slug, slug
     else:
         assert slug == "SEARCH issues USING INDEX sqlite_autoindex_issues_1 (slug=?)", slug
+
+
+def test_the_feed_reads_the_issues_alone(database: str | Path, open_ledger: OpenLedger) -> None:
+    """The Atom feed's one query reads one row per issue, as the archive index does: never the deliveries,
+    so a million of them cost it nothing."""
+    from newsletter.web import feed
+
+    ledger, _, _ = open_ledger(database, 2)
+    store = ledger.store
+    _index_only(store)
+    plan = store.explain(feed.FEED_SQL)
+    assert "deliveries" not in plan, plan
+    assert "issues" in plan, plan

@@ -316,7 +316,7 @@ def test_the_archive_lists_sent_issues_without_anyone_s_data(site: Site, tmp_pat
     # The static export is the same pages.
     written = build_static(tmp_path / "public", site.settings)
     assert {path.relative_to(tmp_path / "public").as_posix() for path in written} == {
-        "issues/index.html", f"issues/{SLUG}/index.html"}
+        "issues/index.html", f"issues/{SLUG}/index.html", "issues/feed.xml"}
     assert (tmp_path / "public" / "issues" / SLUG / "index.html").read_text(encoding="utf-8") == issue.text
     assert f'href="./{SLUG}/"' in (tmp_path / "public" / "issues" / "index.html").read_text(encoding="utf-8")
 
