@@ -40,6 +40,7 @@ from newsletter.errors import (
 )
 from newsletter.issue.parse import slug_from_path
 from newsletter.preflight.report import COMPAT_KINDS, check_files
+from newsletter.store.consent import consent_claim
 from newsletter.store.feedback import Feedback, feedback_rates, feedback_warnings
 from newsletter.store.importing import check_list_name, import_subscribers
 from newsletter.store.ledger import STATES, Ledger
@@ -267,21 +268,26 @@ def subscribers() -> None:
 @click.argument("csv_file", type=click.Path(dir_okay=False))
 @click.option("--list", "list_name", default="default", show_default=True, help="The list to put them on.")
 @click.option("--all-or-nothing", is_flag=True, help="Import nothing when any row is bad.")
+@click.option("--consent", metavar="HOW", default=None,
+              help="How these readers agreed (recorded for each membership the import creates).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts and errors as JSON.")
 @click.pass_context
-def import_command(ctx: click.Context, csv_file: str, list_name: str, all_or_nothing: bool, as_json: bool) -> None:
+def import_command(ctx: click.Context, csv_file: str, list_name: str, all_or_nothing: bool, consent: str | None,
+                   as_json: bool) -> None:
     """Import CSV_FILE (columns email, name, any others become merge fields).
 
     Good rows are added or updated in one transaction; each bad row is reported with
     its line, and the exit status is then 1 (2 with --all-or-nothing, nothing imported).
     Addresses merge case-insensitively, and nobody who unsubscribed or bounced is
-    re-activated.
+    re-activated. --consent "how" records, for each membership the import creates,
+    how those readers agreed (see `subscribers show`).
 
     \b
     Example:
-      newsletter subscribers import readers.csv --list morning
+      newsletter subscribers import readers.csv --list morning --consent "paper form, book fair 2026"
     """
-    report = import_subscribers(csv_file, list_name, _settings(ctx), all_or_nothing=all_or_nothing)
+    report = import_subscribers(csv_file, list_name, _settings(ctx), all_or_nothing=all_or_nothing,
+                                consent=consent)
     counts = report.counts
     if as_json:
         click.echo(json.dumps({
@@ -309,15 +315,21 @@ def import_command(ctx: click.Context, csv_file: str, list_name: str, all_or_not
 @click.option("--name", default="", help="Display name.")
 @click.option("--list", "list_name", default="default", show_default=True)
 @click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A merge field (repeatable).")
+@click.option("--consent", metavar="HOW", default=None,
+              help="How they agreed (recorded when this puts them on the list).")
 @click.pass_context
-def add_command(ctx: click.Context, email: str, name: str, list_name: str, fields: tuple[str, ...]) -> None:
+def add_command(ctx: click.Context, email: str, name: str, list_name: str, fields: tuple[str, ...],
+                consent: str | None) -> None:
     """Add (or update) one subscriber on a list.
+
+    --consent "how" records how they agreed, when this puts them on the list.
 
     \b
     Example:
-      newsletter subscribers add ann@example.org --name "Ann Reader" --field city=Leeds
+      newsletter subscribers add ann@example.org --name "Ann Reader" --field city=Leeds --consent "asked by phone"
     """
     row = subscriber_row(email, name, dict(_split_field(item) for item in fields))
+    claim = None if consent is None else consent_claim("cli", consent)
     keys = split_keys(_settings(ctx).secret_key.reveal())
     with _store(ctx) as store:
         check_list_name(list_name)
@@ -327,7 +339,7 @@ def add_command(ctx: click.Context, email: str, name: str, list_name: str, field
             raise SubscriberError(f"{row.email} was forgotten at their request ({forgotten_at}) and is not added"
                                   " again: only a new double opt-in by them can bring them back"
                                   " (self-signup is not built yet)")
-        counts = store.upsert_subscribers([row], list_name=list_name, forget_keys=keys)
+        counts = store.upsert_subscribers([row], list_name=list_name, forget_keys=keys, consent=claim)
     state = "added" if counts.added else "updated"
     note = " (stays unsubscribed or bounced)" if counts.kept_out else ""
     click.echo(f"{state} {row.email} on list '{list_name}'{note}")

@@ -6,5 +6,6 @@ contract each backend states its own SQL in where the two differ, ``sqlite`` and
 ``subscribers`` is subscribers, lists and memberships; ``ledger`` is the deliveries and the
 runs that send them; ``subscriber_files`` reads and writes subscriber lists (CSV, JSON);
 ``importing`` brings a CSV file into a list; ``feedback`` is what comes back by mail; ``rights``
-is what is held about one person, and forgetting them.
+is what is held about one person, and forgetting them; ``consent`` is who agreed to which list,
+how and when.
 """

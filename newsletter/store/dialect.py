@@ -186,6 +186,11 @@ class Dialect(Protocol):
                            now: str) -> None:
         """Put (subscriber id, status) on a list; an existing membership keeps its status."""
 
+    def insert_consents(self, cursor: Cursor, list_id: int, ids: Sequence[int], method: str, source: str,
+                        now: str) -> None:
+        """One consent row (``method``, ``source``, requested ``now``, no network) per subscriber of ``ids``
+        on a list: one ``INSERT … SELECT`` statement, whatever the number of ids."""
+
 
 def first_line(exc: BaseException) -> str:
     """An exception's text on one line (its class name when it has none)."""

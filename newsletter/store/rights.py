@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from newsletter.store.consent import SOURCE_LIMIT, Consents
 from newsletter.store.dialect import Cursor
 from newsletter.store.engine import Database
 
@@ -99,7 +100,7 @@ class PersonRecord:
     memberships: list[dict[str, Any]]
     deliveries: list[dict[str, Any]]
     feedback: list[dict[str, Any]]
-    #: consent records (issue 16 item 3) are not kept yet: this stays empty until they are
+    #: consent events (issue 16 item 3): list, method, source, network, requested and confirmed
     consent: list[dict[str, Any]]
 
     def as_json(self) -> dict[str, Any]:
@@ -120,9 +121,12 @@ class PersonRecord:
         yield "memberships:" + ("" if self.memberships else " (none)")
         for item in self.memberships:
             yield f"  {item['list']}\t{item['status']}\tsince {item['created_at']}\tchanged {item['updated_at']}"
-        yield "consent:" + ("" if self.consent else " (no consent records are kept yet)")
+        yield "consent:" + ("" if self.consent else " (none recorded)")
         for item in self.consent:
-            yield "  " + "\t".join(f"{key}={value}" for key, value in item.items())
+            confirmed = f"confirmed {item['confirmed_at']}" if item["confirmed_at"] else "not confirmed"
+            network = f"\tfrom {item['ip_prefix']}" if item["ip_prefix"] else ""
+            yield (f"  {item['list']}\t{item['method']}\trequested {item['requested_at']}\t{confirmed}"
+                   f"{network}\t{item['source']}").rstrip()
         yield "deliveries:" + ("" if self.deliveries else " (none)")
         for item in self.deliveries:
             reply = "" if item["last_code"] is None else f"\t{item['last_code']} {item['last_text'] or ''}".rstrip()
@@ -176,7 +180,8 @@ class DataRights:
             feedback = [{"issue": str(f["slug"]), "kind": str(f["kind"]), "status": f["status"],
                          "diagnostic": str(f["diagnostic"]), "at": _when(f["at"])}
                         for f in self.store.query(_FEEDBACK, (subscriber_id,))]
-        return PersonRecord(subscriber, memberships, deliveries, feedback, consent=[])
+            consent = [record.as_json() for record in Consents(self.store).of_subscriber(subscriber_id)]
+        return PersonRecord(subscriber, memberships, deliveries, feedback, consent=consent)
 
     def was_forgotten(self, address: str, keys: Sequence[bytes]) -> str | None:
         """When ``address`` was forgotten (its hash under one of ``keys`` is kept), or None."""
@@ -223,6 +228,13 @@ class DataRights:
                 diagnostic = _scrub(found["diagnostic"], secrets, placeholder)
                 if diagnostic != found["diagnostic"]:
                     cursor.execute("UPDATE feedback SET diagnostic = ? WHERE id = ?", (diagnostic, found["id"]))
+            # The consent events stay (when, how, which list), without the requester's network
+            # (item 6: "consent IPs") and with the person scrubbed from their source text.
+            for found in cursor.execute("SELECT id, source FROM consents WHERE subscriber_id = ?",
+                                        (subscriber_id,)).fetchall():
+                source = _scrub(found["source"], secrets, placeholder) or ""
+                cursor.execute("UPDATE consents SET ip_prefix = NULL, source = ? WHERE id = ?",
+                               (source[:SOURCE_LIMIT], found["id"]))
             # Memberships stay as they were (no address in them): ending them now would count
             # as an unsubscribe in the latest issue's figures. The status keeps them from any list.
         return "forgotten"

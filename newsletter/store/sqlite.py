@@ -11,6 +11,7 @@ full, read-only, damaged) and what to do about it.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import time
@@ -203,6 +204,30 @@ MIGRATIONS: tuple[str, ...] = (
         hash          TEXT PRIMARY KEY,            -- hex HMAC-SHA256 of the lower-cased address
         forgotten_at  TEXT NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # 9: consent (issue 16 items 2 and 3). A membership may be 'pending' (a signup waiting for
+    # its double opt-in: dispatch selects 'active' only, so it is never mailed); the CHECK
+    # gains the value the way migration 7 did it. Each consent event is a row of ``consents``:
+    # how (form, api, import, cli), where (the form's page, or an import's --consent text),
+    # the requester's network (an address truncated to /24 or /48, never the address), when
+    # it was asked for and when it was confirmed. Read per subscriber (``subscribers show``).
+    """
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_master SET sql = replace(sql, 'CHECK (status IN (''active'', ''unsubscribed''))',
+                                           'CHECK (status IN (''active'', ''unsubscribed'', ''pending''))')
+        WHERE type = 'table' AND name = 'memberships';
+    PRAGMA writable_schema = RESET;
+    CREATE TABLE consents (
+        id             INTEGER PRIMARY KEY,
+        subscriber_id  INTEGER NOT NULL REFERENCES subscribers(id),
+        list_id        INTEGER NOT NULL REFERENCES lists(id),
+        method         TEXT NOT NULL CHECK (method IN ('form', 'api', 'import', 'cli')),
+        source         TEXT NOT NULL DEFAULT '' CHECK (length(source) <= 500),
+        ip_prefix      TEXT,                       -- '203.0.113.0/24', '2001:db8:1::/48'
+        requested_at   TEXT NOT NULL,
+        confirmed_at   TEXT
+    );
+    CREATE INDEX consents_subscriber ON consents (subscriber_id, list_id);
     """,
 )
 
@@ -425,6 +450,16 @@ class SQLiteDialect:
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(list_id, subscriber_id, status, now, now) for subscriber_id, status in members],
         )
+
+    def insert_consents(self, cursor: Cursor, list_id: int, ids: Sequence[int], method: str, source: str,
+                        now: str) -> None:
+        """One ``INSERT … SELECT`` over the ids as a JSON array (``json_each``): SQLite has no arrays."""
+        if ids:
+            cursor.execute(
+                "INSERT INTO consents (subscriber_id, list_id, method, source, requested_at)"
+                " SELECT j.value, ?, ?, ?, ? FROM json_each(?) AS j",
+                (list_id, method, source, now, json.dumps([int(i) for i in ids])),
+            )
 
 
 class FileRunLock:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from newsletter.errors import ConfigError
+from newsletter.store.consent import ConsentClaim
 from newsletter.store.dialect import Cursor
 from newsletter.store.engine import Database
 from newsletter.store.rights import lookup_forgotten
@@ -67,7 +68,7 @@ class MembershipState:
 
     email: str
     list_name: str
-    status: str  # 'active' | 'unsubscribed'
+    status: str  # 'active' | 'unsubscribed' | 'pending'
     person: str  # 'active' | 'unsubscribed' | 'bounced' | 'complained'
 
     @property
@@ -129,7 +130,7 @@ class Store(Database):
         return int(rows[0][0]) if rows else None
 
     def upsert_subscribers(self, rows: Iterable[SubscriberRow], *, list_name: str,
-                           forget_keys: Sequence[bytes] = ()) -> UpsertCounts:
+                           forget_keys: Sequence[bytes] = (), consent: ConsentClaim | None = None) -> UpsertCounts:
         """Add or update ``rows`` and put them on ``list_name``, all in one transaction.
 
         Addresses merge case-insensitively (the same address twice merges like two imports).
@@ -142,6 +143,10 @@ class Store(Database):
         ``forget_keys``, the keys of ``NEWSLETTER_SECRET_KEY``, is kept) is not added again
         and counts as ``forgotten``. Without keys nobody can be recognised: a command calls
         :meth:`check_forget_keys` first.
+
+        With ``consent`` (``--consent "how"``), each membership this creates gets one consent
+        row saying so (:mod:`newsletter.store.consent`), in the same transaction and with one
+        statement per chunk; a membership that was there already gets none.
         """
         added = updated = kept_out = forgotten = 0
         now = _now()
@@ -150,7 +155,7 @@ class Store(Database):
             list_id = self._list_id(cursor, list_name)
             pending = iter(rows)
             while chunk := list(itertools.islice(pending, IMPORT_CHUNK)):
-                counts = self._merge(cursor, list_id, chunk, now, forget_keys)
+                counts = self._merge(cursor, list_id, chunk, now, forget_keys, consent)
                 added, updated, kept_out = added + counts.added, updated + counts.updated, kept_out + counts.kept_out
                 forgotten += counts.forgotten
         return UpsertCounts(added, updated, kept_out, forgotten)
@@ -162,7 +167,7 @@ class Store(Database):
                               " who they were: set NEWSLETTER_SECRET_KEY (the one used to forget them)")
 
     def _merge(self, cursor: Cursor, list_id: int, rows: Sequence[SubscriberRow], now: str,
-               forget_keys: Sequence[bytes] = ()) -> UpsertCounts:
+               forget_keys: Sequence[bytes] = (), consent: ConsentClaim | None = None) -> UpsertCounts:
         """One chunk of an import: read what exists for it, decide in memory, write with a few statements.
 
         Each statement covers the whole chunk: on PostgreSQL a statement is a round trip
@@ -221,6 +226,10 @@ class Store(Database):
         members = [(person.id, "active" if person.status == "active" else "unsubscribed")
                    for person in (people[key] for key in joined) if person.id is not None]
         self.dialect.insert_memberships(cursor, list_id, members, now)
+        if consent is not None:
+            # The memberships made just now: those not on the list when the chunk was read.
+            created = [subscriber_id for subscriber_id, _ in members if subscriber_id not in on_list]
+            self.dialect.insert_consents(cursor, list_id, created, consent.method, consent.source, now)
         return UpsertCounts(added, updated, kept_out, forgotten)
 
     def unsubscribe(self, email: str, *, list_name: str | None = None) -> bool:
@@ -398,12 +407,13 @@ class Store(Database):
 
     def count(self, *, list_name: str | None = None) -> dict[str, int]:
         """How many subscribers there are per status (on ``list_name`` if given)."""
-        counts = {"active": 0, "unsubscribed": 0, "bounced": 0}  # others (complained, forgotten) when there are any
+        # others (complained, forgotten; on a list, pending) when there are any
+        counts = {"active": 0, "unsubscribed": 0, "bounced": 0}
         if list_name is None:
             rows = self.query("SELECT status, count(*) FROM subscribers GROUP BY status")
         else:
             rows = self.query(
-                "SELECT CASE WHEN s.status = 'active' AND m.status = 'unsubscribed' THEN 'unsubscribed'"
+                "SELECT CASE WHEN s.status = 'active' AND m.status <> 'active' THEN m.status"
                 " ELSE s.status END AS state, count(*)"
                 " FROM memberships m JOIN lists l ON l.id = m.list_id JOIN subscribers s ON s.id = m.subscriber_id"
                 " WHERE l.name = ? GROUP BY state",

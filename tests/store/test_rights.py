@@ -113,7 +113,7 @@ def test_show_prints_everything_held_about_one_person(tmp_path: Path, ledger: st
     text = cli(tmp_path, ledger, "subscribers", "show", ANN)
     assert text.exit_code == 0, text.output
     for expected in (f"address:  {ANN}", "name:     Annabel Lovelace", "  city: Reykjavik-Harbour",
-                     "  default\tactive", "  other\tactive", "consent: (no consent records are kept yet)",
+                     "  default\tactive", "  other\tactive", "consent: (none recorded)",
                      f"  {SLUG}\tsent\t1 attempt(s)\tsent 2026-01-01T10:00:00+00:00",
                      "\tsoft_bounce\t4.2.2\t452 4.2.2 <ANN.READER@EXAMPLE.ORG>"):
         assert expected in text.stdout, expected
