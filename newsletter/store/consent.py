@@ -125,7 +125,10 @@ class Consents:
 
     def record(self, subscriber_id: int, list_id: int, *, method: str, source: str = "",
                ip: str | None = None, at: str | None = None) -> int:
-        """Record one consent event (requested ``at``, default now); its id.
+        """Record one consent event (requested ``at``, default now) for an existing membership; its id.
+
+        The membership comes first (:meth:`add_pending` for a signup): a consent row
+        references it, so recording one for a membership that isn't there is a StoreError.
 
         ``ip`` is the requester's address, kept only as :func:`truncate_ip`'s network
         (ValueError when it isn't an address); ``source`` is cut to :data:`SOURCE_LIMIT`

@@ -283,3 +283,13 @@ def test_show_lists_a_confirmed_signup_and_forget_drops_its_network(tmp_path: Pa
             ("form", f"https://example.org/join?ref=forgotten-{subscriber_id}@forgotten.invalid", None,
              "2026-03-01T10:00:00+00:00", "2026-03-01T10:05:00+00:00")]
         assert DataRights(store).person("dora@example.org") is None
+
+
+def test_a_consent_is_about_a_membership_that_exists(store: Store) -> None:
+    subscriber_id, list_id = sid(store, "r0@example.org"), store.find_list("default")
+    assert list_id is not None
+    with pytest.raises(StoreError):
+        Consents(store).record(subscriber_id, list_id + 1, method="cli")
+    with pytest.raises(StoreError):
+        Consents(store).record(subscriber_id + 1000, list_id, method="cli")
+    assert store.query("SELECT count(*) FROM consents")[0][0] == 0
