@@ -131,12 +131,15 @@ class Consents:
         references it, so recording one for a membership that isn't there is a StoreError.
 
         ``ip`` is the requester's address, kept only as :func:`truncate_ip`'s network
-        (ValueError when it isn't an address); ``source`` is cut to :data:`SOURCE_LIMIT`
-        characters (a form's page is untrusted text, and a bounded record is still a record).
+        (ValueError when it isn't an address); ``source`` loses control and format characters
+        (a terminal escape, a direction override: a form's page is untrusted text that
+        ``subscribers show`` prints) and is cut to :data:`SOURCE_LIMIT` characters (a bounded
+        record is still a record).
         """
         if method not in CONSENT_METHODS:
             raise ValueError(f"consent method {method!r}: not one of {', '.join(CONSENT_METHODS)}")
         prefix = None if ip is None else truncate_ip(ip)
+        source = "".join(char for char in source if char.isprintable()).strip()
         with self.store.transaction() as cursor:
             row = cursor.execute(_INSERT, (subscriber_id, list_id, method, source[:SOURCE_LIMIT], prefix,
                                            at or _now())).fetchone()

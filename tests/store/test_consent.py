@@ -143,6 +143,9 @@ def test_a_consent_keeps_the_network_never_the_address(store: Store) -> None:
     stored = repr(store.query("SELECT * FROM consents"))
     assert "203.0.113.77" not in stored and "::99" not in stored
     assert consents.of_subscriber(sid(store, "r0@example.org")) == []
+    third = consents.record(subscriber_id, list_id, method="form", source="\x1b[2Jhttps://example.org/\u202eoj\tin\n")
+    assert consents.of_subscriber(subscriber_id)[-1].id == third
+    assert consents.of_subscriber(subscriber_id)[-1].source == "[2Jhttps://example.org/ojin"
     with pytest.raises(ValueError):
         consents.record(subscriber_id, list_id, method="form", ip="somewhere")
     with pytest.raises(ValueError):
