@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
 
 from newsletter.cli.commands import main
@@ -18,13 +17,6 @@ from newsletter.store.subscribers import Store, SubscriberRow
 pytest_plugins = ["tests.harness.pgserver"]
 
 SENT = 1000
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    if request.param == "sqlite":
-        return tmp_path / "news.db"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def cli(tmp_path: Path, database: str | Path, *args: str) -> Result:

@@ -344,3 +344,12 @@ def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]
     url = pg_server.create_database(name)
     yield url
     pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store goes, once per backend: the SQLite file ``tmp_path / "news.db"``, or a fresh
+    PostgreSQL database's URL (the backend contract: every store test runs on both)."""
+    if request.param == "sqlite":
+        return tmp_path / "news.db"
+    return str(request.getfixturevalue("pg_url"))

@@ -38,13 +38,6 @@ SAYS = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    if request.param == "sqlite":
-        return tmp_path / "store.db"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def store(database: str | Path) -> Iterator[Store]:
     """r0..r4@example.org on 'default' (r0 and r1 on 'other' too), and one issue sent to them."""

@@ -26,14 +26,6 @@ from tests.conftest import ROOT
 pytest_plugins = ["tests.harness.pgserver"]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where a store goes: an SQLite file, or a fresh PostgreSQL database's URL."""
-    if request.param == "sqlite":
-        return tmp_path / "store.db"
-    return str(request.getfixturevalue("pg_url"))
-
-
 OpenLedger = Callable[..., tuple[Ledger, int, int]]
 
 

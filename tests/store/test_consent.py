@@ -23,14 +23,6 @@ pytest_plugins = ["tests.harness.pgserver"]
 KEY = "k" * 32
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where a store goes: an SQLite file, or a fresh PostgreSQL database's URL."""
-    if request.param == "sqlite":
-        return tmp_path / "news.db"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def store(database: str | Path) -> Iterator[Store]:
     """Three readers (r0..r2@example.org) on 'default'."""

@@ -23,14 +23,6 @@ DAY = 86_400.0
 T0 = 20_000 * DAY + 43_200
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where a store goes: an SQLite file, or a fresh PostgreSQL database's URL."""
-    if request.param == "sqlite":
-        return tmp_path / "store.db"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def store(database: str | Path) -> Iterator[Store]:
     """Five readers (r0..r4@example.org) on 'default', r0 and r1 also on 'other'."""

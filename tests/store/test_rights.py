@@ -28,14 +28,6 @@ ANN_CLEAR = ("ann.reader@example.org", "annabel lovelace", "reykjavik-harbour")
 SLUG = "2026-01-01-news"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where a store goes: an SQLite file, or a fresh PostgreSQL database's URL."""
-    if request.param == "sqlite":
-        return tmp_path / "news.db"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def ledger(database: str | Path) -> str | Path:
     """Ann (on two lists, a name and a field), Bob and Cleo; one issue sent to them, with an SMTP reply and
