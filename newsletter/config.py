@@ -29,6 +29,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from newsletter.errors import ConfigError
+from newsletter.models import is_valid_name
 from newsletter.sanitize import direction_control
 from newsletter.tokens import MAX_BOUNCE_LOCAL_PART, UNSUBSCRIBE_TAG
 
@@ -39,9 +40,11 @@ __all__ = [
     "DispatchSettings",
     "DkimSettings",
     "InboundSettings",
+    "ListSettings",
     "Secret",
     "SenderSettings",
     "Settings",
+    "SignupSettings",
     "SmtpSettings",
     "is_loopback",
     "known_keys",
@@ -417,6 +420,70 @@ class InboundSettings:
 
 
 @dataclass(frozen=True)
+class SignupSettings:
+    """How readers sign up themselves (``[signup]``): double opt-in's timing and the abuse limits.
+
+    The limits are counted in the database, so they hold across every ``serve`` process.
+    """
+
+    #: at most one confirmation email per address within this many hours (a signup form used to
+    #: mail-bomb someone sends the victim one email); a signup within it joins the confirmation sent
+    confirm_every_hours: float = _key(24.0, _number(positive=True))
+    #: days a confirmation link stays valid; a pending signup that isn't confirmed by then is purged
+    pending_days: int = _key(7, _whole(1, 365))
+    #: signups accepted per hour from one network (an IPv4 /24 or an IPv6 /48); 0 = no limit
+    per_network_per_hour: int = _key(30, _whole(0, 10**9))
+    #: signups accepted per hour in all (a flood from many networks); 0 = no limit
+    per_hour: int = _key(1000, _whole(0, 10**9))
+
+
+@dataclass(frozen=True)
+class ListSettings:
+    """One list readers may sign up to and manage themselves (``[lists.NAME]``)."""
+
+    #: the list's name: what issues name in their front matter (``list:``)
+    name: str
+    #: what the signup and preferences pages call it (default: the name)
+    title: str
+    #: one or two sentences under the title on those pages
+    description: str = ""
+    #: an issue file sent once to each reader who confirms (relative to the config file), or None
+    welcome: Path | None = None
+    #: whether ``/subscribe`` offers it (False: only the preferences page shows it, to its members)
+    signup: bool = True
+
+
+#: the keys a ``[lists.NAME]`` table may hold
+_LIST_KEYS = ("description", "signup", "title", "welcome")
+
+
+def _lists(data: Mapping[str, Any], path: Path, base: Path) -> tuple[ListSettings, ...]:
+    """The ``[lists.NAME]`` tables, in the file's order, each key checked."""
+    tables = data.get("lists", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{path}: 'lists' must hold tables, one per list: [lists.NAME]")
+    lists: dict[str, ListSettings] = {}
+    for name, values in tables.items():
+        if not is_valid_name(name):
+            raise ConfigError(f"{path}: [lists.{name}]: a list name is lower-case letters, digits, '-' and '_'"
+                              " (it is what issues say in 'list:')")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [lists.{name}] must be a table (lists.{name}.title = ... or [lists.{name}])")
+        unknown = sorted(set(values) - set(_LIST_KEYS))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key [lists.{name}] {unknown[0]} (known: {', '.join(_LIST_KEYS)})")
+        where = functools.partial(_Where, path, f"lists.{name}", base=base)
+        title = _text(values["title"], where(key="title")).strip() if "title" in values else name
+        description = _text(values["description"], where(key="description")).strip() if "description" in values else ""
+        welcome = _path_or_none(values["welcome"], where(key="welcome")) if "welcome" in values else None
+        signup = values.get("signup", True)
+        if not isinstance(signup, bool):
+            raise where(key="signup").error(" must be true or false")
+        lists[name] = ListSettings(name, title or name, description, welcome, signup)
+    return tuple(lists.values())
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the tool is configured with."""
 
@@ -427,6 +494,9 @@ class Settings:
     dkim: DkimSettings = _table(DkimSettings)
     bounces: BouncesSettings = _table(BouncesSettings)
     inbound: InboundSettings = _table(InboundSettings)
+    signup: SignupSettings = _table(SignupSettings)
+    #: ``[lists.NAME]``: the lists readers may sign up to and manage, in the file's order
+    lists: tuple[ListSettings, ...] = ()
     issues_dir: Path = _key(Path("issues"), _path, name="dir", table="issues")
     templates_dir: Path | None = _key(None, _path, name="dir", table="templates")
     secret_key: Secret = field(default_factory=lambda: Secret(""))
@@ -434,6 +504,10 @@ class Settings:
     config_path: Path | None = None
     #: the Chromium that `newsletter check --browser` drives (NEWSLETTER_CHROMIUM); "" = find it
     chromium: str = ""
+
+    def list_settings(self, name: str) -> ListSettings | None:
+        """The ``[lists.NAME]`` settings of list ``name``, or None when the file has none for it."""
+        return next((item for item in self.lists if item.name == name), None)
 
 
 def _declared(settings: type[Any] = Settings, table: str = "") -> Iterator[tuple[type[Any], str, _Key, str]]:
@@ -483,7 +557,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         raise ConfigError(f"{config_path}: no such config file")
     base = config_path.resolve().parent if config_path.exists() else Path.cwd()
     _check_keys(data, config_path)
-    settings = Settings(**_values(Settings, "", data, config_path, base))
+    settings = Settings(**_values(Settings, "", data, config_path, base), lists=_lists(data, config_path, base))
     smtp, dispatch, database = settings.smtp, settings.dispatch, settings.database
     if smtp.tls_skip_verify_for and smtp.tls_skip_verify_for != smtp.host:
         raise ConfigError(
@@ -564,8 +638,10 @@ def _values(settings: type[Any], table: str, data: Mapping[str, Any], path: Path
 def _check_keys(data: dict[str, Any], path: Path) -> None:
     known = _known_keys()
     for table, values in data.items():
+        if table == "lists":  # a table of tables, one per list: checked by _lists
+            continue
         if table not in known:
-            raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join(known)})")
+            raise ConfigError(f"{path}: unknown table [{table}] (known: {', '.join([*known, 'lists.NAME'])})")
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: '{table}' must be a table, [{table}]")
         unknown = set(values) - set(known[table])

@@ -123,17 +123,24 @@ def test_the_readme_shows_every_key_the_settings_declare() -> None:
     for line in block.splitlines():
         line = line.removeprefix("# ")  # a key without a default value is shown commented out
         if line.startswith("["):
-            table = line.strip("[]")
+            table = line.split("]", 1)[0].strip("[")
         elif " = " in line:
             shown.setdefault(table, set()).add(line.split(" = ", 1)[0].strip())
-    assert {name: tuple(sorted(keys)) for name, keys in sorted(shown.items())} == known_keys()
+    # [lists.NAME] is a table per list; the example shows one, with every key a list may have.
+    expected = {**known_keys(), "lists.briefing": ("description", "signup", "title", "welcome")}
+    assert {name: tuple(sorted(keys)) for name, keys in sorted(shown.items())} == dict(sorted(expected.items()))
 
 
 @pytest.mark.parametrize(("toml", "message"), [
     ("[smtp]\ncolour = 1", "unknown key [smtp] colour (known: ca_file, connections, final_reply_timeout, host,"
      " max_per_hour, port, rate, security, timeout, tls_skip_verify_for, username)"),
-    ('[smpt]\nhost = "x"', "unknown table [smpt] (known: bounces, database, dispatch, dkim, inbound, issues, sender, smtp,"
-     " templates)"),
+    ('[smpt]\nhost = "x"', "unknown table [smpt] (known: bounces, database, dispatch, dkim, inbound, issues, sender,"
+     " signup, smtp, templates, lists.NAME)"),
+    ('[lists.Daily]\ntitle = "x"', "[lists.Daily]: a list name is lower-case letters, digits, '-' and '_'"),
+    ('[lists.daily]\ntitel = "x"', "unknown key [lists.daily] titel (known: description, signup, title, welcome)"),
+    ('[lists.daily]\nsignup = "yes"', "[lists.daily] signup must be true or false"),
+    ('[lists.daily]\ntitle = "a\\u202eb"', "[lists.daily] title contains the direction control"),
+    ("[signup]\npending_days = 0", "[signup] pending_days must be a whole number from 1 to 365"),
     ("smtp = 1", "'smtp' must be a table, [smtp]"),
     ('[smtp]\npassword = "s3cret"', "unknown key [smtp] password"),  # a secret comes from the environment only
     ('[sender]\nfrom_name = "Ed"', "unknown key [sender] from_name"),  # the file says from = "Ed <ed@…>"
@@ -201,3 +208,19 @@ def test_the_bounce_notice_names_where_bounces_and_mail_unsubscribes_go() -> Non
                       " mailbox that `newsletter inbound` reads")
     # an explicit unsubscribe_mailto may be a mailbox `newsletter inbound` reads: only bounces are lost
     assert "unsubscribe" not in SenderSettings(unsubscribe_mailto="out@news.example.com").bounce_notice.split(";")[0]
+
+
+def test_lists_are_read_in_the_files_order_with_paths_relative_to_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "conf" / "newsletter.toml"
+    config.parent.mkdir()
+    config.write_text('[lists.daily]\ntitle = "The Daily"\ndescription = "Mornings."\nwelcome = "issues/hi.md"\n'
+                      "[lists.events]\nsignup = false\n", encoding="utf-8")
+    settings = load_settings(config, {})
+    assert [item.name for item in settings.lists] == ["daily", "events"]
+    daily = settings.list_settings("daily")
+    assert daily is not None and daily.title == "The Daily" and daily.description == "Mornings."
+    assert daily.welcome == tmp_path / "conf" / "issues" / "hi.md" and daily.signup
+    events = settings.list_settings("events")
+    assert events is not None and events.title == "events" and events.welcome is None and not events.signup
+    assert settings.list_settings("other") is None
+    assert settings.signup.pending_days == 7 and settings.signup.confirm_every_hours == 24
