@@ -258,7 +258,7 @@ def test_add_refuses_a_forgotten_address_and_names_the_way_back(tmp_path: Path, 
 def test_the_lookups_use_indexes(database: str | Path) -> None:
     """By the address (email_key), by subscriber (memberships, feedback, each issue's delivery), by hash."""
     with Store.open(database) as store:
-        if store.dialect.name == "postgres":
+        if store.dialect.name == "postgresql":
             # A small table is read whole whatever its indexes; what matters is that one can serve.
             store.connection.execute("SET enable_seqscan = off")
         plans = {name: store.explain(sql, params) for name, sql, params in (
