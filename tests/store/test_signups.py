@@ -407,3 +407,16 @@ def test_leaving_everything_ends_pending_memberships_too(store: Store) -> None:
     assert memberships(store, "new@example.org") == {"default": "unsubscribed", "other": "unsubscribed"}
     assert Signups(store, OPEN).confirm(outcome.confirmation_id or 0, now=T0).lists == ()
     assert store.query("SELECT status FROM subscribers WHERE email_key = 'new@example.org'")[0][0] == "unsubscribed"
+
+
+def test_a_new_signup_counts_as_pending_not_active_until_it_confirms(store: Store) -> None:
+    """``subscribers count`` (Store.count): someone whose every membership is pending doesn't count as active."""
+    signups = Signups(store, OPEN)
+    first = signups.request(signup("new@example.org", "default", "offers"), now=T0)
+    signups.request(signup("old@example.org", "offers"), now=T0)  # active on default: stays active
+    signups.request(signup("gone@example.org"), now=T0)
+    store.unsubscribe("gone@example.org")  # removed from everything before confirming: unsubscribed
+    assert store.count() == {"active": 1, "unsubscribed": 1, "bounced": 0, "pending": 1}
+    assert store.count(list_name="offers") == {"active": 0, "unsubscribed": 0, "bounced": 0, "pending": 2}
+    assert signups.confirm(first.confirmation_id or 0, now=T0).status == "confirmed"
+    assert store.count() == {"active": 2, "unsubscribed": 1, "bounced": 0}  # "pending" only when there are any
