@@ -64,6 +64,10 @@ _DELIVERIES = ("SELECT i.slug, d.issue_id, d.status, d.attempts, d.last_code, d.
 _FEEDBACK = ("SELECT f.id, i.slug, f.kind, f.status, f.diagnostic, f.at FROM feedback f"
              " JOIN issues i ON i.id = f.issue_id WHERE f.subscriber_id = ? ORDER BY f.at, f.id")
 _FORGOTTEN = "SELECT hash, forgotten_at FROM forgotten WHERE hash IN ({marks})"
+_CONSENT_SOURCES = "SELECT id, source FROM consents WHERE subscriber_id = ?"
+_UNLINK_CONSENTS = "UPDATE consents SET confirmation_id = NULL WHERE subscriber_id = ? AND confirmation_id IS NOT NULL"
+_DROP_CONFIRMATIONS = "DELETE FROM confirmations WHERE subscriber_id = ?"
+_DROP_WELCOMES = "DELETE FROM welcomes WHERE subscriber_id = ?"
 
 
 def forget_hash(address: str, key: bytes) -> str:
@@ -231,18 +235,16 @@ class DataRights:
                     cursor.execute("UPDATE feedback SET diagnostic = ? WHERE id = ?", (diagnostic, found["id"]))
             # The consent events stay (when, how, which list), without the requester's network
             # (item 6: "consent IPs") and with the person scrubbed from their source text.
-            for found in cursor.execute("SELECT id, source FROM consents WHERE subscriber_id = ?",
-                                        (subscriber_id,)).fetchall():
+            for found in cursor.execute(_CONSENT_SOURCES, (subscriber_id,)).fetchall():
                 source = _scrub(found["source"], secrets, placeholder) or ""
                 cursor.execute("UPDATE consents SET ip_prefix = NULL, source = ? WHERE id = ?",
                                (source[:SOURCE_LIMIT], found["id"]))
             # The outbox of signups (issue 16): each confirmation and welcome email's row, whose
             # SMTP reply may quote the address. Nothing in them is needed once the person is gone
             # (the consent rows keep when and how they confirmed), and a queued one must not go out.
-            cursor.execute("UPDATE consents SET confirmation_id = NULL WHERE subscriber_id = ?"
-                           " AND confirmation_id IS NOT NULL", (subscriber_id,))
-            cursor.execute("DELETE FROM confirmations WHERE subscriber_id = ?", (subscriber_id,))
-            cursor.execute("DELETE FROM welcomes WHERE subscriber_id = ?", (subscriber_id,))
+            cursor.execute(_UNLINK_CONSENTS, (subscriber_id,))
+            cursor.execute(_DROP_CONFIRMATIONS, (subscriber_id,))
+            cursor.execute(_DROP_WELCOMES, (subscriber_id,))
             # Memberships stay as they were (no address in them): ending them now would count
             # as an unsubscribe in the latest issue's figures. The status keeps them from any list.
         return "forgotten"

@@ -65,7 +65,8 @@ _ERROR_LIMIT = 1000
 _COUNTER_KEEP = 86_400
 _HOUR = 3600
 
-# Statements named so that a test and the benchmark can EXPLAIN exactly these (the hot ones).
+# Statements named so that a test and the benchmark (benchmarks/subscribers.py) can EXPLAIN exactly these:
+# every one that reads or changes rows by something other than a primary key.
 _COUNT = ("INSERT INTO signup_counters (key, window_start, count) VALUES (?, ?, 1)"
           " ON CONFLICT (key, window_start) DO UPDATE SET count = signup_counters.count + 1 RETURNING count")
 _LATEST = ("SELECT id, created_at, expires_at, confirmed_at FROM confirmations WHERE subscriber_id = ?"
@@ -83,6 +84,36 @@ _WELCOME_DUE = ("SELECT w.id, w.subscriber_id, s.email, s.name, s.status AS pers
                 " LEFT JOIN memberships m ON m.list_id = w.list_id AND m.subscriber_id = w.subscriber_id"
                 " WHERE w.status IN ('queued', 'sending') AND w.next_attempt_at <= ?"
                 " ORDER BY w.next_attempt_at LIMIT ?{lock}")
+_CONSENTED = "SELECT list_id FROM consents WHERE confirmation_id = ?"
+_REFRESH = ("UPDATE memberships SET updated_at = ? WHERE list_id = ? AND subscriber_id = ?"
+            " AND status = 'pending'")
+_BY_KEY = "SELECT id, status FROM subscribers WHERE email_key = ?"
+_VIEW = ("SELECT s.email, c.expires_at, c.confirmed_at FROM confirmations c"
+         " JOIN subscribers s ON s.id = c.subscriber_id WHERE c.id = ?")
+_CONFIRM_CONSENTS = "UPDATE consents SET confirmed_at = ? WHERE confirmation_id = ? AND confirmed_at IS NULL"
+_CONFIRMED_LISTS = ("SELECT c.list_id, l.name, max(c.requested_at) FROM consents c JOIN lists l ON l.id = c.list_id"
+                    " WHERE c.confirmation_id = ? GROUP BY c.list_id, l.name")
+_ACTIVATE = ("UPDATE memberships SET status = 'active', updated_at = ? WHERE subscriber_id = ? AND list_id = ?"
+             " AND (status = 'pending' OR (status = 'unsubscribed' AND updated_at <= ?))")
+_ACTIVE_LISTS = ("SELECT DISTINCT l.name FROM consents c JOIN lists l ON l.id = c.list_id"
+                 " JOIN memberships m ON m.list_id = c.list_id AND m.subscriber_id = ?"
+                 " JOIN subscribers s ON s.id = m.subscriber_id"
+                 " WHERE c.confirmation_id = ? AND m.status = 'active' AND s.status = 'active' ORDER BY l.name")
+_DROP_CONSENTS = "DELETE FROM consents WHERE confirmation_id = ? AND confirmed_at IS NULL"
+_UNLINK_CONSENTS = "UPDATE consents SET confirmation_id = NULL WHERE confirmation_id = ?"
+_DROP_PENDING = ("DELETE FROM memberships WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'"
+                 " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM consents c"
+                 " WHERE c.subscriber_id = memberships.subscriber_id AND c.list_id = memberships.list_id)")
+_DROP_SUBSCRIBER = ("DELETE FROM subscribers WHERE id = ? AND status IN ('active', 'unsubscribed')"
+                    " AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = subscribers.id)"
+                    " AND NOT EXISTS (SELECT 1 FROM consents c WHERE c.subscriber_id = subscribers.id)"
+                    " AND NOT EXISTS (SELECT 1 FROM confirmations c WHERE c.subscriber_id = subscribers.id)"
+                    " AND NOT EXISTS (SELECT 1 FROM welcomes w WHERE w.subscriber_id = subscribers.id)"
+                    " AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.subscriber_id = subscribers.id)"
+                    # deliveries: one search of its primary key per issue (there is no index by subscriber)
+                    " AND NOT EXISTS (SELECT 1 FROM issues i CROSS JOIN deliveries d"
+                    "                 WHERE d.issue_id = i.id AND d.subscriber_id = subscribers.id)")
+_DROP_COUNTERS = "DELETE FROM signup_counters WHERE window_start < ?"
 _EXPIRED = "SELECT id, subscriber_id FROM confirmations WHERE confirmed_at IS NULL AND expires_at < ?"
 _PENDING_OLD = "SELECT subscriber_id, list_id FROM memberships WHERE status = 'pending' AND updated_at < ?"
 
@@ -257,8 +288,7 @@ class Signups:
                 confirmation_id, joined = self._confirmation(cursor, subscriber_id, moment)
                 already = set()
                 if joined:
-                    already = {int(row[0]) for row in cursor.execute(
-                        "SELECT list_id FROM consents WHERE confirmation_id = ?", (confirmation_id,)).fetchall()}
+                    already = {int(row[0]) for row in cursor.execute(_CONSENTED, (confirmation_id,)).fetchall()}
                 source = clean_source(request.source)
                 for list_id in wanted:
                     if list_id not in memberships:
@@ -267,8 +297,7 @@ class Signups:
                                        (list_id, subscriber_id, stamp, stamp))
                     elif memberships[list_id] == "pending":
                         # Fresh again: purge ends pending memberships by this time.
-                        cursor.execute("UPDATE memberships SET updated_at = ? WHERE list_id = ? AND subscriber_id = ?"
-                                       " AND status = 'pending'", (stamp, list_id, subscriber_id))
+                        cursor.execute(_REFRESH, (stamp, list_id, subscriber_id))
                     # An ended membership stays ended until the confirmation: a signup in someone
                     # else's name must not change what they chose (and purge never deletes it).
                     if list_id not in already:
@@ -294,7 +323,7 @@ class Signups:
 
     def _subscriber(self, cursor: Cursor, request: SignupRequest, key: str, stamp: str) -> tuple[int, str]:
         """(id, status) of the subscriber with address ``key``, made (with the request's name) if there is none."""
-        row = cursor.execute("SELECT id, status FROM subscribers WHERE email_key = ?", (key,)).fetchone()
+        row = cursor.execute(_BY_KEY, (key,)).fetchone()
         if row is None:
             # ON CONFLICT: another process may be adding the same address right now (PostgreSQL).
             row = cursor.execute(
@@ -302,7 +331,7 @@ class Signups:
                 " ON CONFLICT (email_key) DO NOTHING RETURNING id, status",
                 (request.email.strip(), key, request.name.strip(), stamp, stamp)).fetchone()
             if row is None:
-                row = cursor.execute("SELECT id, status FROM subscribers WHERE email_key = ?", (key,)).fetchone()
+                row = cursor.execute(_BY_KEY, (key,)).fetchone()
         return int(row[0]), str(row[1])
 
     @staticmethod
@@ -333,8 +362,7 @@ class Signups:
         """What the confirm page shows about ``confirmation_id`` (changing nothing), or None when there is none."""
         stamp = _iso(_utc(now))
         with self.store.snapshot():
-            rows = self.store.query("SELECT s.email, c.expires_at, c.confirmed_at FROM confirmations c"
-                                    " JOIN subscribers s ON s.id = c.subscriber_id WHERE c.id = ?", (confirmation_id,))
+            rows = self.store.query(_VIEW, (confirmation_id,))
             if not rows:
                 return None
             lists = tuple(str(row[0]) for row in self.store.query(_LISTS_OF, (confirmation_id,)))
@@ -372,19 +400,12 @@ class Signups:
                 if confirmed is None:
                     return ConfirmResult("expired", email)
                 return ConfirmResult("already", email, self._active_lists(cursor, confirmation_id, subscriber_id))
-            cursor.execute("UPDATE consents SET confirmed_at = ? WHERE confirmation_id = ? AND confirmed_at IS NULL",
-                           (stamp, confirmation_id))
+            cursor.execute(_CONFIRM_CONSENTS, (stamp, confirmation_id))
             activated: list[tuple[int, str]] = []
             if person["status"] in ("active", "unsubscribed"):  # not a suppressed one (bounced since)
-                for found in cursor.execute(
-                        "SELECT c.list_id, l.name, max(c.requested_at) FROM consents c JOIN lists l ON l.id = c.list_id"
-                        " WHERE c.confirmation_id = ? GROUP BY c.list_id, l.name", (confirmation_id,)).fetchall():
+                for found in cursor.execute(_CONFIRMED_LISTS, (confirmation_id,)).fetchall():
                     list_id, name, requested = int(found[0]), str(found[1]), str(found[2])
-                    if cursor.execute(
-                            "UPDATE memberships SET status = 'active', updated_at = ? WHERE subscriber_id = ?"
-                            " AND list_id = ? AND (status = 'pending'"
-                            " OR (status = 'unsubscribed' AND updated_at <= ?))",
-                            (stamp, subscriber_id, list_id, requested)).rowcount:
+                    if cursor.execute(_ACTIVATE, (stamp, subscriber_id, list_id, requested)).rowcount:
                         activated.append((list_id, name))
                 if activated:
                     cursor.execute("UPDATE subscribers SET status = 'active', updated_at = ?"
@@ -403,12 +424,7 @@ class Signups:
     @staticmethod
     def _active_lists(cursor: Cursor, confirmation_id: int, subscriber_id: int) -> tuple[str, ...]:
         """The lists of a confirmation that its subscriber gets now."""
-        return tuple(str(row[0]) for row in cursor.execute(
-            "SELECT DISTINCT l.name FROM consents c JOIN lists l ON l.id = c.list_id"
-            " JOIN memberships m ON m.list_id = c.list_id AND m.subscriber_id = ?"
-            " JOIN subscribers s ON s.id = m.subscriber_id"
-            " WHERE c.confirmation_id = ? AND m.status = 'active' AND s.status = 'active' ORDER BY l.name",
-            (subscriber_id, confirmation_id)).fetchall())
+        return tuple(str(row[0]) for row in cursor.execute(_ACTIVE_LISTS, (subscriber_id, confirmation_id)).fetchall())
 
     # --- the outbox ------------------------------------------------------------------------
 
@@ -530,31 +546,15 @@ class Signups:
             for subscriber_id in people:  # in order: two purges never wait for each other in a circle
                 self.store.serialize(cursor, _SUBSCRIBER_LOCK | subscriber_id)
             for confirmation_id, _ in expired:
-                consents += cursor.execute("DELETE FROM consents WHERE confirmation_id = ? AND confirmed_at IS NULL",
-                                           (confirmation_id,)).rowcount
+                consents += cursor.execute(_DROP_CONSENTS, (confirmation_id,)).rowcount
                 # A consent confirmed through another link keeps its record, without the link.
-                cursor.execute("UPDATE consents SET confirmation_id = NULL WHERE confirmation_id = ?",
-                               (confirmation_id,))
+                cursor.execute(_UNLINK_CONSENTS, (confirmation_id,))
                 confirmations += cursor.execute("DELETE FROM confirmations WHERE id = ? AND confirmed_at IS NULL",
                                                 (confirmation_id,)).rowcount
             for subscriber_id, list_id in pending:
-                memberships += cursor.execute(
-                    "DELETE FROM memberships WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'"
-                    " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM consents c"
-                    " WHERE c.subscriber_id = memberships.subscriber_id AND c.list_id = memberships.list_id)",
-                    (subscriber_id, list_id, cutoff)).rowcount
+                memberships += cursor.execute(_DROP_PENDING, (subscriber_id, list_id, cutoff)).rowcount
             for subscriber_id in people:
-                subscribers += cursor.execute(
-                    "DELETE FROM subscribers WHERE id = ? AND status IN ('active', 'unsubscribed')"
-                    " AND NOT EXISTS (SELECT 1 FROM memberships m WHERE m.subscriber_id = subscribers.id)"
-                    " AND NOT EXISTS (SELECT 1 FROM consents c WHERE c.subscriber_id = subscribers.id)"
-                    " AND NOT EXISTS (SELECT 1 FROM confirmations c WHERE c.subscriber_id = subscribers.id)"
-                    " AND NOT EXISTS (SELECT 1 FROM welcomes w WHERE w.subscriber_id = subscribers.id)"
-                    " AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.subscriber_id = subscribers.id)"
-                    # deliveries: one search of its primary key per issue (there is no index by subscriber)
-                    " AND NOT EXISTS (SELECT 1 FROM issues i CROSS JOIN deliveries d"
-                    "                 WHERE d.issue_id = i.id AND d.subscriber_id = subscribers.id)",
-                    (subscriber_id,)).rowcount
+                subscribers += cursor.execute(_DROP_SUBSCRIBER, (subscriber_id,)).rowcount
             window = int(moment.timestamp()) // _HOUR * _HOUR - _COUNTER_KEEP
-            counters = cursor.execute("DELETE FROM signup_counters WHERE window_start < ?", (window,)).rowcount
+            counters = cursor.execute(_DROP_COUNTERS, (window,)).rowcount
         return PurgeCounts(consents, memberships, subscribers, confirmations, counters)
