@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import datetime as dt
 import os
 import sys
 import time
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmarks import report
+from benchmarks import report, signup_tables
 from benchmarks.delivery import environment, scratch
 from benchmarks.servers import Finished, newsletter_command, run_measured, signals_interrupt
 from benchmarks.workers import ensure_postgres, machine_ticks, wait_for_quiet
@@ -102,6 +103,8 @@ class Backend:
     steps: list[Step] = field(default_factory=list)
     plans: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: what filling the signup tables did, one line a step
+    filled: list[str] = field(default_factory=list)
     waited: tuple[float, float] = (0.0, 0.0)  # (busy fraction before the first step, seconds waited)
 
 
@@ -138,8 +141,9 @@ def plan_problems(postgres: bool, plan: str) -> list[str]:
             or (line.startswith("  ") and line.strip().startswith(("SCAN s", "SCAN subscribers")))]
 
 
-def statements(store: Store, count: int) -> dict[str, tuple[str, Sequence[object]]]:
-    """Every statement the measured commands run over the subscribers, with realistic parameters."""
+def statements(store: Store, count: int, now: dt.datetime) -> dict[str, tuple[str, Sequence[object]]]:
+    """Every statement the measured commands run over the subscribers, with realistic parameters; then
+    every statement of signups, consent, data rights and count (:mod:`benchmarks.signup_tables`)."""
     list_id = store.find_list(LIST_NAME)
     keys = [f"reader{number}@mail{number % DOMAINS}.example.org" for number in range(0, count, max(1, count // 2000))]
     ids = [int(row[0]) for row in store.query("SELECT id FROM subscribers ORDER BY id LIMIT 2000")]
@@ -156,19 +160,30 @@ def statements(store: Store, count: int) -> dict[str, tuple[str, Sequence[object
 
         found["import: update the chunk's subscribers"] = (
             UPDATE_SUBSCRIBERS, ("now", ids, ["x"] * len(ids), ["{}"] * len(ids)))
+    found.update(signup_tables.statements(store, now))
     return found
 
 
-def explain_all(location: str | Path, count: int) -> tuple[dict[str, str], list[str]]:
-    """The plan of each statement (cut to :data:`PLAN_WIDTH`), and the problems found in them."""
+def explain_all(location: str | Path, count: int) -> tuple[dict[str, str], list[str], list[str]]:
+    """Fill the signup tables, then the plan of each statement (cut to :data:`PLAN_WIDTH`), the
+    problems found in them, and what filling took.
+
+    The import's and export's statements keep the older rule (:func:`plan_problems`: the export
+    reads every subscriber once, by design); the signup side's may not read any big table whole
+    (:func:`benchmarks.signup_tables.full_scans`), but for counting everyone.
+    """
     from newsletter.store.postgres import INDEX_LOOKUPS_ONLY
     from newsletter.store.subscribers import Store
 
     plans: dict[str, str] = {}
     problems: list[str] = []
+    now = dt.datetime.now(dt.UTC)
     with Store.open(location) as store:
         postgres = store.dialect.name == "postgresql"
-        for name, (sql, params) in statements(store, count).items():
+        filled = signup_tables.populate(store, count, now)
+        partial = signup_tables.partial_indexes(store)
+        strict = set(signup_tables.statements(store, now)) - signup_tables.WHOLE_TABLE
+        for name, (sql, params) in statements(store, count, now).items():
             if postgres and name.startswith("import"):  # as the import's transaction has them
                 for setting in INDEX_LOOKUPS_ONLY:
                     store.connection.execute(f"SET {setting} = off")
@@ -178,8 +193,11 @@ def explain_all(location: str | Path, count: int) -> tuple[dict[str, str], list[
                     store.connection.execute(f"RESET {setting}")
             plans[name] = "\n".join(line if len(line) <= PLAN_WIDTH else line[:PLAN_WIDTH] + " …"
                                     for line in plan.splitlines())
-            problems += [f"{name}: {line}" for line in plan_problems(postgres, plan)]
-    return plans, problems
+            found = (signup_tables.full_scans(postgres, sql, plan, partial) if name in strict
+                     else plan_problems(postgres, plan))
+            problems += [f"{name}: {line}" for line in found]
+        filled.append(signup_tables.purge(store, now))
+    return plans, problems, filled
 
 
 # --- one backend ---------------------------------------------------------------------------
@@ -234,7 +252,7 @@ def measure(backend: str, folder: Path, csv_path: Path, count: int, *, timeout: 
                   f"(machine {step.busy:.0%} busy)", file=sys.stderr, flush=True)
             if not step.ok:
                 result.problems.append(f"{name}: {finished.describe_failure()} ({rows:,} rows, {expected:,} expected)")
-        result.plans, problems = explain_all(location, count)
+        result.plans, problems, result.filled = explain_all(location, count)
         result.problems += problems
     return result
 
@@ -280,6 +298,8 @@ def notes(results: Sequence[Backend], count: int) -> list[str]:
         busy, waited = backend.waited
         lines.append(f"{backend.name}: the cores were {busy:.0%} busy before the first step (waited {waited:.0f} s "
                      "for them to calm down).")
+        if backend.filled:
+            lines.append(f"{backend.name}, the signup tables filled for the plans: " + "; ".join(backend.filled) + ".")
         for problem in backend.problems:
             lines.append(f"PROBLEM, {backend.name}: {problem}")
     return lines

@@ -101,6 +101,7 @@ _ACTIVE_LISTS = ("SELECT DISTINCT l.name FROM consents c JOIN lists l ON l.id = 
                  " WHERE c.confirmation_id = ? AND m.status = 'active' AND s.status = 'active' ORDER BY l.name")
 _DROP_CONSENTS = "DELETE FROM consents WHERE confirmation_id = ? AND confirmed_at IS NULL"
 _UNLINK_CONSENTS = "UPDATE consents SET confirmation_id = NULL WHERE confirmation_id = ?"
+_DROP_CONFIRMATION = "DELETE FROM confirmations WHERE id = ? AND confirmed_at IS NULL"
 _DROP_PENDING = ("DELETE FROM memberships WHERE subscriber_id = ? AND list_id = ? AND status = 'pending'"
                  " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM consents c"
                  " WHERE c.subscriber_id = memberships.subscriber_id AND c.list_id = memberships.list_id)")
@@ -549,8 +550,7 @@ class Signups:
                 consents += cursor.execute(_DROP_CONSENTS, (confirmation_id,)).rowcount
                 # A consent confirmed through another link keeps its record, without the link.
                 cursor.execute(_UNLINK_CONSENTS, (confirmation_id,))
-                confirmations += cursor.execute("DELETE FROM confirmations WHERE id = ? AND confirmed_at IS NULL",
-                                                (confirmation_id,)).rowcount
+                confirmations += cursor.execute(_DROP_CONFIRMATION, (confirmation_id,)).rowcount
             for subscriber_id, list_id in pending:
                 memberships += cursor.execute(_DROP_PENDING, (subscriber_id, list_id, cutoff)).rowcount
             for subscriber_id in people:
