@@ -55,8 +55,9 @@ _SUBSCRIBER = "SELECT id, email, name, fields, status, created_at, updated_at FR
 _MEMBERSHIPS = ("SELECT l.name, m.status, m.created_at, m.updated_at FROM memberships m"
                 " JOIN lists l ON l.id = m.list_id WHERE m.subscriber_id = ? ORDER BY l.name")
 # The deliveries' primary key is (issue_id, subscriber_id): one search of it per issue (issues
-# are few; CROSS JOIN keeps SQLite from reading deliveries first), rather than an index on
-# subscriber_id that every dispatch would have to keep up to date for a rare question.
+# are few; CROSS JOIN keeps SQLite from reading deliveries first). Since migration 10 there is
+# an index by subscriber_id too (for the foreign-key check when purge deletes a subscriber),
+# which PostgreSQL's planner may take instead: either is a search.
 _DELIVERIES = ("SELECT i.slug, d.issue_id, d.status, d.attempts, d.last_code, d.last_text, d.sent_at,"
                " d.message_id, d.feedback, d.feedback_status, d.feedback_text, d.created_at, d.updated_at"
                " FROM issues i CROSS JOIN deliveries d WHERE d.issue_id = i.id AND d.subscriber_id = ?"

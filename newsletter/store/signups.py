@@ -111,7 +111,7 @@ _DROP_SUBSCRIBER = ("DELETE FROM subscribers WHERE id = ? AND status IN ('active
                     " AND NOT EXISTS (SELECT 1 FROM confirmations c WHERE c.subscriber_id = subscribers.id)"
                     " AND NOT EXISTS (SELECT 1 FROM welcomes w WHERE w.subscriber_id = subscribers.id)"
                     " AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.subscriber_id = subscribers.id)"
-                    # deliveries: one search of its primary key per issue (there is no index by subscriber)
+                    # deliveries: one search of its primary key per issue (or of deliveries_subscriber)
                     " AND NOT EXISTS (SELECT 1 FROM issues i CROSS JOIN deliveries d"
                     "                 WHERE d.issue_id = i.id AND d.subscriber_id = subscribers.id)")
 _DROP_COUNTERS = "DELETE FROM signup_counters WHERE window_start < ?"
