@@ -117,12 +117,13 @@ def populate(store: Store, count: int, now: dt.datetime) -> list[str]:
                                       ("offers",), "form", ip="192.0.2.1"),
                         now=now - dt.timedelta(hours=number % 100))
     with store.transaction() as cursor:
-        newest = cursor.execute("SELECT id FROM confirmations WHERE status = 'queued'"
+        newest = cursor.execute("SELECT created_at FROM confirmations WHERE status = 'queued'"
                                 " ORDER BY created_at DESC LIMIT 1 OFFSET 49").fetchone()
         cursor.execute("UPDATE confirmations SET status = 'sent', attempts = 1, sent_at = created_at"
-                       " WHERE status = 'queued' AND id < ?", (int(newest[0]) if newest else 0,))
+                       " WHERE status = 'queued' AND created_at < ?", (str(newest[0]) if newest else "",))
+    queued = _rows(store, "confirmations WHERE status = 'queued'")
     step(f"{week:,} signups of the last week, {expired:,} expired ones and {joining:,} readers asking for a "
-         "second list, by Signups.request (pending; the newest 50 confirmations queued)", started)
+         f"second list, by Signups.request (pending; the newest {queued:,} confirmations still queued)", started)
 
     started = time.perf_counter()
     hour = int(now.timestamp()) // 3600 * 3600
