@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import random
 import signal
 import sys
 import time
@@ -34,8 +33,9 @@ from pathlib import Path
 from typing import Protocol
 
 from newsletter.compose.message import MessageTemplate, compile_message, personalise
-from newsletter.config import DispatchSettings, Settings
+from newsletter.config import Settings
 from newsletter.deliver.ratelimit import RateLimiter, SharedRateLimiter
+from newsletter.deliver.retry import retry_delay
 from newsletter.deliver.transport import NextMessage, SendResult, SmtpConnection
 from newsletter.errors import ComposeError, DeliveryError, IssueError, NewsletterError, StoreError
 from newsletter.issue.parse import load_issue
@@ -166,13 +166,6 @@ class _Silent:
 
     def finish(self, summary: IssueSummary) -> None:
         pass
-
-
-def retry_delay(attempts: int, settings: DispatchSettings, *, rng: random.Random | None = None) -> float:
-    """Seconds until the next try after ``attempts`` tries: doubling from ``retry_initial``, capped, ±20 % jitter."""
-    base = min(settings.retry_max, settings.retry_initial * 2 ** max(0, attempts - 1))
-    # Jitter spreads the retries of a greylisting burst instead of sending them back together.
-    return float(base * (rng or random).uniform(0.8, 1.2))
 
 
 def due_issues(settings: Settings, now: dt.datetime, *, only: str | None = None
