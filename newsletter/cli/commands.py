@@ -574,8 +574,9 @@ def dispatch_command(ctx: click.Context, issue: str | None, dry_run: bool, now_t
     if as_json:
         click.echo(json.dumps({"issues": [summary.as_dict() for summary in report.issues],
                                "errors": report.errors, "exit_code": report.exit_code,
-                               "outbox": report.outbox.as_dict() if report.outbox else None,
-                               "purged": dataclasses.asdict(report.purged) if report.purged else None}, indent=2))
+                               "outbox": report.outbox.as_dict() if report.outbox is not None else None,
+                               "purged": dataclasses.asdict(report.purged) if report.purged is not None else None},
+                              indent=2))
     else:
         if report.purged is not None and purge_line(report.purged):
             click.echo(purge_line(report.purged), err=True)

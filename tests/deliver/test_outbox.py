@@ -84,7 +84,7 @@ def settings(tmp_path: Path, database: str | Path, server: SmtpServer, dkim_key:
         smtp=SmtpSettings(port=server.port, timeout=10),
         database=DatabaseSettings(database) if isinstance(database, Path) else DatabaseSettings(url=database),
         dispatch=DispatchSettings(retry_initial=60, retry_max=600, give_up_after_hours=24),
-        dkim=DkimSettings(selector=SELECTOR),
+        dkim=DkimSettings(selector=SELECTOR, domain=DOMAIN),
         lists=(ListSettings("briefing", "The Daily Briefing", "The day's news in five minutes.", welcome),
                ListSettings("weekly", "The Weekly")),
         issues_dir=issues,
@@ -186,7 +186,7 @@ def test_what_the_visitor_typed_never_reaches_the_inbox(settings: Settings, serv
 def test_a_crashed_sender_s_claim_is_sent_once_after_its_lease(settings: Settings, server: SmtpServer) -> None:
     """A sender that claimed a mail and died before recording it: the mail goes once its lease has passed."""
     recent = sign_up(settings, "recent@example.org")
-    crashed = sign_up(settings, "crashed@example.org")
+    crashed = sign_up(settings, "crashed@example.org", now=NOW - dt.timedelta(hours=1))
     with Store.open(settings.database.location) as store:
         signups = Signups(store, settings.signup)
         assert [mail.id for mail in signups.claim_mail(ids=[recent])] == [recent]  # dies now: its lease runs
@@ -316,8 +316,9 @@ def test_a_list_whose_welcome_was_removed_fails_its_queued_welcome(settings: Set
     assert summary.problems == ["ann@example.org: failed: list 'briefing' has no welcome issue ([lists.briefing] welcome)"]
 
 
-def test_the_connection_is_one_and_closed(settings: Settings, server: SmtpServer) -> None:
+def test_one_connection_for_the_whole_pass(settings: Settings, server: SmtpServer) -> None:
     for number in range(5):
         sign_up(settings, f"r{number}@example.org")
+    before = server.recorder.connections  # aiosmtpd's controller connects once itself, to see it is up
     assert send_outbox_now(settings).sent == 5
-    assert server.recorder.connections == 1
+    assert server.recorder.connections - before == 1
