@@ -110,7 +110,6 @@ class _Welcome:
 
     template: MessageTemplate
     list_id: int
-    slug: str
 
 
 class _Outbox:
@@ -128,7 +127,8 @@ class _Outbox:
         self.envelope_sender = settings.sender.bounce_address or settings.sender.from_email
         self.lease = _lease(settings.smtp)
         self.tools: _Tools | None = None
-        self.welcomes: dict[str, _Welcome | str] = {}
+        #: each list's welcome issue, or why it can't be sent (found once a pass)
+        self.welcomes: dict[str, _Welcome | IssueError | RenderError | _Undeliverable] = {}
         #: why the rest of this pass waits (the relay is away, or refused us): "" while it goes on
         self.stopped = ""
         #: a setting that keeps every mail from going, raised at the end of the pass
@@ -220,23 +220,26 @@ class _Outbox:
         return tools.sign(message) if tools.sign is not None else message
 
     def welcome_of(self, list_name: str) -> _Welcome:
-        """The list's welcome issue, rendered and encoded once a pass (or why it can't be)."""
-        cached = self.welcomes.get(list_name)
-        if isinstance(cached, _Welcome):
-            return cached
-        if isinstance(cached, str):
-            raise _Undeliverable(cached)
+        """The list's welcome issue, rendered and encoded once a pass (or why it can't be, raised)."""
+        found = self.welcomes.get(list_name)
+        if found is None:
+            try:
+                found = self._load_welcome(list_name)
+            except (IssueError, RenderError, _Undeliverable) as exc:
+                found = exc
+            self.welcomes[list_name] = found
+        if isinstance(found, _Welcome):
+            return found
+        raise found
+
+    def _load_welcome(self, list_name: str) -> _Welcome:
         list_settings = self.settings.list_settings(list_name)
         list_id = self.store.find_list(list_name)
         if list_settings is None or list_settings.welcome is None or list_id is None:
-            self.welcomes[list_name] = f"list '{list_name}' has no welcome issue ([lists.{list_name}] welcome)"
-            raise _Undeliverable(self.welcomes[list_name])
+            raise _Undeliverable(f"list '{list_name}' has no welcome issue ([lists.{list_name}] welcome)")
         issue = load_issue(list_settings.welcome)
         rendered = render_issue(issue, sender=self.settings.sender, templates_dir=self.settings.templates_dir)
-        welcome = _Welcome(compile_message(rendered, sender=self.settings.sender, list_id=list_name), list_id,
-                           issue.slug)
-        self.welcomes[list_name] = welcome
-        return welcome
+        return _Welcome(compile_message(rendered, sender=self.settings.sender, list_id=list_name), list_id)
 
     def outcome(self, mail: OutgoingMail, result: SendResult, message_id: str) -> None:
         if result.outcome == "sent":
