@@ -233,7 +233,8 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
         try:
             report.purged, report.outbox = await catch_up(settings)
         except NewsletterError as exc:
-            report.errors.append(f"outbox: {exc}")
+            # A database error names the database already; anything else says it was the outbox's.
+            report.errors.append(str(exc) if isinstance(exc, StoreError) else f"outbox: {exc}")
     try:
         due, bad = due_issues(settings, now, only=options.issue)
     except IssueError as exc:

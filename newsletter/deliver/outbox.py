@@ -238,7 +238,9 @@ class _Outbox:
         if list_settings is None or list_settings.welcome is None or list_id is None:
             raise _Undeliverable(f"list '{list_name}' has no welcome issue ([lists.{list_name}] welcome)")
         issue = load_issue(list_settings.welcome)
-        rendered = render_issue(issue, sender=self.settings.sender, templates_dir=self.settings.templates_dir)
+        # Not in the archive (it is no issue of the ledger): no "view in browser" link to a page that isn't there.
+        rendered = render_issue(issue, sender=self.settings.sender, templates_dir=self.settings.templates_dir,
+                                archived=False)
         return _Welcome(compile_message(rendered, sender=self.settings.sender, list_id=list_name), list_id)
 
     def outcome(self, mail: OutgoingMail, result: SendResult, message_id: str) -> None:

@@ -97,11 +97,14 @@ def render_issue(
     sender: SenderSettings,
     templates_dir: Path | None = None,
     web: bool = False,
+    archived: bool = True,
 ) -> RenderedIssue:
     """Render ``issue`` once: HTML (inlined CSS) and text, with recipient placeholders.
 
     ``web`` renders the archive's web version instead of the email: templates see
     ``web`` true and leave out what belongs to one recipient (address, unsubscribe link).
+    ``archived=False`` is for an issue the archive doesn't have (a list's welcome issue):
+    no "view in browser" link (templates see ``view_url`` empty).
     """
     folder = templates_dir or default_templates_dir()
     # The prefix is derived from the parsed issue, so the issue can't contain it.
@@ -110,7 +113,7 @@ def render_issue(
     recipient = {field: placeholder(prefix, field) for field in RECIPIENT_FIELDS}
     merge_fields: dict[MergeField, str] = {}
     issue = _with_merge_placeholders(issue, prefix, merge_fields)
-    url = view_url(issue, sender)
+    url = view_url(issue, sender) if archived else ""
     mjml_source = _render_template(issue, folder, {**_context(issue, sender, url, recipient), "web": web})
     html = _inline_css(_compile_mjml(mjml_source, issue.template))
     text = render_text(issue, sender=sender, view_url=url, recipient=recipient)

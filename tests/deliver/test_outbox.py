@@ -281,7 +281,11 @@ def test_the_welcome_issue_goes_once_even_when_confirmed_twice(settings: Setting
     assert mail["List-Id"] == f"The Briefing <briefing.{DOMAIN}>"  # the list it welcomes to
     assert mail["Auto-Submitted"] is None  # an issue, not a notice
     assert verifies(welcome.data, dkim_key.record)
-    assert "Welcome, Ann Reader" in mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "Welcome, Ann Reader" in text
+    # Not in the archive: no "view in browser" link to a page that isn't there.
+    assert "View this issue in your browser" not in text + html and "/issues/" not in text + html
     url = str(mail["List-Unsubscribe"]).split("<", 1)[1].split(">", 1)[0]
     token = TokenSigner(split_keys(KEY)).verify(url.rsplit("/", 1)[1])
     with Store.open(settings.database.location) as store:

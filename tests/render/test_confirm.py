@@ -11,6 +11,7 @@ import pytest
 from newsletter.config import ListSettings, SenderSettings
 from newsletter.errors import IssueError, RenderError
 from newsletter.issue.parse import parse_issue
+from newsletter.models import Issue
 from newsletter.preflight.accessibility import check_accessibility
 from newsletter.preflight.content import check_rendered
 from newsletter.render.confirm import CONFIRM_BUTTON, RenderedNotice, render_confirmation
@@ -100,3 +101,14 @@ def test_the_confirm_template_is_not_an_issue_template(tmp_path: Path) -> None:
         render_issue(issue, sender=SenderSettings())
     shutil.copy(default_templates_dir() / "confirm.mjml", tmp_path / "confirm.mjml")
     assert available_templates(tmp_path) == []
+
+
+def test_an_issue_the_archive_does_not_have_gets_no_view_in_browser_link(seed_issue: Issue) -> None:
+    archived = render_issue(seed_issue, sender=SenderSettings())
+    welcome = render_issue(seed_issue, sender=SenderSettings(), archived=False)
+    for rendered in (archived, welcome):
+        assert "Unsubscribe" in rendered.html and "Unsubscribe with one click:" in rendered.text
+    assert archived.view_url in archived.html and archived.view_url in archived.text
+    assert welcome.view_url == ""
+    assert "/issues/" not in welcome.html and "/issues/" not in welcome.text
+    assert "View this issue in your browser" not in welcome.html + welcome.text
