@@ -8,6 +8,7 @@ becomes an exit status. What isn't an error (``check`` findings, rows an import 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -26,6 +27,7 @@ from newsletter.compose.sample import render_to_files
 from newsletter.compose.signing import message_signer
 from newsletter.config import Settings, load_settings
 from newsletter.deliver.dispatch import DispatchOptions, dispatch
+from newsletter.deliver.outbox import purge_line, request_confirmation
 from newsletter.deliver.send_test import send_test
 from newsletter.errors import (
     ComposeError,
@@ -317,19 +319,33 @@ def import_command(ctx: click.Context, csv_file: str, list_name: str, all_or_not
 @click.option("--field", "fields", multiple=True, metavar="KEY=VALUE", help="A merge field (repeatable).")
 @click.option("--consent", metavar="HOW", default=None,
               help="How they agreed (recorded when this puts them on the list).")
+@click.option("--pending", is_flag=True,
+              help="Ask them first: a confirmation email, and issues only once they confirm (double opt-in).")
 @click.pass_context
 def add_command(ctx: click.Context, email: str, name: str, list_name: str, fields: tuple[str, ...],
-                consent: str | None) -> None:
+                consent: str | None, pending: bool) -> None:
     """Add (or update) one subscriber on a list.
 
     --consent "how" records how they agreed, when this puts them on the list.
+    --pending makes the membership pending and sends a confirmation email at
+    once: they get issues only after they confirm. Exit 1 when the relay
+    doesn't take it (it stays queued; `newsletter dispatch` sends it later).
 
     \b
-    Example:
+    Examples:
       newsletter subscribers add ann@example.org --name "Ann Reader" --field city=Leeds --consent "asked by phone"
+      newsletter subscribers add bob@example.org --list briefing --pending --consent "asked at the fair"
     """
     row = subscriber_row(email, name, dict(_split_field(item) for item in fields))
     claim = None if consent is None else consent_claim("cli", consent)
+    if pending:
+        if fields:
+            raise SubscriberError("--field can't go with --pending: add the fields once they have confirmed")
+        check_list_name(list_name)
+        result = request_confirmation(_settings(ctx), row.email, list_name=list_name, name=row.name,
+                                      source=claim.source if claim else "")
+        click.echo(f"{row.email}: {_PENDING_ANSWERS[result.status].format(list=list_name)}")
+        return
     keys = split_keys(_settings(ctx).secret_key.reveal())
     with _store(ctx) as store:
         check_list_name(list_name)
@@ -338,11 +354,20 @@ def add_command(ctx: click.Context, email: str, name: str, list_name: str, field
         if forgotten_at is not None:
             raise SubscriberError(f"{row.email} was forgotten at their request ({forgotten_at}) and is not added"
                                   " again: only a new double opt-in by them can bring them back"
-                                  " (self-signup is not built yet)")
+                                  " (subscribers add --pending asks them)")
         counts = store.upsert_subscribers([row], list_name=list_name, forget_keys=keys, consent=claim)
     state = "added" if counts.added else "updated"
     note = " (stays unsubscribed or bounced)" if counts.kept_out else ""
     click.echo(f"{state} {row.email} on list '{list_name}'{note}")
+
+
+#: what `subscribers add --pending` says, by what the signup did
+_PENDING_ANSWERS = {
+    "queued": "pending on list '{list}'; confirmation email sent",
+    "joined": "pending on list '{list}'; the confirmation sent to them recently asks for it too (no new email)",
+    "nothing": "already on list '{list}', or mail to them is suppressed: nothing sent",
+    "limited": "too many signups this hour: nothing stored",
+}
 
 
 def _split_field(item: str) -> tuple[str, str]:
@@ -548,8 +573,17 @@ def dispatch_command(ctx: click.Context, issue: str | None, dry_run: bool, now_t
         click.echo(error, err=True)
     if as_json:
         click.echo(json.dumps({"issues": [summary.as_dict() for summary in report.issues],
-                               "errors": report.errors, "exit_code": report.exit_code}, indent=2))
+                               "errors": report.errors, "exit_code": report.exit_code,
+                               "outbox": report.outbox.as_dict() if report.outbox is not None else None,
+                               "purged": dataclasses.asdict(report.purged) if report.purged is not None else None},
+                              indent=2))
     else:
+        if report.purged is not None and purge_line(report.purged):
+            click.echo(purge_line(report.purged), err=True)
+        if report.outbox is not None and (report.outbox.handled or report.outbox.notes):
+            click.echo(report.outbox.describe(), err=True)
+            for note in report.outbox.notes:
+                click.echo(f"outbox: {note}", err=True)
         for summary in report.issues:
             if summary.error:
                 click.echo(summary.error if summary.error.startswith(summary.source) else

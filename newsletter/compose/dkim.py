@@ -56,6 +56,10 @@ _SIGNED = (
     b"content-type",
 )
 _SIGNED_SET = frozenset(_SIGNED)
+# Signed (and over-signed) only in a message that has them: a confirmation email's
+# Auto-Submitted (RFC 3834) can't be taken away or doubled without breaking the signature,
+# and an issue's signature names the same headers it always did.
+_SIGNED_WHEN_PRESENT = (b"auto-submitted",)
 
 # A DNS label: letters, digits and "-", not at either end. Selector and domain are capped at
 # 63 characters so that every tag of the signature (``i=@<domain>;``) fits on one folded
@@ -114,7 +118,9 @@ class DkimSigner:
         names = [name.lower() for name, _ in fields]
         if b"from" not in names:
             raise ComposeError("can't DKIM-sign a message without a From header")
-        include = [name for name in names if name in _SIGNED_SET] + list(_SIGNED)
+        present = [name for name in _SIGNED_WHEN_PRESENT if name in names]
+        signed = _SIGNED_SET.union(present) if present else _SIGNED_SET
+        include = [name for name in names if name in signed] + list(_SIGNED) + present
         body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(message[head_end + 4:])).digest())
         header = _fold_tags([
             b"v=1", b"a=rsa-sha256", b"c=relaxed/relaxed", b"d=" + self.domain.encode("ascii"),

@@ -11,6 +11,10 @@ Each message's envelope sender (``MAIL FROM``, where bounces go) is its own sign
 path at ``[sender] bounce_address`` (:class:`~newsletter.tokens.ReturnPaths`, VERP), so that a
 bounce names its delivery; without one it is the From address.
 
+Before the issues, a run that isn't a dry run purges the signups that were never confirmed
+and sends what waits in the outbox (confirmation emails and welcome issues that ``serve``
+couldn't send: :func:`~newsletter.deliver.outbox.catch_up`).
+
 Results map to the ledger as: 250 → sent; 4xx, timeout, dropped connection → deferred
 with exponential backoff and jitter (failed once older than the maximum age); 5xx →
 failed, and the subscriber is marked bounced when the server says the mailbox doesn't
@@ -22,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import random
 import signal
 import sys
 import time
@@ -34,8 +37,10 @@ from pathlib import Path
 from typing import Protocol
 
 from newsletter.compose.message import MessageTemplate, compile_message, personalise
-from newsletter.config import DispatchSettings, Settings
+from newsletter.config import Settings
+from newsletter.deliver.outbox import OutboxSummary, catch_up
 from newsletter.deliver.ratelimit import RateLimiter, SharedRateLimiter
+from newsletter.deliver.retry import retry_delay
 from newsletter.deliver.transport import NextMessage, SendResult, SmtpConnection
 from newsletter.errors import ComposeError, DeliveryError, IssueError, NewsletterError, StoreError
 from newsletter.issue.parse import load_issue
@@ -43,6 +48,7 @@ from newsletter.models import Issue, Recipient
 from newsletter.render.engine import render_issue
 from newsletter.store.engine import Database
 from newsletter.store.ledger import Delivery, IssueRecord, Ledger, Result
+from newsletter.store.signups import PurgeCounts
 from newsletter.tokens import ReturnPaths, TokenSigner, split_keys, unsubscribe_links
 
 __all__ = [
@@ -132,14 +138,24 @@ class DispatchReport:
 
     issues: list[IssueSummary] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: the expired signups purged before the issues (None: a dry run, or the purge failed)
+    purged: PurgeCounts | None = None
+    #: the confirmation emails and welcome issues sent before the issues (None: a dry run, or it failed)
+    outbox: OutboxSummary | None = None
 
     @property
     def exit_code(self) -> int:
-        """0: every due issue complete, all sent; 3: something left (deferred, failed, uncertain, waiting); 1: error."""
+        """0: every due issue complete, all sent; 3: something left (deferred, failed, uncertain, waiting); 1: error.
+
+        A mail of the outbox left deferred counts as something left; one that failed (a
+        signup's mistyped address, most often) doesn't: nothing a later run can do for it.
+        """
         if self.errors or any(summary.error for summary in self.issues):
             return 1
         if any(not s.complete or s.deferred or s.failed or s.uncertain or s.waiting
                for s in self.issues if not s.dry_run):
+            return EXIT_INCOMPLETE
+        if self.outbox is not None and self.outbox.deferred:
             return EXIT_INCOMPLETE
         return 0
 
@@ -168,13 +184,6 @@ class _Silent:
         pass
 
 
-def retry_delay(attempts: int, settings: DispatchSettings, *, rng: random.Random | None = None) -> float:
-    """Seconds until the next try after ``attempts`` tries: doubling from ``retry_initial``, capped, ±20 % jitter."""
-    base = min(settings.retry_max, settings.retry_initial * 2 ** max(0, attempts - 1))
-    # Jitter spreads the retries of a greylisting burst instead of sending them back together.
-    return float(base * (rng or random).uniform(0.8, 1.2))
-
-
 def due_issues(settings: Settings, now: dt.datetime, *, only: str | None = None
                ) -> tuple[list[tuple[Path, Issue]], list[IssueError]]:
     """The issue files whose ``send_at`` has passed (or ``only``, which is due when it has none).
@@ -191,7 +200,11 @@ def due_issues(settings: Settings, now: dt.datetime, *, only: str | None = None
         return [(path, issue)], []
     due: list[tuple[Path, Issue]] = []
     errors: list[IssueError] = []
+    # A list's welcome issue goes to each new reader once, from the outbox: never to a whole list.
+    welcomes = {item.welcome.resolve() for item in settings.lists if item.welcome is not None}
     for path in sorted(settings.issues_dir.glob("*.md")):
+        if welcomes and path.resolve() in welcomes:
+            continue
         try:
             issue = load_issue(path)
         except IssueError as exc:
@@ -214,6 +227,14 @@ async def dispatch_async(settings: Settings, options: DispatchOptions, *, progre
     """Dispatch every due issue, one after another; ``sign`` adds a DKIM signature to each message."""
     report = DispatchReport()
     now = options.now or dt.datetime.now(dt.UTC)
+    if not options.dry_run:
+        # What serve couldn't send (the relay was away) goes first, whether or not an issue is due.
+        # Not at --now: that decides what is due, and must not make pending signups look expired.
+        try:
+            report.purged, report.outbox = await catch_up(settings)
+        except NewsletterError as exc:
+            # A database error names the database already; anything else says it was the outbox's.
+            report.errors.append(str(exc) if isinstance(exc, StoreError) else f"outbox: {exc}")
     try:
         due, bad = due_issues(settings, now, only=options.issue)
     except IssueError as exc:

@@ -7,13 +7,14 @@ module that imports those three; their errors become ours here.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import hashlib
 import logging
 import re
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,20 @@ from newsletter.render.markup import block_html, block_kind, inline_html
 from newsletter.render.plaintext import render_text
 
 __all__ = [
+    "NOTICE_TEMPLATES",
     "RECIPIENT_FIELDS",
     "available_templates",
     "default_templates_dir",
+    "long_date",
     "placeholder",
     "placeholder_pattern",
     "render_issue",
+    "render_mjml",
     "view_url",
 ]
 
+#: templates of messages that are not issues (the signup's confirmation email): no issue may name one
+NOTICE_TEMPLATES = frozenset({"confirm"})
 #: the per-recipient values a template may use, as ``recipient.<field>``
 RECIPIENT_FIELDS = ("email", "name", "unsubscribe_url")
 
@@ -57,9 +63,12 @@ def default_templates_dir() -> Path:
 
 
 def available_templates(templates_dir: Path | None = None) -> list[str]:
-    """The template names found in ``templates_dir`` (``briefing`` for ``briefing.mjml``)."""
+    """The issue template names found in ``templates_dir`` (``briefing`` for ``briefing.mjml``).
+
+    :data:`NOTICE_TEMPLATES` are not among them: they expect another context than an issue's.
+    """
     folder = templates_dir or default_templates_dir()
-    return sorted(path.stem for path in folder.glob("*.mjml"))
+    return sorted(path.stem for path in folder.glob("*.mjml") if path.stem not in NOTICE_TEMPLATES)
 
 
 def placeholder(prefix: str, field: str) -> str:
@@ -70,6 +79,11 @@ def placeholder(prefix: str, field: str) -> str:
 def placeholder_pattern(prefix: str) -> re.Pattern[str]:
     """A pattern matching every placeholder of ``prefix``; group 1 is the field."""
     return re.compile(re.escape(prefix) + r"_([a-z0-9]+(?:_[a-z0-9]+)*)__")
+
+
+def long_date(date: dt.date) -> str:
+    """``date`` as an English reader writes it: ``Friday, July 7, 2017``."""
+    return f"{_DAYS[date.weekday()]}, {_MONTHS[date.month - 1]} {date.day}, {date.year}"
 
 
 def view_url(issue: Issue, sender: SenderSettings) -> str:
@@ -83,11 +97,14 @@ def render_issue(
     sender: SenderSettings,
     templates_dir: Path | None = None,
     web: bool = False,
+    archived: bool = True,
 ) -> RenderedIssue:
     """Render ``issue`` once: HTML (inlined CSS) and text, with recipient placeholders.
 
     ``web`` renders the archive's web version instead of the email: templates see
     ``web`` true and leave out what belongs to one recipient (address, unsubscribe link).
+    ``archived=False`` is for an issue the archive doesn't have (a list's welcome issue):
+    no "view in browser" link (templates see ``view_url`` empty).
     """
     folder = templates_dir or default_templates_dir()
     # The prefix is derived from the parsed issue, so the issue can't contain it.
@@ -96,7 +113,7 @@ def render_issue(
     recipient = {field: placeholder(prefix, field) for field in RECIPIENT_FIELDS}
     merge_fields: dict[MergeField, str] = {}
     issue = _with_merge_placeholders(issue, prefix, merge_fields)
-    url = view_url(issue, sender)
+    url = view_url(issue, sender) if archived else ""
     mjml_source = _render_template(issue, folder, {**_context(issue, sender, url, recipient), "web": web})
     html = _inline_css(_compile_mjml(mjml_source, issue.template))
     text = render_text(issue, sender=sender, view_url=url, recipient=recipient)
@@ -162,7 +179,7 @@ def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str
             "preheader": issue.preheader,
             "slug": issue.slug,
             "date": date,
-            "date_text": f"{_DAYS[date.weekday()]}, {_MONTHS[date.month - 1]} {date.day}, {date.year}",
+            "date_text": long_date(date),
             "headline_html": Markup(inline_html(issue.headline)),
             "sections": sections,
             "credit_html": Markup(inline_html(issue.credit)),
@@ -194,6 +211,8 @@ def _environment(folder: Path) -> jinja2.Environment:
 def _render_template(issue: Issue, folder: Path, context: dict[str, Any]) -> str:
     name = f"{issue.template}.mjml"
     try:
+        if issue.template in NOTICE_TEMPLATES:  # not an issue's template: as unknown as a missing one
+            raise jinja2.TemplateNotFound(name)
         template = _environment(folder).get_template(name)
         return template.render(context)
     except jinja2.TemplateNotFound as exc:
@@ -206,6 +225,25 @@ def _render_template(issue: Issue, folder: Path, context: dict[str, Any]) -> str
         raise RenderError(f"{folder / name}:{exc.lineno}: template error: {exc.message}") from exc
     except jinja2.TemplateError as exc:
         raise RenderError(f"{folder / name}: template error: {exc}") from exc
+
+
+def render_mjml(name: str, context: Mapping[str, Any], *, folder: Path) -> str:
+    """The HTML of ``<folder>/<name>.mjml`` with ``context``: the pipeline every email takes.
+
+    Jinja2 (autoescaped: every value not marked safe is escaped), then MJML, then the CSS
+    inlined by premailer. For messages that are not issues (a confirmation email); raises
+    RenderError when the template is missing or broken.
+    """
+    path = folder / f"{name}.mjml"
+    try:
+        source = _environment(folder).get_template(f"{name}.mjml").render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise RenderError(f"{path}: template not found") from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"{path}:{exc.lineno}: template error: {exc.message}") from exc
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"{path}: template error: {exc}") from exc
+    return _inline_css(_compile_mjml(source, name))
 
 
 def _compile_mjml(source: str, template: str) -> str:

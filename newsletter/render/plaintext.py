@@ -72,9 +72,10 @@ def render_text(
             writer.lines.append(f"[{number}] {url}")
         writer.blank()
     writer.lines.append("-- ")
-    writer.lines.append("View this issue in your browser:")
-    writer.lines.append(view_url)
-    writer.blank()
+    if view_url:  # "" for an issue the archive doesn't have
+        writer.lines.append("View this issue in your browser:")
+        writer.lines.append(view_url)
+        writer.blank()
     writer.lines.append(f"You receive {name} at this address:")
     writer.lines.append(recipient["email"])
     writer.lines.append("Unsubscribe with one click:")

@@ -1,0 +1,109 @@
+"""The confirmation email of a signup (double opt-in), rendered like an issue: HTML and its text part.
+
+The HTML goes through the pipeline every email takes (:func:`~newsletter.render.engine.render_mjml`:
+Jinja2 autoescaped, MJML, CSS inlined) with ``templates/confirm.mjml``, or a ``confirm.mjml`` of
+``[templates] dir`` when there is one there; the text part is written here, as
+:mod:`~newsletter.render.plaintext` writes an issue's. Each email is rendered whole, for one
+address and one link: confirmations are few (one per address per ``confirm_every_hours``),
+and nothing in them is left for a later stage to fill in but the headers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from newsletter.config import ListSettings, SenderSettings
+from newsletter.render.engine import default_templates_dir, long_date, render_mjml
+from newsletter.render.plaintext import WIDTH
+
+__all__ = [
+    "CONFIRM_BUTTON",
+    "RenderedNotice",
+    "confirmation_text",
+    "render_confirmation",
+]
+
+#: the words on the one button (and before the link in the text part)
+CONFIRM_BUTTON = "Confirm your subscription"
+_TEMPLATE = "confirm"
+
+
+@dataclass(frozen=True)
+class RenderedNotice:
+    """A message that is not an issue (a confirmation email), rendered for its one recipient."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+
+
+def render_confirmation(
+    *,
+    email: str,
+    lists: Sequence[ListSettings],
+    confirm_url: str,
+    expires: dt.date,
+    sender: SenderSettings,
+    templates_dir: Path | None = None,
+) -> RenderedNotice:
+    """The confirmation email asking ``email`` to confirm ``lists``: one button to ``confirm_url``.
+
+    ``expires`` is the last day the link works. Every value is escaped in the HTML (the list
+    titles and descriptions too: they come from the settings, but a page shows them as text).
+    RenderError when the template is broken.
+    """
+    if not lists:
+        raise ValueError("a confirmation asks about at least one list")
+    name = sender.from_name or sender.from_email
+    subject = f"{CONFIRM_BUTTON} to {lists[0].title if len(lists) == 1 else name}"
+    preheader = "One click and you're on the list. If you didn't ask, ignore this email."
+    expires_text = long_date(expires)
+    folder = templates_dir if templates_dir is not None and (templates_dir / f"{_TEMPLATE}.mjml").is_file() \
+        else default_templates_dir()
+    html = render_mjml(_TEMPLATE, {
+        "lang": "en",
+        "subject": subject,
+        "preheader": preheader,
+        "headline": CONFIRM_BUTTON,
+        "email": email,
+        "lists": [{"name": item.name, "title": item.title, "description": item.description} for item in lists],
+        "confirm_url": confirm_url,
+        "expires_text": expires_text,
+        "sender": {"name": name, "postal_address": sender.postal_address, "site_url": sender.site_url},
+    }, folder=folder)
+    text = confirmation_text(email=email, lists=lists, confirm_url=confirm_url, expires_text=expires_text,
+                             sender=sender)
+    return RenderedNotice(subject=subject, preheader=preheader, html=html, text=text)
+
+
+def confirmation_text(*, email: str, lists: Sequence[ListSettings], confirm_url: str, expires_text: str,
+                      sender: SenderSettings) -> str:
+    """The text part: what the HTML says, wrapped at :data:`~newsletter.render.plaintext.WIDTH` columns."""
+    name = sender.from_name or sender.from_email
+    lines = [name.upper(), "", CONFIRM_BUTTON, "=" * len(CONFIRM_BUTTON), ""]
+    lines += _wrap(f"Someone, hopefully you, asked to subscribe {email} to:")
+    lines.append("")
+    for item in lists:
+        lines += _wrap(item.title, "* ", "  ")
+        if item.description:
+            lines += _wrap(item.description, "  ", "  ")
+        lines.append("")
+    lines += _wrap("Nothing is sent to this address until you confirm.")
+    lines += ["", f"{CONFIRM_BUTTON}:", confirm_url, ""]
+    lines += _wrap(f"This link works until {expires_text}.")
+    lines.append("")
+    lines += _wrap("If you didn't ask, ignore this email: you won't hear from us again.")
+    lines += ["", "-- "]
+    lines += _wrap(f"{name}, {sender.postal_address}")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, first: str = "", rest: str = "") -> list[str]:
+    # A long address or word stays whole on its own line rather than being cut.
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest,
+                         break_long_words=False, break_on_hyphens=False) or [first.rstrip()]
