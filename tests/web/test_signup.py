@@ -7,6 +7,9 @@ The routes themselves, over real HTTP and in Chromium, are in ``test_signup_rout
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +19,9 @@ from newsletter.preflight.finding import Finding
 from newsletter.web import archive
 from newsletter.web.security import MAX_BODY, redact_path
 from newsletter.web.signup import SignupInput, ValidSignup, form_input, json_input, offered_lists, validate
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 NEWS = ListSettings("news", "Weekly news", "Every Friday, the week in five minutes.")
 EVENTS = ListSettings("events", "Events near you")
@@ -176,3 +182,67 @@ def test_the_honeypot_is_out_of_sight_out_of_the_tab_order_and_unnamed_to_screen
 ])
 def test_the_access_log_shows_no_confirm_or_preferences_token(path: str, logged: str) -> None:
     assert redact_path({"path": path}) == logged
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_every_signup_page_has_contrast_in_light_and_dark(name: str) -> None:
+    """The emails' contrast check (WCAG AA, both colour schemes, colours computed by Chromium)."""
+    from newsletter.preflight.darkmode import check_dark_mode
+    from tests.harness.browser import CHROMIUM
+
+    report = check_dark_mode(PAGES[name](), chromium=CHROMIUM)
+    assert [str(finding) for finding in report.findings] == []
+
+
+@contextmanager
+def _chromium(**context: object) -> Iterator[Page]:
+    """A page in Debian's Chromium with no JavaScript (the signup pages need none)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.harness.browser import CHROMIUM, FLAGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            yield browser.new_context(java_script_enabled=False, **context).new_page()  # type: ignore[arg-type]
+        finally:
+            browser.close()
+
+
+# For a phone: what would scroll sideways, targets under 24 px (WCAG 2.2 AA; a checkbox counts with its
+# label, which toggles it too), and the inputs' font size (under 16 px, iOS Safari zooms in on focus).
+_LAYOUT_JS = """() => {
+  const small = [];
+  for (const el of document.querySelectorAll('input:not([type=hidden]), button, a')) {
+    if (el.closest('[aria-hidden=true]')) continue;
+    const box = el.getBoundingClientRect();
+    if (box.height < 24 || box.width < 24) small.push(el.outerHTML.slice(0, 80));
+  }
+  const fonts = [...document.querySelectorAll('input:not([type=hidden]):not([type=checkbox]), button')]
+    .filter(el => !el.closest('[aria-hidden=true]')).map(el => parseFloat(getComputedStyle(el).fontSize));
+  return {scroll: document.documentElement.scrollWidth, width: window.innerWidth, small, fonts};
+}"""
+
+
+@pytest.mark.browser
+def test_every_signup_page_reads_well_at_375_px() -> None:
+    with _chromium(viewport={"width": 375, "height": 740}) as page:
+        for name, make in PAGES.items():
+            page.set_content(make())
+            layout = page.evaluate(_LAYOUT_JS)
+            assert layout["width"] == 375 and layout["scroll"] <= 375, name  # nothing sideways
+            assert layout["small"] == [], name
+            assert all(size >= 16 for size in layout["fonts"]), (name, layout["fonts"])
+
+
+@pytest.mark.browser
+def test_the_form_by_keyboard_skips_the_honeypot_and_shows_where_the_focus_is() -> None:
+    with _chromium() as page:
+        page.set_content(_form())
+        order = []
+        for _ in range(5):
+            page.keyboard.press("Tab")
+            order.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+            assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none", order
+        assert order == ["email", "name", "list-1", "list-2", "Subscribe"]  # never the honeypot
