@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
@@ -293,12 +293,17 @@ class AccessLog:
                             status or "-", (time.perf_counter() - started) * 1000)  # "-": the client left
 
 
-def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, proxies: Sequence[str] = ()) -> None:
     """Run the application with uvicorn until Ctrl-C (uvicorn's own access log off: ours redacts).
 
     Each request has :data:`~newsletter.web.server.REQUEST_TIMEOUT` seconds to arrive, and an
     idle connection closes 5 s after its last response; no limit counts connections (uvicorn's
     ``limit_concurrency`` counted idle ones, so silent sockets locked everyone out).
+
+    ``proxies``: addresses or networks of reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed (uvicorn's proxy-headers middleware), so that signup
+    limits and consent records see the reader's network, not the proxy's; from anyone else
+    those headers are ignored, as they are when there are none.
     """
     import uvicorn
 
@@ -307,6 +312,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> N
     app = create_app(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     raise_open_file_limit()
-    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=False,
-                log_level="info", http=DeadlineH11Protocol, timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
+    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=bool(proxies),
+                forwarded_allow_ips=list(proxies) or None, log_level="info", http=DeadlineH11Protocol,
+                timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
 

@@ -246,3 +246,14 @@ def test_the_form_by_keyboard_skips_the_honeypot_and_shows_where_the_focus_is() 
             order.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
             assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none", order
         assert order == ["email", "name", "list-1", "list-2", "Subscribe"]  # never the honeypot
+
+
+@pytest.mark.parametrize("value", ["*", "proxy.example", "10.0.0.0/33", ""])
+def test_serve_believes_forwarded_headers_only_from_named_proxy_addresses(value: str) -> None:
+    """``--proxy`` takes addresses and networks, never "*" (anyone could then name any address)."""
+    from click.testing import CliRunner
+
+    from newsletter.cli.commands import main
+
+    result = CliRunner().invoke(main, ["serve", "--proxy", value])
+    assert result.exit_code == 2 and "is not an IP address or network" in result.output
