@@ -12,6 +12,8 @@ Routes:
 - ``GET /issues/`` and ``GET /issues/<slug>/``: the archive and each sent issue's web version,
   worked out on threads of their own, so that no number of them delays an unsubscribe.
 - ``GET /issues/feed.xml``: the archive's Atom feed (the latest sent issues), on the same threads.
+- ``/subscribe``, ``/api/subscribe``, ``/confirm/<token>``: readers sign up themselves, with double
+  opt-in (:mod:`newsletter.web.signup_routes`).
 
 A forged, altered or malformed token gets 400 and changes nothing. Every response carries
 security headers (a CSP with no script at all, no referrer); bodies are capped at 16 KiB; a
@@ -43,6 +45,7 @@ from newsletter.errors import ConfigError, NewsletterError
 from newsletter.tokens import TokenSigner, split_keys
 from newsletter.web import archive, feed, unsubscribe
 from newsletter.web.security import MAX_BODY, SecurityHeaders, page_policy, redact_path
+from newsletter.web.signup_routes import signup_routes
 
 __all__ = [
     "AccessLog",
@@ -220,6 +223,7 @@ def create_app(settings: Settings) -> ASGIApp:
             Route("/issues/feed.xml", archive_feed),  # before /issues/{slug}, which would redirect it
             Route("/issues/{slug}/", archive_issue),
             Route("/issues/{slug}", issue_without_slash),
+            *signup_routes(settings, keys, cross_site=lambda request: _cross_site(request, site_origin)),
         ],
         exception_handlers={404: not_found},
         max_body_size=MAX_BODY,
