@@ -116,6 +116,8 @@ def signup_routes(settings: Settings, keys: Sequence[bytes], *, cross_site: Call
             await anyio.to_thread.run_sync(functools.partial(send_outbox_now, settings, ids), limiter=outbox_threads)
         except NewsletterError as exc:  # SMTP down, the database busy: it stays queued for dispatch
             log.warning("signup mail not sent now (newsletter dispatch sends it later): %s", exc)
+        except Exception:  # a bug of ours: the reader has their answer, the row waits for dispatch
+            log.exception("signup mail not sent now (newsletter dispatch sends it later)")
 
     def sent_later(outcome: SignupOutcome) -> BackgroundTask | None:
         if outcome.status != "queued" or outcome.confirmation_id is None:

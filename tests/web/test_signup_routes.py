@@ -11,7 +11,11 @@ from __future__ import annotations
 import email
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +50,8 @@ from tests.harness.smtpserver import free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
+
+pytest_plugins = ["tests.harness.pgserver"]
 
 KEY = "signup-test-key-0123456789abcdef0"
 NEWS = ListSettings("news", "Weekly news", "Every Friday, the week in five minutes.")
@@ -99,17 +105,17 @@ class Site:
 
     def memberships(self, address: str) -> dict[str, str]:
         """List name -> membership status of ``address``."""
-        with Store.open(self.settings.database.path) as store:
+        with Store.open(self.settings.database.location) as store:
             rows = store.query("SELECT l.name, m.status FROM memberships m JOIN subscribers s ON s.id = m.subscriber_id"
                                " JOIN lists l ON l.id = m.list_id WHERE s.email = ?", (address,))
         return {str(row["name"]): str(row["status"]) for row in rows}
 
     def query(self, sql: str, *args: object) -> list[dict[str, object]]:
-        with Store.open(self.settings.database.path) as store:
+        with Store.open(self.settings.database.location) as store:
             return [dict(row) for row in store.query(sql, args)]
 
     def execute(self, sql: str, *args: object) -> None:
-        with Store.open(self.settings.database.path) as store, store.transaction() as cursor:
+        with Store.open(self.settings.database.location) as store, store.transaction() as cursor:
             cursor.execute(sql, args)
 
     def mail_settled(self) -> None:
@@ -133,7 +139,7 @@ class Site:
 
 def _start(settings: Settings, port: int) -> tuple[_Server, threading.Thread]:
     server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, access_log=False,
-                                    log_level="warning", lifespan="off"))
+                                    log_level="warning", lifespan="off", proxy_headers=False))  # as serve()
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(1000):
@@ -145,9 +151,10 @@ def _start(settings: Settings, port: int) -> tuple[_Server, threading.Thread]:
 
 
 @contextmanager
-def running(tmp_path: Path, **changes: object) -> Iterator[Site]:
+def running(tmp_path: Path, database: str | Path | None = None, **changes: object) -> Iterator[Site]:
     """The application for settings with two lists offered (``changes`` replace settings), its outbox, and
-    one reader, ``old@example.org``, active on both lists since an import."""
+    one reader, ``old@example.org``, active on both lists since an import. ``database``: a PostgreSQL
+    URL or an SQLite file (default: a new file)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     issues = tmp_path / "issues"
@@ -157,7 +164,8 @@ def running(tmp_path: Path, **changes: object) -> Iterator[Site]:
     settings = Settings(
         sender=SenderSettings(site_url=base),
         smtp=SmtpSettings(port=outbox.port, connections=2, timeout=10),
-        database=DatabaseSettings(tmp_path / "news.db"),
+        database=(DatabaseSettings(url=database) if isinstance(database, str)
+                  else DatabaseSettings(database or tmp_path / "news.db")),
         dispatch=DispatchSettings(wait_for_retries=0),
         issues_dir=issues,
         secret_key=Secret(KEY),
@@ -165,7 +173,7 @@ def running(tmp_path: Path, **changes: object) -> Iterator[Site]:
         signup=SignupSettings(per_network_per_hour=0, per_hour=0),
     )
     settings = replace(settings, **changes)  # type: ignore[arg-type]
-    with Store.open(settings.database.path) as store:
+    with Store.open(settings.database.location) as store:
         for name in ("news", "events"):
             store.upsert_subscribers([SubscriberRow("old@example.org", "Old Reader")], list_name=name)
     server, thread = _start(settings, port)
@@ -180,6 +188,13 @@ def running(tmp_path: Path, **changes: object) -> Iterator[Site]:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     with running(tmp_path) as started:
+        yield started
+
+
+@pytest.fixture
+def any_site(tmp_path: Path, database: str | Path) -> Iterator[Site]:
+    """The same on each backend: an SQLite file, then a PostgreSQL database."""
+    with running(tmp_path, database) as started:
         yield started
 
 
@@ -250,9 +265,10 @@ def test_bad_input_gets_the_form_again_with_the_errors_and_what_was_typed(site: 
     assert site.messages() == []
 
 
-def test_the_same_answer_whatever_the_address_was(site: Site) -> None:
+def test_the_same_answer_whatever_the_address_was(any_site: Site) -> None:
     """No enumeration: new, already waiting, already subscribed, bounced, or a bot: one page."""
-    with Store.open(site.settings.database.path) as store:
+    site = any_site  # each backend
+    with Store.open(site.settings.database.location) as store:
         store.upsert_subscribers([SubscriberRow("bounced@example.org")], list_name="news")
     site.execute("UPDATE subscribers SET status = 'bounced' WHERE email = 'bounced@example.org'")
     answers = {}
@@ -331,8 +347,9 @@ def test_bodies_over_16_kib_are_refused(site: Site, path: str) -> None:
 # --- confirming -----------------------------------------------------------------------------
 
 
-def test_get_confirms_nothing_and_the_post_confirms_once(site: Site) -> None:
+def test_get_confirms_nothing_and_the_post_confirms_once(any_site: Site) -> None:
     """Link scanners (Safe Links) open every URL in a message: only the button's POST confirms."""
+    site = any_site  # each backend
     _signup(site, "ada@example.org", "news", "events")
     link = site.confirm_link("ada@example.org")
     for _ in range(3):  # a scanner, its retry, and a preview fetch
@@ -415,9 +432,10 @@ def test_the_access_log_shows_no_confirm_token(site: Site, caplog: pytest.LogCap
     assert all("/confirm/<token>" in line for line in lines) and not any(token[-12:] in line for line in lines), lines
 
 
-def test_a_thousand_signups_for_one_victim_send_one_email(site: Site) -> None:
+def test_a_thousand_signups_for_one_victim_send_one_email(any_site: Site) -> None:
     """A signup form used to mail-bomb someone: 1,000 POSTs (limits per network and hour off, so that
     every one is accepted), the same answer to each, and the victim gets one email."""
+    site = any_site  # each backend
     answers = set()
     with httpx.Client(base_url=site.base) as client:
         for n in range(1000):
@@ -500,3 +518,58 @@ def test_signup_through_the_json_api_then_confirm_in_chromium(site: Site) -> Non
     before = len(site.messages())
     site.dispatch(site.issue("events"))
     assert _recipients(site, before) == ["grace@example.org", "old@example.org"]
+
+
+
+# --- behind a reverse proxy: a real `newsletter serve` process -------------------------------
+
+
+@contextmanager
+def _serve_process(tmp_path: Path, *options: str) -> Iterator[str]:
+    """``newsletter serve`` with ``options`` as its own process (SMTP down: emails stay queued); its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[sender]\nsite_url = "{base}"\n\n[database]\npath = "news.db"\n\n'
+                      f'[smtp]\nport = {free_port()}\n\n[signup]\nper_network_per_hour = 1\n\n'
+                      '[lists.news]\ntitle = "Weekly news"\n', encoding="utf-8")
+    log = tmp_path / f"serve-{port}.log"
+    command = [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(port), *options]
+    with log.open("w") as output, subprocess.Popen(command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+                                                   env={**os.environ, "NEWSLETTER_SECRET_KEY": KEY}) as process:
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, log.read_text(encoding="utf-8")
+                assert time.monotonic() < deadline, "newsletter serve did not start"
+                try:
+                    if httpx.get(f"{base}/subscribe", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            yield base
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def test_behind_a_named_proxy_limits_and_consents_see_the_reader_s_network(tmp_path: Path) -> None:
+    """``serve --proxy ADDR`` believes X-Forwarded-For from that address only: one network's limit
+    (1 an hour here) doesn't stop another's, and the consent keeps the reader's /24, not the proxy's."""
+
+    def signup(base: str, address: str, forwarded_for: str) -> int:
+        return httpx.post(f"{base}/subscribe", data={"email": address},
+                          headers={"X-Forwarded-For": forwarded_for}).status_code
+
+    with _serve_process(tmp_path, "--proxy", "127.0.0.1") as base:
+        assert signup(base, "a@example.org", "203.0.113.9") == 200
+        assert signup(base, "b@example.org", "203.0.113.77") == 429  # the same /24
+        assert signup(base, "c@example.org", "198.51.100.7") == 200
+    with _serve_process(tmp_path, "--proxy", "10.0.0.0/8") as base:  # not the address requests come from
+        assert signup(base, "d@example.org", "192.0.2.1") == 200  # counted as 127.0.0.1: its first
+        assert signup(base, "e@example.org", "192.0.2.200") == 429
+    with Store.open(tmp_path / "news.db") as store:
+        rows = store.query("SELECT s.email, c.ip_prefix FROM consents c JOIN subscribers s ON s.id = c.subscriber_id"
+                           " ORDER BY s.email")
+    assert [(row["email"], row["ip_prefix"]) for row in rows] == [
+        ("a@example.org", "203.0.113.0/24"), ("c@example.org", "198.51.100.0/24"), ("d@example.org", "127.0.0.0/24")]
