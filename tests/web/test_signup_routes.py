@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,7 +122,8 @@ class Site:
     def mail_settled(self) -> None:
         """Wait until no confirmation or welcome waits to be sent (the background sends are done)."""
         deadline = time.monotonic() + WAIT
-        while self.query("SELECT id FROM confirmations WHERE status IN ('queued', 'sending')"):
+        while self.query("SELECT id FROM confirmations WHERE status IN ('queued', 'sending') UNION ALL"
+                         " SELECT id FROM welcomes WHERE status IN ('queued', 'sending')"):
             assert time.monotonic() < deadline, "confirmation emails still waiting"
             time.sleep(0.02)
 
@@ -369,6 +371,37 @@ def test_get_confirms_nothing_and_the_post_confirms_once(any_site: Site) -> None
     assert again.status_code == 200 and "You are subscribed" in again.text
     later = httpx.get(link)
     assert later.status_code == 200 and "You are already subscribed" in later.text and "<button" not in later.text
+
+
+def test_confirming_sends_the_welcome_issue_once(tmp_path: Path) -> None:
+    welcome = tmp_path / "welcome.md"
+    shutil.copy(SEED_ISSUE, welcome)
+    with running(tmp_path, lists=(replace(NEWS, welcome=welcome), EVENTS)) as site:
+        _signup(site, "ada@example.org", "news", "events")
+        link = site.confirm_link("ada@example.org")
+        assert site.query("SELECT id FROM welcomes") == []  # not before the confirmation
+        for _ in range(2):
+            assert httpx.post(link).status_code == 200
+        site.mail_settled()
+        assert len(site.messages_to("ada@example.org")) == 2  # the confirmation, then one welcome
+        assert site.query("SELECT status FROM welcomes") == [{"status": "sent"}]  # news only: events has none
+
+
+def test_a_forgotten_reader_may_come_back_by_double_opt_in(site: Site) -> None:
+    from newsletter.store.rights import DataRights
+    from newsletter.tokens import split_keys
+
+    keys = split_keys(KEY)
+    with Store.open(site.settings.database.location) as store:
+        DataRights(store).forget("old@example.org", keys)
+    assert _signup(site, "old@example.org", "news").status_code == 200
+    assert site.memberships("old@example.org") == {"news": "pending"}
+    with Store.open(site.settings.database.location) as store:
+        assert DataRights(store).was_forgotten("old@example.org", keys) is not None  # until they confirm
+    httpx.post(site.confirm_link("old@example.org"))
+    assert site.memberships("old@example.org") == {"news": "active"}
+    with Store.open(site.settings.database.location) as store:
+        assert DataRights(store).was_forgotten("old@example.org", keys) is None
 
 
 def test_a_cross_site_confirm_post_is_refused(site: Site) -> None:
