@@ -7,6 +7,7 @@ name and merge fields are emptied, the address is replaced by a placeholder uniq
 row (``forgotten-<id>@forgotten.invalid``; ``.invalid`` can never be delivered, RFC 2606) and
 scrubbed from every text the ledger kept (an SMTP reply, a bounce's diagnostic), and the row
 becomes ``forgotten``. The row stays so that each issue's deliveries and counts stay right.
+Their confirmation and welcome emails (the signup outbox) are deleted, sent or not.
 
 All that remains of the address is :func:`forget_hash`, an HMAC-SHA256 under
 ``NEWSLETTER_SECRET_KEY`` of the lower-cased address, in the ``forgotten`` table (looked up
@@ -235,6 +236,13 @@ class DataRights:
                 source = _scrub(found["source"], secrets, placeholder) or ""
                 cursor.execute("UPDATE consents SET ip_prefix = NULL, source = ? WHERE id = ?",
                                (source[:SOURCE_LIMIT], found["id"]))
+            # The outbox of signups (issue 16): each confirmation and welcome email's row, whose
+            # SMTP reply may quote the address. Nothing in them is needed once the person is gone
+            # (the consent rows keep when and how they confirmed), and a queued one must not go out.
+            cursor.execute("UPDATE consents SET confirmation_id = NULL WHERE subscriber_id = ?"
+                           " AND confirmation_id IS NOT NULL", (subscriber_id,))
+            cursor.execute("DELETE FROM confirmations WHERE subscriber_id = ?", (subscriber_id,))
+            cursor.execute("DELETE FROM welcomes WHERE subscriber_id = ?", (subscriber_id,))
             # Memberships stay as they were (no address in them): ending them now would count
             # as an unsubscribe in the latest issue's figures. The status keeps them from any list.
         return "forgotten"

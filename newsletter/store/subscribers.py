@@ -144,6 +144,11 @@ class Store(Database):
         and counts as ``forgotten``. Without keys nobody can be recognised: a command calls
         :meth:`check_forget_keys` first.
 
+        A ``pending`` membership (a signup not confirmed yet) turns active: the import says
+        the consent was gathered elsewhere, as for anyone it adds. Not for someone removed
+        from everything (they stay out, counted so), nor for a forgotten address that signed
+        up again (only its own confirmation brings it back: it counts as ``forgotten``).
+
         With ``consent`` (``--consent "how"``), each membership this creates gets one consent
         row saying so (:mod:`newsletter.store.consent`), in the same transaction and with one
         statement per chunk; a membership that was there already gets none.
@@ -189,6 +194,11 @@ class Store(Database):
         for sql, params in self.dialect.memberships_on_list(list_id, known_ids):
             for found in cursor.execute(sql, params).fetchall():
                 on_list[int(found["subscriber_id"])] = found["status"]
+        # Pending on this list: activated below, unless the address was forgotten before.
+        waiting = {key for key, person in people.items()
+                   if person.id is not None and on_list.get(person.id) == "pending"}
+        if waiting and forget_keys:
+            skipped |= set(lookup_forgotten(cursor, sorted(waiting), forget_keys))
         joined: set[str] = set()  # keys with a membership row by the end of this chunk
         forgotten = 0
         for row in rows:
@@ -206,7 +216,7 @@ class Store(Database):
                     person.name = row.name
                 person.changed = True
                 updated += 1
-                left_list = person.id is not None and on_list.get(person.id, "active") != "active"
+                left_list = person.id is not None and on_list.get(person.id, "active") not in ("active", "pending")
                 if person.status != "active" or left_list:
                     kept_out += 1
             joined.add(key)
@@ -226,9 +236,17 @@ class Store(Database):
         members = [(person.id, "active" if person.status == "active" else "unsubscribed")
                    for person in (people[key] for key in joined) if person.id is not None]
         self.dialect.insert_memberships(cursor, list_id, members, now)
+        activated = {subscriber_id for subscriber_id, status in members
+                     if status == "active" and on_list.get(subscriber_id) == "pending"}
+        if activated:
+            self.dialect.execute_each(
+                cursor, "UPDATE memberships SET status = 'active', updated_at = ? WHERE list_id = ?"
+                f" AND subscriber_id {self.dialect.each_id} AND status = 'pending'", (now, list_id), sorted(activated))
         if consent is not None:
-            # The memberships made just now: those not on the list when the chunk was read.
-            created = [subscriber_id for subscriber_id, _ in members if subscriber_id not in on_list]
+            # The memberships made (or made active) just now: those not on the list when the chunk
+            # was read, and the pending ones.
+            created = [subscriber_id for subscriber_id, _ in members
+                       if subscriber_id not in on_list or subscriber_id in activated]
             self.dialect.insert_consents(cursor, list_id, created, consent.method, consent.source, now)
         return UpsertCounts(added, updated, kept_out, forgotten)
 

@@ -14,9 +14,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from newsletter.cli.commands import main
+from newsletter.config import SignupSettings
 from newsletter.store.feedback import Feedback
 from newsletter.store.ledger import Ledger
 from newsletter.store.rights import _DELIVERIES, _FEEDBACK, _FORGOTTEN, _MEMBERSHIPS, _SUBSCRIBER, forget_hash
+from newsletter.store.signups import SignupRequest, Signups
 from newsletter.store.subscribers import Store, SubscriberRow
 
 pytest_plugins = ["tests.harness.pgserver"]
@@ -147,6 +149,34 @@ def test_forget_leaves_no_address_or_name_in_any_table_and_keeps_the_counts(
     assert [(p["name"], p["status"]) for p in forgotten] == [("", "forgotten")]
     assert re.fullmatch(r"forgotten-[0-9]+@forgotten\.invalid", forgotten[0]["email"])
     assert cli(tmp_path, ledger, "subscribers", "show", ANN).exit_code == 2
+
+
+def test_forget_leaves_nothing_of_a_signup_either(tmp_path: Path, database: str | Path) -> None:
+    """Signed up (confirmed, welcomed) and signed up again for one more list: the signup outbox's rows and the
+    SMTP replies they kept go, the consent rows stay without their network."""
+    with Store.open(database) as store:
+        signups = Signups(store, SignupSettings())
+        first = signups.request(SignupRequest(ANN, ("default",), "form", name="Annabel Lovelace",
+                                              source="https://example.org/join", ip="203.0.113.7"))
+        assert first.confirmation_id is not None
+        assert signups.confirm(first.confirmation_id, welcome_lists={"default"}).status == "confirmed"
+        for mail in signups.claim_mail():
+            signups.record_mail(mail, "sent", message_id=f"<{mail.kind}@news.example.com>",
+                                detail=f"250 2.0.0 queued for <{ANN}> (Annabel Lovelace)")
+        signups.request(SignupRequest(ANN, ("other",), "api", ip="2001:db8:abcd::1"))
+        assert [len(store.query(f"SELECT * FROM {table}")) for table in ("confirmations", "welcomes", "consents")] \
+            == [2, 1, 2]
+    assert all(clear in clear_text(database) for clear in ANN_CLEAR[:2])
+    result = cli(tmp_path, database, "subscribers", "forget", ANN, "--yes")
+    assert result.exit_code == 0, result.output
+    text = clear_text(database)
+    for clear in ANN_CLEAR[:2]:
+        assert clear not in text, clear
+    tables = every_row(database)
+    assert tables["confirmations"] == [] and tables["welcomes"] == [] and len(tables["consents"]) == 2
+    # The consents keep no network; the hour's signup counters (a network and a count, no person,
+    # purged after a day) are no one's.
+    assert "203.0.113" not in repr(tables["consents"]) and "2001:db8:abcd" not in repr(tables["consents"])
 
 
 def test_forget_twice_changes_nothing_the_second_time(tmp_path: Path, ledger: str | Path) -> None:

@@ -362,3 +362,48 @@ def test_the_hot_queries_use_their_indexes(store: Store) -> None:
             scans = [line for line in plans[name].splitlines()
                      if line.strip().startswith("SCAN") and "CONSTANT ROW" not in line]
             assert not scans, (name, plans[name])
+
+
+# --- pending memberships elsewhere in the store ---------------------------------------------------
+
+
+def test_an_import_makes_a_pending_membership_active_and_doesnt_count_it_as_kept_out(store: Store) -> None:
+    from newsletter.store.consent import ConsentClaim
+
+    signups = Signups(store, OPEN)
+    signups.request(signup("new@example.org"), now=T0)
+    signups.request(signup("gone@example.org"), now=T0)  # removed from everything before it confirms
+    store.unsubscribe("gone@example.org")
+    counts = store.upsert_subscribers([SubscriberRow("new@example.org", "Nia"), SubscriberRow("gone@example.org")],
+                                      list_name="default", consent=ConsentClaim("import", "the old provider"))
+    assert (counts.added, counts.updated, counts.kept_out) == (0, 2, 1)
+    assert memberships(store, "new@example.org") == {"default": "active"}
+    assert memberships(store, "gone@example.org") == {"default": "unsubscribed"}
+    methods = sorted(str(r[0]) for r in store.query(
+        "SELECT c.method FROM consents c JOIN subscribers s ON s.id = c.subscriber_id WHERE s.email_key = ?",
+        ("new@example.org",)))
+    assert methods == ["form", "import"]
+
+
+def test_an_import_never_activates_a_forgotten_address_that_signed_up_again(store: Store) -> None:
+    DataRights(store).forget("old@example.org", [KEY])
+    Signups(store, OPEN).request(signup("old@example.org"), now=T0)
+    counts = store.upsert_subscribers([SubscriberRow("old@example.org")], list_name="default", forget_keys=[KEY])
+    assert (counts.added, counts.updated, counts.kept_out, counts.forgotten) == (0, 0, 0, 1)
+    assert memberships(store, "old@example.org") == {"default": "pending"}
+
+
+def test_rejoin_of_a_pending_membership_says_what_it_did(store: Store) -> None:
+    Signups(store, OPEN).request(signup("new@example.org"), now=T0)
+    subscriber_id, list_id = sid(store, "new@example.org"), store.find_list("default") or 0
+    assert store.rejoin(subscriber_id, list_id) == "rejoined"
+    assert memberships(store, "new@example.org") == {"default": "active"}
+    assert store.rejoin(subscriber_id, list_id) == "unchanged"
+
+
+def test_leaving_everything_ends_pending_memberships_too(store: Store) -> None:
+    outcome = Signups(store, OPEN).request(signup("new@example.org", "default", "other"), now=T0)
+    assert store.unsubscribe("new@example.org")
+    assert memberships(store, "new@example.org") == {"default": "unsubscribed", "other": "unsubscribed"}
+    assert Signups(store, OPEN).confirm(outcome.confirmation_id or 0, now=T0).lists == ()
+    assert store.query("SELECT status FROM subscribers WHERE email_key = 'new@example.org'")[0][0] == "unsubscribed"
