@@ -271,7 +271,11 @@ def _cross_site(request: Request, site_origin: str) -> bool:
 
 
 class AccessLog:
-    """One line per request, with unsubscribe tokens cut out (they are credentials)."""
+    """One line per request, with tokens cut out (they are credentials), once its answer is sent.
+
+    The time is the answer's: work a route does after it (a signup's confirmation email, sent
+    in the background) is neither in the line's time nor holding the line back.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -282,19 +286,28 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 0
+        logged = False
+
+        def log_line() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                client = scope.get("client") or ("-", 0)
+                access_log.info('%s "%s %s" %s %.1f ms', client[0], scope.get("method", "-"), redact_path(scope),
+                                status or "-", (time.perf_counter() - started) * 1000)  # "-": the client left
 
         async def recording(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                log_line()
 
         try:
             await self.app(scope, receive, recording)
         finally:
-            client = scope.get("client") or ("-", 0)
-            access_log.info('%s "%s %s" %s %.1f ms', client[0], scope.get("method", "-"), redact_path(scope),
-                            status or "-", (time.perf_counter() - started) * 1000)  # "-": the client left
+            log_line()
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, proxies: Sequence[str] = ()) -> None:

@@ -8,6 +8,7 @@ files each message in a Maildir), and the tests take the links from the messages
 
 from __future__ import annotations
 
+import asyncio
 import email
 import json
 import logging
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 import uvicorn
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from newsletter.config import (
     DatabaseSettings,
@@ -47,7 +49,7 @@ from newsletter.store.subscribers import Store, SubscriberRow
 from newsletter.web.app import create_app
 from newsletter.web.security import MAX_BODY
 from tests.conftest import SEED_ISSUE
-from tests.harness.smtpserver import free_port
+from tests.harness.smtpserver import Recorder, SmtpServer, free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -463,6 +465,47 @@ def test_the_access_log_shows_no_confirm_token(site: Site, caplog: pytest.LogCap
             assert time.monotonic() < deadline
             time.sleep(0.01)
     assert all("/confirm/<token>" in line for line in lines) and not any(token[-12:] in line for line in lines), lines
+
+
+class _HeldRecorder(Recorder):
+    """The test SMTP server's handler, keeping every message's DATA waiting until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.data_started.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.release.wait, WAIT)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_the_answer_and_its_log_line_do_not_wait_for_the_email(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The confirmation email goes out after the answer: with the relay holding it in DATA, the reader
+    has their page and the access log its line (with the answer's time), and the email arrives later."""
+    held = _HeldRecorder()
+    relay = SmtpServer()
+    relay.recorder = relay.controller.handler = held
+    relay.start()
+    try:
+        with running(tmp_path, smtp=SmtpSettings(port=relay.port, connections=1, timeout=WAIT)) as site, \
+                caplog.at_level(logging.INFO, logger="newsletter.access"):
+            response = _signup(site, "ada@example.org", "news")
+            assert response.status_code == 200 and "Check your inbox" in response.text
+            assert held.data_started.wait(WAIT)  # the email is on its way, held in DATA
+            deadline = time.monotonic() + WAIT
+            while not (lines := [r.getMessage() for r in caplog.records if '"POST /subscribe"' in r.getMessage()]):
+                assert time.monotonic() < deadline, "no access-log line while the email is being sent"
+                time.sleep(0.01)
+            assert held.received() == []
+            held.release.set()
+            assert held.wait_for(1, timeout=WAIT)
+            site.mail_settled()
+        assert len(lines) == 1 and lines[0].endswith(" ms") and " 200 " in lines[0]
+    finally:
+        held.release.set()
+        relay.stop()
 
 
 def test_a_thousand_signups_for_one_victim_send_one_email(any_site: Site) -> None:
