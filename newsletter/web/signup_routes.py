@@ -153,11 +153,11 @@ def signup_routes(settings: Settings, keys: Sequence[bytes], *, cross_site: Call
         fields = {key: [value for value in form.getlist(key) if isinstance(value, str)] for key in form}
         await form.close()
         signup = form_input(fields, referer=request.headers.get("referer", ""))
-        if signup.honeypot:  # a bot: the usual answer, and nothing stored
-            return page("subscribe_sent.html", email=signup.email)
         checked = validate(signup, offered)
         if isinstance(checked, dict):
             return form_page(signup, checked, status=400)
+        if signup.honeypot:  # a bot: the usual answer (checked like any other), and nothing stored
+            return page("subscribe_sent.html", email=checked.email)
         outcome = await run_in_threadpool(store_signup, checked, "form", _client_ip(request))
         if outcome.status == "limited":
             return limited()

@@ -287,10 +287,17 @@ def test_the_same_answer_whatever_the_address_was(any_site: Site) -> None:
 
 
 def test_a_filled_honeypot_stores_nothing(site: Site) -> None:
-    response = _signup(site, "bot@example.org", "news", website="https://spam.example")
-    assert response.status_code == 200 and "Check your inbox" in response.text
-    assert site.query("SELECT id FROM subscribers WHERE email = 'bot@example.org'") == []
-    assert site.query("SELECT id FROM consents") == []
+    bot = _signup(site, "Bot@EXAMPLE.org", "news", website="https://spam.example")
+    person = _signup(site, "Ada@EXAMPLE.org", "news")
+    assert bot.status_code == person.status_code == 200 and "Check your inbox" in bot.text
+    # The address normalised as for a person: the same page.
+    assert bot.text.replace("Bot@example.org", "X") == person.text.replace("Ada@example.org", "X")
+    assert site.memberships("Bot@example.org") == {} and site.memberships("Ada@example.org") == {"news": "pending"}
+    assert len(site.query("SELECT id FROM consents")) == 1
+    # Checked like any other signup: a bot can't tell the honeypot by a different answer to bad input.
+    assert _signup(site, "not an address", "news", website="x").status_code == 400
+    site.mail_settled()
+    assert [str(message["Delivered-To"]) for message in site.messages()] == ["Ada@example.org"]
 
 
 def test_the_network_limit_answers_429(tmp_path: Path) -> None:
