@@ -131,6 +131,7 @@ PAGES = {
                                      action="/confirm/t"),
     "confirm-expired": lambda: _page("confirm.html", state="expired", pending_days=7, subscribe_href="/subscribe"),
     "confirmed": lambda: _page("confirmed.html", email="ada@example.org", lists=[NEWS, EVENTS]),
+    "confirmed-nothing-active": lambda: _page("confirmed.html", email="ada@example.org", lists=[]),
 }
 
 

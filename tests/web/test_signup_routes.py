@@ -413,6 +413,16 @@ def test_a_forgotten_reader_may_come_back_by_double_opt_in(site: Site) -> None:
         assert DataRights(store).was_forgotten("old@example.org", keys) is None
 
 
+def test_confirming_after_the_address_bounced_says_it_gets_nothing(site: Site) -> None:
+    _signup(site, "ada@example.org", "news")
+    link = site.confirm_link("ada@example.org")
+    site.execute("UPDATE subscribers SET status = 'bounced' WHERE email = 'ada@example.org'")
+    response = httpx.post(link)
+    assert response.status_code == 200 and "Your confirmation is recorded" in response.text
+    assert "You are subscribed" not in response.text
+    assert site.memberships("ada@example.org") == {"news": "pending"}
+
+
 def test_a_cross_site_confirm_post_is_refused(site: Site) -> None:
     _signup(site, "ada@example.org", "news")
     link = site.confirm_link("ada@example.org")
