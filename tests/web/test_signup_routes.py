@@ -525,6 +525,24 @@ def test_the_answer_and_its_log_line_do_not_wait_for_the_email(tmp_path: Path,
         relay.stop()
 
 
+def test_with_the_relay_away_the_answer_is_the_same_and_dispatch_sends_the_email_later(tmp_path: Path) -> None:
+    """``serve`` can't reach the relay: the reader gets the usual page, the confirmation waits in the
+    outbox, and the next ``newsletter dispatch`` sends it; its link then works."""
+    with running(tmp_path, smtp=SmtpSettings(port=free_port(), connections=1, timeout=5)) as site:  # nobody there
+        response = _signup(site, "ada@example.org", "news")
+        assert response.status_code == 200 and "Check your inbox" in response.text
+        deadline = time.monotonic() + WAIT
+        while site.query("SELECT id FROM confirmations WHERE status = 'queued' AND attempts >= 1") == []:
+            assert time.monotonic() < deadline, site.query("SELECT status, attempts FROM confirmations")
+            time.sleep(0.02)
+        assert site.messages() == []
+        site.execute("UPDATE confirmations SET next_attempt_at = 0")  # its retry is due (time passed)
+        relay_back = replace(site.settings, smtp=SmtpSettings(port=site.outbox.port, connections=1, timeout=10))
+        assert dispatch(relay_back, DispatchOptions()).exit_code == 0
+        assert httpx.post(site.confirm_link("ada@example.org")).status_code == 200
+        assert site.memberships("ada@example.org") == {"news": "active"}
+
+
 def test_a_thousand_signups_for_one_victim_send_one_email(any_site: Site) -> None:
     """A signup form used to mail-bomb someone: 1,000 POSTs (limits per network and hour off, so that
     every one is accepted), the same answer to each, and the victim gets one email."""
