@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import json
 import os
 import sys
@@ -821,32 +822,54 @@ def outbox_command(port: int, maildir: str) -> None:
     serve_outbox(Path(maildir), port=port, ready=ready)
 
 
+def _proxy_addresses(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--proxy`` values checked: each an IP address or network (never "*": anyone could name any address)."""
+    checked = []
+    for value in values:
+        try:
+            checked.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)",
+                                     ctx=ctx, param=param) from None
+    return tuple(checked)
+
+
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (put a TLS-terminating proxy in front for the internet).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--proxy", "proxies", multiple=True, metavar="ADDR", callback=_proxy_addresses,
+              help="A reverse proxy's address or network whose X-Forwarded-For is believed (repeatable), so that"
+                   " signup limits and consent records see readers' networks, not the proxy's.")
 @click.pass_context
-def serve_command(ctx: click.Context, host: str, port: int) -> None:
+def serve_command(ctx: click.Context, host: str, port: int, proxies: tuple[str, ...]) -> None:
     """Run the web side: one-click unsubscribe (RFC 8058) and the archive of sent issues.
 
     \b
     POST /unsubscribe/TOKEN     one-click unsubscribe (what Gmail and Yahoo send)
     GET  /unsubscribe/TOKEN     a page with one button (link scanners change nothing)
     GET  /issues/               every sent issue; /issues/SLUG/ is its web version
+    GET  /subscribe             the signup form ([lists.NAME]); POST from any site
+    POST /api/subscribe         the same as JSON, for scripts
+    GET  /confirm/TOKEN         double opt-in: a page with one button (POST confirms)
 
     Reads the same config and database as dispatch, and needs NEWSLETTER_SECRET_KEY
     (it checks the tokens that key signed). Its links are [sender] site_url/...: serve
     this behind a proxy at that address. The access log never shows a token.
 
+    Behind a reverse proxy, name it with --proxy so that signup limits count readers'
+    networks, not the proxy's.
+
     \b
     Example:
       newsletter serve --port 8000
+      newsletter serve --port 8000 --proxy 127.0.0.1
     """
     from newsletter.web.app import serve  # starlette and uvicorn: only this command needs them
 
     settings = _settings(ctx)
     click.echo(f"serving on http://{host}:{port}/ (links in emails point at {settings.sender.site_url}/)", err=True)
-    serve(settings, host=host, port=port)
+    serve(settings, host=host, port=port, proxies=proxies)
 
 
 @main.group("archive")

@@ -12,6 +12,8 @@ Routes:
 - ``GET /issues/`` and ``GET /issues/<slug>/``: the archive and each sent issue's web version,
   worked out on threads of their own, so that no number of them delays an unsubscribe.
 - ``GET /issues/feed.xml``: the archive's Atom feed (the latest sent issues), on the same threads.
+- ``/subscribe``, ``/api/subscribe``, ``/confirm/<token>``: readers sign up themselves, with double
+  opt-in (:mod:`newsletter.web.signup_routes`).
 
 A forged, altered or malformed token gets 400 and changes nothing. Every response carries
 security headers (a CSP with no script at all, no referrer); bodies are capped at 16 KiB; a
@@ -25,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
@@ -43,6 +45,7 @@ from newsletter.errors import ConfigError, NewsletterError
 from newsletter.tokens import TokenSigner, split_keys
 from newsletter.web import archive, feed, unsubscribe
 from newsletter.web.security import MAX_BODY, SecurityHeaders, page_policy, redact_path
+from newsletter.web.signup_routes import signup_routes
 
 __all__ = [
     "AccessLog",
@@ -220,6 +223,7 @@ def create_app(settings: Settings) -> ASGIApp:
             Route("/issues/feed.xml", archive_feed),  # before /issues/{slug}, which would redirect it
             Route("/issues/{slug}/", archive_issue),
             Route("/issues/{slug}", issue_without_slash),
+            *signup_routes(settings, keys, cross_site=lambda request: _cross_site(request, site_origin)),
         ],
         exception_handlers={404: not_found},
         max_body_size=MAX_BODY,
@@ -267,7 +271,11 @@ def _cross_site(request: Request, site_origin: str) -> bool:
 
 
 class AccessLog:
-    """One line per request, with unsubscribe tokens cut out (they are credentials)."""
+    """One line per request, with tokens cut out (they are credentials), once its answer is sent.
+
+    The time is the answer's: work a route does after it (a signup's confirmation email, sent
+    in the background) is neither in the line's time nor holding the line back.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -278,27 +286,41 @@ class AccessLog:
             return
         started = time.perf_counter()
         status = 0
+        logged = False
+
+        def log_line() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                client = scope.get("client") or ("-", 0)
+                access_log.info('%s "%s %s" %s %.1f ms', client[0], scope.get("method", "-"), redact_path(scope),
+                                status or "-", (time.perf_counter() - started) * 1000)  # "-": the client left
 
         async def recording(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                log_line()
 
         try:
             await self.app(scope, receive, recording)
         finally:
-            client = scope.get("client") or ("-", 0)
-            access_log.info('%s "%s %s" %s %.1f ms', client[0], scope.get("method", "-"), redact_path(scope),
-                            status or "-", (time.perf_counter() - started) * 1000)  # "-": the client left
+            log_line()
 
 
-def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000, proxies: Sequence[str] = ()) -> None:
     """Run the application with uvicorn until Ctrl-C (uvicorn's own access log off: ours redacts).
 
     Each request has :data:`~newsletter.web.server.REQUEST_TIMEOUT` seconds to arrive, and an
     idle connection closes 5 s after its last response; no limit counts connections (uvicorn's
     ``limit_concurrency`` counted idle ones, so silent sockets locked everyone out).
+
+    ``proxies``: addresses or networks of reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed (uvicorn's proxy-headers middleware), so that signup
+    limits and consent records see the reader's network, not the proxy's; from anyone else
+    those headers are ignored, as they are when there are none.
     """
     import uvicorn
 
@@ -307,6 +329,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> N
     app = create_app(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     raise_open_file_limit()
-    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=False,
-                log_level="info", http=DeadlineH11Protocol, timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
+    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, proxy_headers=bool(proxies),
+                forwarded_allow_ips=list(proxies) or None, log_level="info", http=DeadlineH11Protocol,
+                timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
 

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "MAX_BODY",
     "SecurityHeaders",
+    "TOKEN_PATHS",
     "page_policy",
     "redact_path",
 ]
@@ -25,6 +26,8 @@ log = logging.getLogger("newsletter.web")
 MAX_BODY = 16 * 1024
 #: how much of a request path a log line shows
 LOGGED_PATH_CHARS = 200
+#: paths whose last segment is a token (a credential): the log shows ``<token>`` instead
+TOKEN_PATHS = ("/unsubscribe/", "/confirm/", "/preferences/")
 
 
 def page_policy(*, frames: bool = False, scripts: bool = False) -> str:
@@ -108,14 +111,16 @@ class SecurityHeaders:
 def redact_path(scope: Scope) -> str:
     """The request path for a log line: no token, nothing that can break or forge a line, at most ~200 characters.
 
-    ``/unsubscribe/<token>`` whatever the token (tokens are credentials). Any other path is
+    ``/unsubscribe/<token>``, ``/confirm/<token>`` and ``/preferences/<token>`` whatever the
+    token (tokens are credentials: each acts for its reader). Any other path is
     percent-encoded again (the server decoded it: a ``%0a`` is a line break by now), so
     control characters, quotes, backslashes and bidirectional overrides show as ``%XX``;
     a longer path is cut, with its length.
     """
     path = str(scope.get("path", ""))
-    if path.startswith("/unsubscribe/") and path != "/unsubscribe/":
-        return "/unsubscribe/<token>"
+    for prefix in TOKEN_PATHS:
+        if path.startswith(prefix) and path != prefix:
+            return f"{prefix}<token>"
     shown = quote(path, safe="/:@!$&'()*+,;=")
     if len(shown) > LOGGED_PATH_CHARS:
         return f"{shown[:LOGGED_PATH_CHARS]}...({len(shown)} chars)"
