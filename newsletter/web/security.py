@@ -23,6 +23,8 @@ log = logging.getLogger("newsletter.web")
 
 #: the largest request body either server reads (a one-click POST is 26 bytes; a form, a few hundred)
 MAX_BODY = 16 * 1024
+#: paths whose last part is a token (a credential): a log line shows ``<token>`` instead
+_TOKEN_PATHS = ("/unsubscribe/", "/preferences/")
 #: how much of a request path a log line shows
 LOGGED_PATH_CHARS = 200
 
@@ -108,14 +110,15 @@ class SecurityHeaders:
 def redact_path(scope: Scope) -> str:
     """The request path for a log line: no token, nothing that can break or forge a line, at most ~200 characters.
 
-    ``/unsubscribe/<token>`` whatever the token (tokens are credentials). Any other path is
+    ``/unsubscribe/<token>`` and ``/preferences/<token>`` whatever the token (tokens are credentials). Any other path is
     percent-encoded again (the server decoded it: a ``%0a`` is a line break by now), so
     control characters, quotes, backslashes and bidirectional overrides show as ``%XX``;
     a longer path is cut, with its length.
     """
     path = str(scope.get("path", ""))
-    if path.startswith("/unsubscribe/") and path != "/unsubscribe/":
-        return "/unsubscribe/<token>"
+    for prefix in _TOKEN_PATHS:
+        if path.startswith(prefix) and path != prefix:
+            return f"{prefix}<token>"
     shown = quote(path, safe="/:@!$&'()*+,;=")
     if len(shown) > LOGGED_PATH_CHARS:
         return f"{shown[:LOGGED_PATH_CHARS]}...({len(shown)} chars)"
