@@ -27,6 +27,7 @@ __all__ = [
     "TokenSigner",
     "UNSUBSCRIBE_TAG",
     "UnsubscribeToken",
+    "preferences_link",
     "split_keys",
     "unsubscribe_links",
 ]
@@ -66,6 +67,11 @@ def split_keys(value: str) -> list[bytes]:
 def unsubscribe_links(site_url: str, address: str, token: str) -> tuple[str, str]:
     """The one-click URL and the ``mailto:`` for a token, as List-Unsubscribe and the footer give them."""
     return f"{site_url}/unsubscribe/{token}", f"mailto:{address}?subject=unsubscribe%20{token}"
+
+
+def preferences_link(site_url: str, token: str) -> str:
+    """The preferences page of an unsubscribe token ("Manage your subscription" in the footer)."""
+    return f"{site_url}/preferences/{token}"
 
 
 def _key_id(key: bytes) -> str:

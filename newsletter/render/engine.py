@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: the per-recipient values a template may use, as ``recipient.<field>``
-RECIPIENT_FIELDS = ("email", "name", "unsubscribe_url")
+RECIPIENT_FIELDS = ("email", "name", "unsubscribe_url", "preferences_url")
 
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July",
            "August", "September", "October", "November", "December")
@@ -87,7 +87,8 @@ def render_issue(
     """Render ``issue`` once: HTML (inlined CSS) and text, with recipient placeholders.
 
     ``web`` renders the archive's web version instead of the email: templates see
-    ``web`` true and leave out what belongs to one recipient (address, unsubscribe link).
+    ``web`` true and leave out what belongs to one recipient (address, unsubscribe and
+    preferences links).
     """
     folder = templates_dir or default_templates_dir()
     # The prefix is derived from the parsed issue, so the issue can't contain it.

@@ -341,3 +341,55 @@ def test_the_page_passes_the_accessibility_checks_the_emails_get(site: Site) -> 
     for number in range(1, 4):
         assert f'<label for="list-{number}">' in page and f'id="list-{number}"' in page
     assert "<fieldset>" in page and "<legend>Your lists</legend>" in page and '<label class="field" for="name">' in page
+
+
+@pytest.mark.browser
+def test_preferences_changed_in_chromium_from_a_captured_message(site: Site) -> None:
+    """The footer link of a delivered email, opened in a real browser on a 375 px phone screen: the
+    reader renames themselves, joins a list and leaves one; the database says exactly that, and the
+    next issue of the list they left skips them."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.harness.browser import CHROMIUM, FLAGS
+
+    delivered = site.messages()["ada@example.org"]
+    html_part, text_part = delivered.get_body(("html",)), delivered.get_body(("plain",))
+    assert html_part is not None and text_part is not None
+    links = re.findall(r'href="([^"]+/preferences/[^"]+)"', html_part.get_content())
+    assert links == [site.url("ada@example.org")]  # one, with the same token as the unsubscribe link
+    assert links[0] in text_part.get_content()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 375, "height": 800})
+            page.goto(links[0])
+            assert "ada@example.org" in page.inner_text("main")
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375  # nothing wider than the phone
+            assert page.get_by_label("The Daily Briefing").is_checked()
+            assert not page.get_by_label("The Weekly Review").is_checked()
+            page.get_by_label("Your name").fill("Ada King")
+            page.get_by_label("The Weekly Review").check()
+            page.get_by_label("The Daily Briefing").uncheck()
+            assert site.lists("ada@example.org") == {"default": "active", "staff": "active"}  # not saved yet
+            page.get_by_role("button", name="Save").click()
+            page.wait_for_selector("text=Saved.")
+            assert "You now get The Weekly Review" in page.inner_text("main")
+            assert page.get_by_label("The Weekly Review").is_checked()
+            assert not page.get_by_label("The Daily Briefing").is_checked()
+            assert page.get_by_label("Your name").input_value() == "Ada King"
+        finally:
+            browser.close()
+    assert site.lists("ada@example.org") == {"default": "unsubscribed", "weekly": "active", "staff": "active"}
+    assert site.person("ada@example.org") == ("Ada King", "active")
+    with Store.open(site.settings.database.path) as store:
+        consents = store.query("SELECT l.name, c.method, c.source FROM consents c JOIN lists l ON l.id = c.list_id")
+    assert [tuple(row) for row in consents] == [("weekly", "form", "preferences page")]
+    second = site.settings.issues_dir / "2017-07-08-second.md"
+    second.write_text(SEED_ISSUE.read_text(encoding="utf-8"), encoding="utf-8")
+    before = set((site.outbox.maildir / "new").iterdir())
+    report = dispatch(site.settings, DispatchOptions(issue=str(second)))
+    assert report.exit_code == 0, report
+    new = set((site.outbox.maildir / "new").iterdir()) - before
+    recipients = {str(email.message_from_bytes(path.read_bytes(), policy=policy.default)["Delivered-To"])
+                  for path in new}
+    assert recipients == {"bob@example.org", "cleo@example.org"}
