@@ -1,4 +1,4 @@
-"""Signed ids: unsubscribe tokens, and the return paths (VERP) that tell which delivery bounced.
+"""Signed ids: unsubscribe tokens, confirmation tokens, and the return paths (VERP) that tell which delivery bounced.
 
 Unsubscribe tokens are an HMAC-SHA256 over (subscriber, list), with room for key rotation.
 
@@ -7,11 +7,19 @@ key id naming the key that signed it, and 22 characters of URL-safe base64 (128 
 the MAC). Only the holder of the secret key can make one; :meth:`TokenSigner.verify`
 compares in constant time and accepts every key it was given, so rotating means putting
 the new key first and keeping the old ones until their links no longer matter.
+
+Confirmation tokens (double opt-in, issue 16) name a confirmation and the day its link stops
+working: ``c<confirmation>.<YYYYMMDD>.<key id><mac>``, signed the same way under a purpose
+string of their own, so neither kind of token can ever pass for the other. Unlike an
+unsubscribe link (RFC 8058 wants that to keep working), a confirmation link expires: the
+day is inside the MAC, and :meth:`TokenSigner.verify_confirm` hands it back for the caller
+to compare with today.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import re
@@ -21,12 +29,14 @@ from dataclasses import dataclass
 from newsletter.errors import ConfigError
 
 __all__ = [
+    "ConfirmToken",
     "MAX_BOUNCE_LOCAL_PART",
     "ReturnPaths",
     "SignedDelivery",
     "TokenSigner",
     "UNSUBSCRIBE_TAG",
     "UnsubscribeToken",
+    "confirm_link",
     "preferences_link",
     "split_keys",
     "unsubscribe_links",
@@ -35,6 +45,7 @@ __all__ = [
 # Used with fullmatch ("$" would let a trailing line break through); ids are SQLite rowids,
 # so up to 19 digits, and at most _MAX_ID.
 _TOKEN_RE = re.compile(r"([1-9][0-9]{0,18})-([1-9][0-9]{0,18})-([A-Za-z0-9_-]{4})([A-Za-z0-9_-]{22})")
+_CONFIRM_RE = re.compile(r"c([1-9][0-9]{0,18})\.([0-9]{8})\.([A-Za-z0-9_-]{4})([A-Za-z0-9_-]{22})")
 _MAX_ID = 2**63 - 1
 _MIN_KEY_LENGTH = 16
 
@@ -45,6 +56,15 @@ class UnsubscribeToken:
 
     subscriber_id: int
     list_id: int
+
+
+@dataclass(frozen=True)
+class ConfirmToken:
+    """What a valid confirmation token says: which confirmation, and the last day its link works (UTC)."""
+
+    confirmation_id: int
+    #: the caller compares it with today: past it, the page says "sign up again"
+    expires: dt.date
 
 
 def split_keys(value: str) -> list[bytes]:
@@ -69,8 +89,13 @@ def unsubscribe_links(site_url: str, address: str, token: str) -> tuple[str, str
     return f"{site_url}/unsubscribe/{token}", f"mailto:{address}?subject=unsubscribe%20{token}"
 
 
+def confirm_link(site_url: str, token: str) -> str:
+    """The confirmation page's URL for a confirmation ``token`` (the link in a confirmation email)."""
+    return f"{site_url}/confirm/{token}"
+
+
 def preferences_link(site_url: str, token: str) -> str:
-    """The preferences page of an unsubscribe token ("Manage your subscription" in the footer)."""
+    """The preferences page's URL for an unsubscribe ``token`` (the footer's "Manage your subscription")."""
     return f"{site_url}/preferences/{token}"
 
 
@@ -81,7 +106,7 @@ def _key_id(key: bytes) -> str:
 
 
 class TokenSigner:
-    """Makes and checks unsubscribe tokens with ``keys`` (the first one signs)."""
+    """Makes and checks unsubscribe and confirmation tokens with ``keys`` (the first one signs)."""
 
     __slots__ = ("_keys", "_signing_id")
 
@@ -116,11 +141,47 @@ class TokenSigner:
             return None
         return UnsubscribeToken(subscriber_id, list_id)
 
+    def make_confirm(self, confirmation_id: int, expires: dt.date) -> str:
+        """The token of confirmation ``confirmation_id`` whose link works until ``expires``; URL-path safe."""
+        if not 0 < confirmation_id <= _MAX_ID:
+            raise ValueError("ids are positive 64-bit integers")
+        day = f"{expires:%Y%m%d}"
+        if len(day) != 8:
+            raise ValueError(f"an expiry between the years 1000 and 9999, not {expires}")
+        key_id = self._signing_id
+        return f"c{confirmation_id}.{day}.{key_id}{_confirm_mac(self._keys[key_id], confirmation_id, day)}"
+
+    def verify_confirm(self, token: str) -> ConfirmToken | None:
+        """What ``token`` names, or None if it is malformed, forged, altered or from an unknown key.
+
+        An expired token is still returned (with its day): the page for it differs from a forged one's.
+        """
+        match = _CONFIRM_RE.fullmatch(token)
+        if match is None:
+            return None
+        confirmation_id, day = int(match[1]), match[2]
+        if confirmation_id > _MAX_ID:
+            return None
+        key = self._keys.get(match[3])
+        if key is None or not hmac.compare_digest(_confirm_mac(key, confirmation_id, day), match[4]):
+            return None
+        try:
+            expires = dt.datetime.strptime(day, "%Y%m%d").date()
+        except ValueError:  # only the key holder can sign a day, so this is a bug of ours, not an attack
+            return None
+        return ConfirmToken(confirmation_id, expires)
+
 
 def _mac(key: bytes, subscriber_id: int, list_id: int) -> str:
     # The purpose string keeps these MACs from ever matching one the key makes elsewhere.
     message = f"unsubscribe\x00{subscriber_id}\x00{list_id}".encode("ascii")
     digest = hmac.digest(key, message, "sha256")  # one-shot, in C: ~4x faster than hmac.new
+    return base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
+
+
+def _confirm_mac(key: bytes, confirmation_id: int, day: str) -> str:
+    # Its own purpose string: a confirmation MAC never matches an unsubscribe or return-path one.
+    digest = hmac.digest(key, f"confirm\x00{confirmation_id}\x00{day}".encode("ascii"), "sha256")
     return base64.urlsafe_b64encode(digest[:16]).decode("ascii").rstrip("=")
 
 

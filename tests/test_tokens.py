@@ -1,8 +1,10 @@
-"""Unsubscribe tokens and return paths: only the key holder can make one; altered or forged ones are refused."""
+"""Unsubscribe and confirmation tokens and return paths: only the key holder can make one; altered or forged
+ones are refused, and no kind passes for another."""
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hmac
 
 import pytest
@@ -14,10 +16,13 @@ from newsletter.errors import ConfigError
 from newsletter.tokens import (
     MAX_BOUNCE_LOCAL_PART,
     UNSUBSCRIBE_TAG,
+    ConfirmToken,
     ReturnPaths,
     SignedDelivery,
     TokenSigner,
     UnsubscribeToken,
+    confirm_link,
+    preferences_link,
     split_keys,
 )
 
@@ -215,3 +220,72 @@ def test_the_fast_encoders_match_the_plain_ones(number: int, key: bytes) -> None
     ids = f"{tokens._base36(number)}-1"
     digest = hmac.digest(key, b"return path\x00" + ids.encode("ascii"), "sha256")
     assert tokens._verp_mac(key, ids) == base64.b32encode(digest[:9]).decode("ascii")[:13].lower()
+
+
+# --- confirmation tokens (double opt-in) ---------------------------------------------------
+
+
+DAY = dt.date(2026, 3, 8)
+
+
+def test_confirm_round_trip_carries_the_expiry_day() -> None:
+    signer = TokenSigner([KEY])
+    token = signer.make_confirm(42, DAY)
+    assert signer.verify_confirm(token) == ConfirmToken(42, DAY)
+    assert token.startswith("c42.20260308.")
+    assert all(char.isalnum() or char in "-_." for char in token) and len(token) <= 64  # one URL path segment
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda t: t.replace("c42.", "c43.", 1),                  # another confirmation
+    lambda t: t.replace(".20260308.", ".20260309.", 1),      # a later expiry
+    lambda t: t.replace(".20260308.", ".20990308.", 1),
+    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),       # one character of the MAC
+    lambda t: t[:-2],
+    lambda t: t + "A",
+    lambda t: t + "\n",
+    lambda t: "",
+    lambda t: t.upper(),
+    lambda t: "c0." + t.split(".", 1)[1],                    # a zero id
+    lambda t: t[1:],                                         # without its kind
+])
+def test_altered_confirm_tokens_are_refused(mutate: object) -> None:
+    signer = TokenSigner([KEY])
+    token = signer.make_confirm(42, DAY)
+    altered = mutate(token)  # type: ignore[operator]
+    assert altered != token
+    assert signer.verify_confirm(altered) is None
+
+
+def test_confirm_and_unsubscribe_macs_are_never_interchangeable() -> None:
+    signer = TokenSigner([KEY])
+    confirm, unsubscribe = signer.make_confirm(42, DAY), signer.make(42, 20260308)
+    assert signer.verify(confirm) is None and signer.verify_confirm(unsubscribe) is None
+    # The same MAC under the other kind's shape: still refused (the purpose strings differ).
+    assert signer.verify(f"42-20260308-{confirm.rsplit('.', 1)[1]}") is None
+    assert signer.verify_confirm(f"c42.20260308.{unsubscribe.rsplit('-', 1)[1]}") is None
+
+
+def test_a_confirm_token_from_another_key_is_refused_and_rotation_accepts_the_old_one() -> None:
+    old = TokenSigner([OTHER]).make_confirm(7, DAY)
+    assert TokenSigner([KEY]).verify_confirm(old) is None
+    assert TokenSigner([KEY, OTHER]).verify_confirm(old) == ConfirmToken(7, DAY)
+
+
+def test_confirm_tokens_refuse_ids_out_of_range() -> None:
+    signer = TokenSigner([KEY])
+    for bad in (0, -1, 2**63):
+        with pytest.raises(ValueError):
+            signer.make_confirm(bad, DAY)
+    with pytest.raises(ValueError):
+        signer.make_confirm(1, dt.date(999, 1, 1))
+
+
+@given(st.text(max_size=80))
+def test_random_strings_are_never_a_confirm_token(text: str) -> None:
+    assert TokenSigner([KEY]).verify_confirm(text) is None
+
+
+def test_links() -> None:
+    assert confirm_link("https://news.example.com", "c1.20260308.x") == "https://news.example.com/confirm/c1.20260308.x"
+    assert preferences_link("https://news.example.com", "1-2-x") == "https://news.example.com/preferences/1-2-x"

@@ -33,6 +33,7 @@ __all__ = [
     "ConsentRecord",
     "Consents",
     "SOURCE_LIMIT",
+    "clean_source",
     "consent_claim",
     "truncate_ip",
 ]
@@ -69,6 +70,13 @@ def truncate_ip(address: str) -> str:
     if isinstance(parsed, ipaddress.IPv4Address):
         return str(ipaddress.IPv4Network((int(parsed), _IPV4_PREFIX), strict=False))
     return str(ipaddress.IPv6Network((int(parsed), _IPV6_PREFIX), strict=False))
+
+
+def clean_source(source: str) -> str:
+    """A consent's source as stored: without control and format characters (a terminal escape, a
+    direction override: a form's page is untrusted text that ``subscribers show`` prints),
+    trimmed, and cut to :data:`SOURCE_LIMIT` characters (a bounded record is still a record)."""
+    return "".join(char for char in source if char.isprintable()).strip()[:SOURCE_LIMIT]
 
 
 @dataclass(frozen=True)
@@ -139,9 +147,8 @@ class Consents:
         if method not in CONSENT_METHODS:
             raise ValueError(f"consent method {method!r}: not one of {', '.join(CONSENT_METHODS)}")
         prefix = None if ip is None else truncate_ip(ip)
-        source = "".join(char for char in source if char.isprintable()).strip()
         with self.store.transaction() as cursor:
-            row = cursor.execute(_INSERT, (subscriber_id, list_id, method, source[:SOURCE_LIMIT], prefix,
+            row = cursor.execute(_INSERT, (subscriber_id, list_id, method, clean_source(source), prefix,
                                            at or _now())).fetchone()
         return int(row[0])
 

@@ -233,6 +233,61 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX consents_subscriber ON consents (subscriber_id, list_id);
     """,
+    # 10: signups (issue 16 items 2 and 4). Each confirmation email is a row of
+    # ``confirmations``, which is also its outbox entry ('queued' -> 'sending' -> 'sent' or
+    # 'failed'; a deferred one goes back to 'queued' with a later next_attempt_at, a claimed
+    # one holds next_attempt_at = the end of its lease, so a crashed sender's row is due again).
+    # The consents a confirmation asks about point at it (NULL for an import's or the command
+    # line's). A welcome issue goes out once per (subscriber, list): ``welcomes``, the same
+    # outbox columns. ``signup_counters`` counts signups per network and in all per hour, one
+    # UPSERT each, so the limits hold across processes. Times that are records (created,
+    # expires, confirmed, sent) are ISO text like the other tables'; the schedule
+    # (next_attempt_at, claimed_at) is unix time like the deliveries'.
+    # The partial indexes hold only what the hot queries look for: the outbox's due rows,
+    # the unconfirmed confirmations that purge expires, the pending memberships it ends.
+    """
+    CREATE TABLE confirmations (
+        id               INTEGER PRIMARY KEY,
+        subscriber_id    INTEGER NOT NULL REFERENCES subscribers(id),
+        created_at       TEXT NOT NULL,
+        expires_at       TEXT NOT NULL,
+        confirmed_at     TEXT,
+        status           TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'sending', 'sent', 'failed')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  REAL NOT NULL DEFAULT 0,     -- unix time; while 'sending': when its lease ends
+        claimed_at       REAL,                        -- unix time
+        sent_at          TEXT,
+        message_id       TEXT NOT NULL DEFAULT '',
+        last_error       TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX confirmations_subscriber ON confirmations (subscriber_id, created_at);
+    CREATE INDEX confirmations_due ON confirmations (next_attempt_at) WHERE status IN ('queued', 'sending');
+    CREATE INDEX confirmations_unconfirmed ON confirmations (expires_at) WHERE confirmed_at IS NULL;
+    ALTER TABLE consents ADD COLUMN confirmation_id INTEGER REFERENCES confirmations(id);
+    CREATE INDEX consents_confirmation ON consents (confirmation_id) WHERE confirmation_id IS NOT NULL;
+    CREATE INDEX memberships_pending ON memberships (updated_at) WHERE status = 'pending';
+    CREATE TABLE welcomes (
+        id               INTEGER PRIMARY KEY,
+        subscriber_id    INTEGER NOT NULL REFERENCES subscribers(id),
+        list_id          INTEGER NOT NULL REFERENCES lists(id),
+        created_at       TEXT NOT NULL,
+        status           TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'sending', 'sent', 'failed')),
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  REAL NOT NULL DEFAULT 0,
+        claimed_at       REAL,
+        sent_at          TEXT,
+        message_id       TEXT NOT NULL DEFAULT '',
+        last_error       TEXT NOT NULL DEFAULT '',
+        UNIQUE (subscriber_id, list_id)
+    );
+    CREATE INDEX welcomes_due ON welcomes (next_attempt_at) WHERE status IN ('queued', 'sending');
+    CREATE TABLE signup_counters (
+        key           TEXT NOT NULL,                -- 'all', or 'net:' and a network ('203.0.113.0/24')
+        window_start  INTEGER NOT NULL,             -- unix time of the hour it counts
+        count         INTEGER NOT NULL,
+        PRIMARY KEY (key, window_start)
+    ) WITHOUT ROWID;
+    """,
 )
 
 #: values one ``IN (…)`` list of an import's lookups holds

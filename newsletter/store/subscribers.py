@@ -249,9 +249,10 @@ class Store(Database):
                     "UPDATE subscribers SET status = 'unsubscribed', updated_at = ?"
                     " WHERE id = ? AND status = 'active'", (now, row["id"]),
                 )
+                # Pending ones too: a confirmation must not bring back someone who left since.
                 cursor.execute(
                     "UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
-                    " WHERE subscriber_id = ? AND status = 'active'", (now, row["id"]),
+                    " WHERE subscriber_id = ? AND status IN ('active', 'pending')", (now, row["id"]),
                 )
                 return True
             result = cursor.execute(
@@ -280,11 +281,14 @@ class Store(Database):
         return None if state is None else (state.email, state.list_name, state.receives)
 
     def leave_list(self, subscriber_id: int, list_id: int) -> bool:
-        """End one membership (an unsubscribe link); True when it was active until now."""
+        """End one membership (an unsubscribe link); True when it was active, or pending, until now.
+
+        A pending one (a signup not confirmed yet) ends too: its confirmation then changes nothing.
+        """
         with self.transaction() as cursor:
             changed = cursor.execute(
                 "UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
-                " WHERE subscriber_id = ? AND list_id = ? AND status = 'active'",
+                " WHERE subscriber_id = ? AND list_id = ? AND status IN ('active', 'pending')",
                 (_now(), subscriber_id, list_id),
             ).rowcount
         return bool(changed > 0)
@@ -293,7 +297,9 @@ class Store(Database):
         """Put exactly one membership back (the re-subscribe button); what happened.
 
         ``"rejoined"``: they get this list again, and only it: someone who had been removed
-        from everything is active again with this one list, their other lists stay ended.
+        from everything is active again with this one list, their other lists stay ended. A
+        pending membership (a signup not confirmed yet) turns active too: the token that names
+        it came by mail to the address, which is what a confirmation proves.
         ``"unchanged"``: they were on it already. ``"suppressed"``: the address bounced, so
         nothing changes (mail to it can't arrive; only an operator can look into that).
         ``"unknown"``: there is no such membership.
@@ -311,16 +317,17 @@ class Store(Database):
                 return "suppressed"
             if row["person"] == "active" and row["status"] == "active":
                 return "unchanged"
-            cursor.execute(
+            changed = cursor.execute(
                 "UPDATE subscribers SET status = 'active', updated_at = ? WHERE id = ? AND status = 'unsubscribed'",
                 (now, subscriber_id),
-            )
-            cursor.execute(
+            ).rowcount
+            changed += cursor.execute(
                 "UPDATE memberships SET status = 'active', updated_at = ?"
-                " WHERE subscriber_id = ? AND list_id = ? AND status = 'unsubscribed'",
+                " WHERE subscriber_id = ? AND list_id = ? AND status IN ('unsubscribed', 'pending')",
                 (now, subscriber_id, list_id),
-            )
-        return "rejoined"
+            ).rowcount
+        # "rejoined" only for a change that happened (the row may have changed since it was read).
+        return "rejoined" if changed else "unchanged"
 
     def rejoin_list(self, subscriber_id: int, list_id: int) -> bool:
         """:meth:`rejoin`, True when it brought the membership back."""

@@ -94,7 +94,7 @@ def test_a_consent_claim_is_one_bounded_line() -> None:
 
 
 def test_migration_9_allows_pending_memberships_and_checks_consents(store: Store) -> None:
-    assert store.schema_version == 9
+    assert store.schema_version == 10
     subscriber_id, list_id = newcomer(store)
     assert store.membership_state(subscriber_id, list_id).status == "pending"  # type: ignore[union-attr]
     with pytest.raises(StoreError):

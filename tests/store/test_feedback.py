@@ -81,7 +81,7 @@ def test_a_database_of_the_previous_schema_migrates_and_keeps_its_data(
             old.mark_bounced(sid(old, "b@example.org"))
             issue_id = issue(old, "old-issue")
     with Store.open(database) as store:
-        assert store.schema_version == 9
+        assert store.schema_version == 10
         assert person(store, "a@example.org") == ("active", {"default": "active"})
         assert person(store, "b@example.org")[0] == "bounced"
         assert store.count() == {"active": 1, "unsubscribed": 0, "bounced": 1}
