@@ -7,8 +7,10 @@ active at once (no second double opt-in) and is recorded as a consent event conf
 the spot: method ``form``, source :data:`PREFERENCES_SOURCE`, the requester's network
 (:func:`~newsletter.store.consent.truncate_ip`).
 
-Leaving a list is what the unsubscribe link does (:meth:`Store.leave_list`'s statement):
-that membership becomes ``unsubscribed``, the ledger re-checks memberships at send time.
+Leaving a list is what the unsubscribe link does (:meth:`Store.leave_list`): that membership
+becomes ``unsubscribed``, the ledger re-checks memberships at send time. A pending signup
+is shown unticked and an unticked box leaves it pending (its confirmation email still
+works until it expires); ticking it makes it active.
 Joining a list that someone removed from everything (``subscribers remove``) brings them
 back with exactly the lists they tick, as "subscribe again" on the unsubscribe page does.
 An address that bounced or complained (suppressed) joins nothing; a forgotten one
@@ -51,7 +53,9 @@ _MEMBERSHIPS = ("SELECT l.name, m.status, m.list_id FROM memberships m JOIN list
 _JOIN = ("INSERT INTO memberships (list_id, subscriber_id, status, created_at, updated_at)"
          " VALUES (?, ?, 'active', ?, ?) ON CONFLICT (list_id, subscriber_id)"
          " DO UPDATE SET status = 'active', updated_at = excluded.updated_at WHERE memberships.status <> 'active'")
-# Store.leave_list's statement, in this save's transaction.
+# Store.leave_list's statement for an active membership, in this save's transaction. A pending one
+# (a signup not confirmed yet) is shown unticked and stays as it is: unticked means "not now", and
+# its confirmation email still works until it expires.
 _LEAVE = ("UPDATE memberships SET status = 'unsubscribed', updated_at = ?"
           " WHERE subscriber_id = ? AND list_id = ? AND status = 'active'")
 _CONSENT = ("INSERT INTO consents (subscriber_id, list_id, method, source, ip_prefix, requested_at, confirmed_at)"

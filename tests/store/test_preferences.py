@@ -87,6 +87,16 @@ def test_a_list_left_comes_back_and_a_pending_signup_becomes_active(store: Store
     assert {consent.list for consent in Consents(store).of_subscriber(bob)} == {"default", "offers"}
 
 
+def test_a_pending_signup_left_unticked_stays_pending(store: Store) -> None:
+    """Unticked means "not now": the confirmation email already sent still works until it expires."""
+    bob, _ = ids(store, "bob@example.org")
+    _, offers = ids(store, "ada@example.org", "offers")
+    assert Consents(store).add_pending(bob, offers)
+    result = Preferences(store).save(bob, lists={"default": True, "offers": False}, name="Bob")
+    assert (result.outcome, result.joined, result.left) == ("saved", (), ())
+    assert lists_of(store, "bob@example.org") == {"default": "active", "offers": "pending"}
+
+
 def test_lists_not_named_are_left_alone(store: Store) -> None:
     ada, _ = ids(store, "ada@example.org")
     Preferences(store).save(ada, lists={"default": False})
