@@ -18,9 +18,9 @@ costs scale differently and are measured differently:
   Stages 2-5 get exactly the inputs :func:`~newsletter.render.render_issue` gives them.
 
 * **Once per recipient**: :func:`newsletter.compose.personalise` over ``--recipients``
-  distinct recipients (distinct addresses, unsubscribe URLs and Message-IDs made
-  beforehand), timed as a whole batch; the figure is the median over ``--repeats``
-  batches of the per-recipient mean, with the slowest batch beside it. It is run
+  distinct recipients (distinct addresses, unsubscribe and preferences URLs and
+  Message-IDs made beforehand), timed as a whole batch; the figure is the median over
+  ``--repeats`` batches of the per-recipient mean, with the slowest batch beside it. It is run
   once with ASCII names ("Reader 123") and once with non-ASCII names ("Zoë Ünïcode 123"),
   which take the RFC 2047 and quoted-printable paths; and once more with ASCII names and
   each recipient's return path made too (:meth:`newsletter.tokens.ReturnPaths.make`, the
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import email
 import gc
 import math
 import random
@@ -51,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from email import policy
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,7 @@ def make_recipients(count: int, name_format: str, seed: int) -> list[Recipient]:
                 email=f"reader{index}@example.org",
                 name=name_format.format(index),
                 unsubscribe_url=f"https://news.example.com/unsubscribe/{token}",
+                preferences_url=f"https://news.example.com/preferences/{token}",
             )
         )
     return recipients
@@ -165,7 +168,10 @@ def time_personalise(
     # Warm-up, and a check that the run does what it claims (not a timing assertion).
     for recipient, message_id in pairs[:200]:
         message = personalise(template, recipient, message_id=message_id, date=date)
-        if recipient.email.encode("ascii") not in message or recipient.unsubscribe_url.encode("ascii") not in message:
+        # The preferences URL is only in the (quoted-printable) body: read as a client would.
+        body = email.message_from_bytes(message, policy=policy.default).get_body(("plain",))
+        if (recipient.email.encode("ascii") not in message or recipient.unsubscribe_url.encode("ascii") not in message
+                or body is None or recipient.preferences_url not in body.get_content()):
             raise RuntimeError(f"personalise() output lacks the values of {recipient.email}")
     means: list[float] = []
     for _ in range(repeats):

@@ -252,3 +252,6 @@ class Recipient:
     unsubscribe_mailto: str = ""
     #: extra merge fields (from the subscriber CSV's other columns)
     fields: Mapping[str, str] = field(default_factory=dict)
+    #: the footer's "Manage your subscription" page (the same token as ``unsubscribe_url``);
+    #: "" means none was made, and the footer links to ``unsubscribe_url`` instead
+    preferences_url: str = ""

@@ -13,7 +13,8 @@ from newsletter.render.plaintext import WIDTH
 from tests.conftest import GOLDEN, SEED_BRIEFING
 from tests.harness.htmltext import squash, visible_text
 
-RECIPIENT = Recipient("reader@example.com", "Example Reader", "https://news.example.com/unsubscribe/example-token")
+RECIPIENT = Recipient("reader@example.com", "Example Reader", "https://news.example.com/unsubscribe/example-token",
+                      preferences_url="https://news.example.com/preferences/example-token")
 _CITATION = re.compile(r"\[[^\]]+\]")
 
 

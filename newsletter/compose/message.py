@@ -108,6 +108,9 @@ def _qp_slot(value: str) -> bytes:
         width = _MAX_QP_LINE - 1
         if len(value) <= width and not value.startswith("."):
             return (value + "=\r\n").encode("ascii")
+        if len(value) <= 2 * width and value[0] != "." and value[width] != ".":
+            # Two lines (a link with its token, per recipient): no list to build.
+            return (value[:width] + "=\r\n" + value[width:] + "=\r\n").encode("ascii")
         chunks = [value[start : start + width] for start in range(0, len(value), width)]
         if not any(chunk.startswith(".") for chunk in chunks):
             return ("=\r\n".join(chunks) + "=\r\n").encode("ascii")
@@ -278,6 +281,8 @@ def personalise(template: MessageTemplate, recipient: Recipient, *, message_id: 
     mailto = recipient.unsubscribe_mailto
     if mailto and (not _MAILTO_RE.match(mailto) or len(mailto) > _MAX_HEADER_VALUE):
         raise ComposeError(f"invalid unsubscribe mailto for {recipient.email!r}")
+    if recipient.preferences_url and not _URL_RE.match(recipient.preferences_url):
+        raise ComposeError(f"invalid preferences URL for {recipient.email!r}")
     values = _SlotValues(recipient, message_id, date, template.merge_fields)
     out: list[bytes] = []
     append = out.append
@@ -289,9 +294,13 @@ def personalise(template: MessageTemplate, recipient: Recipient, *, message_id: 
 
 
 class _SlotValues:
-    """The encoded value of each slot for one recipient, computed on first use."""
+    """The encoded value of each slot for one recipient, computed on first use.
 
-    __slots__ = ("cache", "date", "merge_fields", "message_id", "recipient")
+    A value that is the same in both parts (a link, an address: nothing for HTML to escape)
+    is encoded once: ``encoded`` holds each body value's bytes by its text.
+    """
+
+    __slots__ = ("cache", "date", "encoded", "merge_fields", "message_id", "recipient")
 
     def __init__(self, recipient: Recipient, message_id: str, date: str,
                  merge_fields: tuple[tuple[str, str], ...]) -> None:
@@ -300,6 +309,7 @@ class _SlotValues:
         self.message_id = message_id
         self.date = date
         self.cache: dict[str, bytes] = {}
+        self.encoded: dict[str, bytes] = {}
 
     def get(self, slot: str) -> bytes:
         value = self.cache.get(slot)
@@ -320,21 +330,28 @@ class _SlotValues:
         if slot == "h:unsubscribe_mailto":
             mailto = recipient.unsubscribe_mailto
             return f",\r\n <{mailto}>".encode("ascii") if mailto else b""
-        kind, field = slot[:2], slot[2:]
-        raw = _field_value(recipient, field, self.merge_fields)
-        return _qp_slot(escape(raw) if kind == "x:" else raw)
+        raw = _field_value(recipient, slot[2:], self.merge_fields)
+        text = escape(raw) if slot[0] == "x" else raw
+        value = self.encoded.get(text)
+        if value is None:
+            value = self.encoded[text] = _qp_slot(text)
+        return value
 
 
 def _field_value(recipient: Recipient, field: str, merge_fields: tuple[tuple[str, str], ...] = ()) -> str:
-    if _MERGE_KEY_RE.match(field):
-        name, fallback = merge_fields[int(field[1:])]
-        return _merge_value(recipient, name) or fallback
-    if field == "name":
-        return one_line(recipient.name)
+    # The recipient's own fields first: every message has them (a merge field's name is m<n>).
     if field == "email":
         return recipient.email
     if field == "unsubscribe_url":
         return recipient.unsubscribe_url
+    if field == "preferences_url":
+        # A recipient made without one (older callers) still gets a working link: the unsubscribe page.
+        return recipient.preferences_url or recipient.unsubscribe_url
+    if field == "name":
+        return one_line(recipient.name)
+    if _MERGE_KEY_RE.match(field):
+        name, fallback = merge_fields[int(field[1:])]
+        return _merge_value(recipient, name) or fallback
     raise ComposeError(f"unknown recipient field '{field}'")
 
 

@@ -16,6 +16,7 @@ from newsletter.config import Settings
 from newsletter.issue.parse import load_issue
 from newsletter.models import Issue, Recipient, RenderedIssue
 from newsletter.render.engine import render_issue
+from newsletter.tokens import preferences_link
 
 __all__ = [
     "RenderedFiles",
@@ -44,6 +45,7 @@ def example_recipient(settings: Settings) -> Recipient:
         email="reader@example.com",
         name="Example Reader",
         unsubscribe_url=f"{settings.sender.site_url}/unsubscribe/example-token",
+        preferences_url=preferences_link(settings.sender.site_url, "example-token"),
     )
 
 

@@ -45,7 +45,7 @@ __all__ = [
 #: templates of messages that are not issues (the signup's confirmation email): no issue may name one
 NOTICE_TEMPLATES = frozenset({"confirm"})
 #: the per-recipient values a template may use, as ``recipient.<field>``
-RECIPIENT_FIELDS = ("email", "name", "unsubscribe_url")
+RECIPIENT_FIELDS = ("email", "name", "unsubscribe_url", "preferences_url")
 
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July",
            "August", "September", "October", "November", "December")
@@ -102,9 +102,9 @@ def render_issue(
     """Render ``issue`` once: HTML (inlined CSS) and text, with recipient placeholders.
 
     ``web`` renders the archive's web version instead of the email: templates see
-    ``web`` true and leave out what belongs to one recipient (address, unsubscribe link).
-    ``archived=False`` is for an issue the archive doesn't have (a list's welcome issue):
-    no "view in browser" link (templates see ``view_url`` empty).
+    ``web`` true and leave out what belongs to one recipient (address, unsubscribe and
+    preferences links). ``archived=False`` is for an issue the archive doesn't have (a
+    list's welcome issue): no "view in browser" link (templates see ``view_url`` empty).
     """
     folder = templates_dir or default_templates_dir()
     # The prefix is derived from the parsed issue, so the issue can't contain it.

@@ -51,7 +51,7 @@ def render_text(
     view_url: str,
     recipient: Mapping[str, str],
 ) -> str:
-    """The whole text part, ending in a footer with the recipient's unsubscribe address."""
+    """The whole text part, ending in a footer with the recipient's unsubscribe and preferences addresses."""
     writer = _TextWriter()
     name = sender.from_name or sender.from_email
     date = issue.date
@@ -80,6 +80,8 @@ def render_text(
     writer.lines.append(recipient["email"])
     writer.lines.append("Unsubscribe with one click:")
     writer.lines.append(recipient["unsubscribe_url"])
+    writer.lines.append("Manage your subscription (your lists, your name):")
+    writer.lines.append(recipient["preferences_url"])
     writer.blank()
     for line in textwrap.wrap(f"{name}, {sender.postal_address}", WIDTH):
         writer.lines.append(line)

@@ -9,6 +9,7 @@ Routes:
   POST form). Link scanners that open every URL in a message change nothing.
 - ``POST /unsubscribe/<token>`` from that form (``action=unsubscribe`` or ``resubscribe``):
   does it and shows the result, with the way back.
+- ``GET /preferences/<token>`` and its ``POST``: the reader's name and lists (:mod:`newsletter.web.preferences`).
 - ``GET /issues/`` and ``GET /issues/<slug>/``: the archive and each sent issue's web version,
   worked out on threads of their own, so that no number of them delays an unsubscribe.
 - ``GET /issues/feed.xml``: the archive's Atom feed (the latest sent issues), on the same threads.
@@ -43,7 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.tokens import TokenSigner, split_keys
-from newsletter.web import archive, feed, unsubscribe
+from newsletter.web import archive, feed, preferences, unsubscribe
 from newsletter.web.security import MAX_BODY, SecurityHeaders, page_policy, redact_path
 from newsletter.web.signup_routes import signup_routes
 
@@ -219,6 +220,7 @@ def create_app(settings: Settings) -> ASGIApp:
             Route("/unsubscribe/", no_token),
             Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET", "HEAD"]),
             Route("/unsubscribe/{token}", unsubscribe_post, methods=["POST"]),
+            *preferences.routes(settings, web.signer, cross_site=lambda request: _cross_site(request, site_origin)),
             Route("/issues/", archive_index),
             Route("/issues/feed.xml", archive_feed),  # before /issues/{slug}, which would redirect it
             Route("/issues/{slug}/", archive_issue),

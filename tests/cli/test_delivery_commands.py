@@ -71,6 +71,11 @@ def test_send_test_delivers_what_a_subscriber_gets_with_test_subject(workdir: Pa
     token = ann.split("/unsubscribe/", 1)[1].split(">", 1)[0]
     assert f"<mailto:editors@news.example.com?subject=unsubscribe%20{token}>" in ann
     assert "mailto:editors@news.example.com?subject=unsubscribe%20test" in str(received["me@example.com"]["List-Unsubscribe"])
+    # The footer's "Manage your subscription" link: the subscriber's own (same token), the stranger's a test one.
+    for address, expected in (("ann@example.org", token), ("me@example.com", "test")):
+        text = received[address].get_body(("plain",)).get_content()
+        html = received[address].get_body(("html",)).get_content()
+        assert f"/preferences/{expected}\r\n" in text and f'/preferences/{expected}"' in html
     with Store.open(workdir / "news.db") as store:  # a test is not a delivery
         assert Ledger(store).find_issue(SEED_ISSUE.stem) is None
 

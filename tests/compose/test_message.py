@@ -22,7 +22,7 @@ from newsletter.issue.parse import parse_issue
 from newsletter.models import Recipient, RenderedIssue
 from newsletter.render.engine import render_issue
 from newsletter.store.subscribers import Store, SubscriberRow
-from tests.conftest import write_issue
+from tests.conftest import SEED_ISSUE, write_issue
 from tests.harness.htmltext import visible_text
 from tests.harness.smtpserver import SmtpServer, running_server
 
@@ -223,3 +223,47 @@ def test_direction_controls_in_names_never_reach_a_subscriber(tmp_path: Path, sm
         decoded = "".join([str(message["To"]), text, html])
         assert not _DIRECTION.search(decoded), (address, _DIRECTION.findall(decoded))
     assert "from Leeds." in received["ann@example.org"].parsed().get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+# --- the footer's "Manage your subscription" link (issue 16 item 5) ---------------------------
+
+PREFERENCES = "https://news.example.com/preferences/7-1-abcdABCD0123456789_-xyzXYZ"
+
+
+def test_each_message_links_its_own_preferences_page_in_both_parts(seed_rendered: RenderedIssue,
+                                                                   sender: SenderSettings) -> None:
+    template = compile_message(seed_rendered, sender=sender)
+    ann = Recipient("ann@example.org", "Ann", URL, preferences_url=PREFERENCES)
+    bob = Recipient("bob@example.org", "Bob", URL, preferences_url=PREFERENCES.replace("7-1", "8-1"))
+    for recipient in (ann, bob):
+        msg = parsed(personalise(template, recipient, message_id="m1.x@news.example.com", date=DATE))
+        html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert f'href="{recipient.preferences_url}"' in html and ">Manage your subscription</a>" in html
+        assert f"Manage your subscription (your lists, your name):\r\n{recipient.preferences_url}\r\n" in text
+        # Next to unsubscribe, which stays as it was (RFC 8058 headers too).
+        assert html.index(URL) < html.index(recipient.preferences_url)
+        assert text.index(URL) < text.index(recipient.preferences_url)
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert str(msg["List-Unsubscribe"]).strip() == f"<{URL}>"
+
+
+def test_a_recipient_made_without_a_preferences_url_gets_the_unsubscribe_page_not_an_empty_link(
+        seed_rendered: RenderedIssue) -> None:
+    html = fill_html(seed_rendered, Recipient("ann@example.org", "Ann", URL))
+    assert 'href=""' not in html and html.count(f'href="{URL}"') == 2
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "https://x/\r\nBcc: y", 'https://x/"><script>', "/relative"])
+def test_a_preferences_url_that_is_not_one_is_refused(seed_rendered: RenderedIssue, sender: SenderSettings,
+                                                      url: str) -> None:
+    with pytest.raises(ComposeError, match="preferences URL"):
+        message(seed_rendered, sender, Recipient("a@example.org", "", URL, preferences_url=url))
+
+
+def test_the_web_version_has_no_preferences_link() -> None:
+    from newsletter.config import Settings
+    from newsletter.web.archive import web_version
+
+    html = web_version(SEED_ISSUE.read_text(encoding="utf-8"), str(SEED_ISSUE), Settings())
+    assert "/preferences/" not in html and "Manage your subscription" not in html and "__nl" not in html
