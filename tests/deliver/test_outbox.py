@@ -288,6 +288,9 @@ def test_the_welcome_issue_goes_once_even_when_confirmed_twice(settings: Setting
     assert "View this issue in your browser" not in text + html and "/issues/" not in text + html
     url = str(mail["List-Unsubscribe"]).split("<", 1)[1].split(">", 1)[0]
     token = TokenSigner(split_keys(KEY)).verify(url.rsplit("/", 1)[1])
+    # The footer's "Manage your subscription" works in the welcome as in every issue (same token).
+    preferences = url.replace("/unsubscribe/", "/preferences/")
+    assert preferences in text and f'href="{preferences}"' in html and "Manage your subscription" in html
     with Store.open(settings.database.location) as store:
         (person,) = store.subscribers(emails=["ann@example.org"])
         assert token is not None and (token.subscriber_id, token.list_id) == (person.id, store.find_list("briefing"))
