@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.config import ListSettings, SenderSettings
+from newsletter.language import DEFAULT_LANGUAGE, parse_language
 from newsletter.render.engine import default_templates_dir, long_date, render_mjml
+from newsletter.render.i18n import N_, Wording, wording_for
 from newsletter.render.plaintext import WIDTH
 
 __all__ = [
@@ -27,8 +29,8 @@ __all__ = [
     "render_confirmation",
 ]
 
-#: the words on the one button (and before the link in the text part)
-CONFIRM_BUTTON = "Confirm your subscription"
+#: the words on the one button (and the headline), in English: the email has them in its language
+CONFIRM_BUTTON = N_("Confirm your subscription")
 _TEMPLATE = "confirm"
 
 
@@ -60,16 +62,18 @@ def render_confirmation(
     if not lists:
         raise ValueError("a confirmation asks about at least one list")
     name = sender.from_name or sender.from_email
-    subject = f"{CONFIRM_BUTTON} to {lists[0].title if len(lists) == 1 else name}"
-    preheader = "One click and you're on the list. If you didn't ask, ignore this email."
+    words = wording_for(parse_language(DEFAULT_LANGUAGE), templates_dir)
+    subject = words.gettext("Confirm your subscription to %(name)s", name=lists[0].title if len(lists) == 1 else name)
+    preheader = words.gettext("One click and you're on the list. If you didn't ask, ignore this email.")
     expires_text = long_date(expires)
     folder = templates_dir if templates_dir is not None and (templates_dir / f"{_TEMPLATE}.mjml").is_file() \
         else default_templates_dir()
     html = render_mjml(_TEMPLATE, {
+        **words.template_functions(),
         "lang": "en",
         "subject": subject,
         "preheader": preheader,
-        "headline": CONFIRM_BUTTON,
+        "headline": words.gettext(CONFIRM_BUTTON),
         "email": email,
         "lists": [{"name": item.name, "title": item.title, "description": item.description} for item in lists],
         "confirm_url": confirm_url,
@@ -77,27 +81,33 @@ def render_confirmation(
         "sender": {"name": name, "postal_address": sender.postal_address, "site_url": sender.site_url},
     }, folder=folder)
     text = confirmation_text(email=email, lists=lists, confirm_url=confirm_url, expires_text=expires_text,
-                             sender=sender)
+                             sender=sender, wording=words)
     return RenderedNotice(subject=subject, preheader=preheader, html=html, text=text)
 
 
 def confirmation_text(*, email: str, lists: Sequence[ListSettings], confirm_url: str, expires_text: str,
-                      sender: SenderSettings) -> str:
-    """The text part: what the HTML says, wrapped at :data:`~newsletter.render.plaintext.WIDTH` columns."""
+                      sender: SenderSettings, wording: Wording | None = None) -> str:
+    """The text part: what the HTML says, wrapped at :data:`~newsletter.render.plaintext.WIDTH` columns.
+
+    ``wording``: the catalogs of the email's language (the HTML's strings); English without.
+    """
+    words = wording or Wording(parse_language(DEFAULT_LANGUAGE))
     name = sender.from_name or sender.from_email
-    lines = [name.upper(), "", CONFIRM_BUTTON, "=" * len(CONFIRM_BUTTON), ""]
-    lines += _wrap(f"Someone, hopefully you, asked to subscribe {email} to:")
+    headline = words.gettext(CONFIRM_BUTTON)
+    lines = [name.upper(), "", headline, "=" * len(headline), ""]
+    lines += _wrap(words.gettext("Someone, hopefully you, asked to subscribe %(email)s to:", email=email))
     lines.append("")
     for item in lists:
         lines += _wrap(item.title, "* ", "  ")
         if item.description:
             lines += _wrap(item.description, "  ", "  ")
         lines.append("")
-    lines += _wrap("Nothing is sent to this address until you confirm.")
-    lines += ["", f"{CONFIRM_BUTTON}:", confirm_url, ""]
-    lines += _wrap(f"This link works until {expires_text}.")
+    lines += _wrap(words.gettext("Nothing is sent to this address until you confirm."))
+    # Translators: the line before the confirmation link in the plain-text part.
+    lines += ["", words.gettext("Confirm your subscription:"), confirm_url, ""]
+    lines += _wrap(words.gettext("This link works until %(date)s.", date=expires_text))
     lines.append("")
-    lines += _wrap("If you didn't ask, ignore this email: you won't hear from us again.")
+    lines += _wrap(words.gettext("If you didn't ask, ignore this email: you won't hear from us again."))
     lines += ["", "-- "]
     lines += _wrap(f"{name}, {sender.postal_address}")
     return "\n".join(lines) + "\n"

@@ -25,7 +25,9 @@ from markupsafe import Markup
 
 from newsletter.config import SenderSettings
 from newsletter.errors import IssueError, RenderError
+from newsletter.language import DEFAULT_LANGUAGE, parse_language
 from newsletter.models import Issue, MergeField, RenderedIssue, Text
+from newsletter.render.i18n import Wording, configure_environment, wording_for
 from newsletter.render.markup import block_html, block_kind, inline_html
 from newsletter.render.plaintext import render_text
 
@@ -114,9 +116,11 @@ def render_issue(
     merge_fields: dict[MergeField, str] = {}
     issue = _with_merge_placeholders(issue, prefix, merge_fields)
     url = view_url(issue, sender) if archived else ""
-    mjml_source = _render_template(issue, folder, {**_context(issue, sender, url, recipient), "web": web})
+    wording = wording_for(parse_language(DEFAULT_LANGUAGE), templates_dir)
+    context = {**_context(issue, sender, url, recipient), "web": web, **wording.template_functions()}
+    mjml_source = _render_template(issue, folder, context)
     html = _inline_css(_compile_mjml(mjml_source, issue.template))
-    text = render_text(issue, sender=sender, view_url=url, recipient=recipient)
+    text = render_text(issue, sender=sender, view_url=url, recipient=recipient, wording=wording)
     return RenderedIssue(
         slug=issue.slug,
         subject=issue.subject,
@@ -197,7 +201,7 @@ def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str
 
 @functools.lru_cache(maxsize=8)
 def _environment(folder: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
         # select_autoescape() does not know .mjml: name it.
         autoescape=jinja2.select_autoescape(enabled_extensions=("mjml", "html", "xml"), default=True),
@@ -205,7 +209,10 @@ def _environment(folder: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        extensions=["jinja2.ext.i18n"],  # {% trans %}: each render's context brings its language's gettext
     )
+    configure_environment(environment, Wording(parse_language(DEFAULT_LANGUAGE)))
+    return environment
 
 
 def _render_template(issue: Issue, folder: Path, context: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 
 from newsletter.config import SenderSettings
+from newsletter.language import DEFAULT_LANGUAGE, parse_language
 from newsletter.models import (
     Block,
     Citation,
@@ -31,6 +32,7 @@ from newsletter.models import (
     Text,
     ThematicBreak,
 )
+from newsletter.render.i18n import Wording
 
 __all__ = [
     "WIDTH",
@@ -50,9 +52,14 @@ def render_text(
     sender: SenderSettings,
     view_url: str,
     recipient: Mapping[str, str],
+    wording: Wording | None = None,
 ) -> str:
-    """The whole text part, ending in a footer with the recipient's unsubscribe and preferences addresses."""
-    writer = _TextWriter()
+    """The whole text part, ending in a footer with the recipient's unsubscribe and preferences addresses.
+
+    ``wording``: the issue's language's catalogs (the words the HTML footer uses too); English without.
+    """
+    words = wording or Wording(parse_language(DEFAULT_LANGUAGE))
+    writer = _TextWriter(words)
     name = sender.from_name or sender.from_email
     date = issue.date
     writer.lines.append(f"{name.upper()} | {date:%A}, {date:%B} {date.day}, {date.year}")
@@ -67,20 +74,20 @@ def render_text(
     if issue.credit:
         writer.paragraph(writer.flow(issue.credit), "", "")
     if writer.references:
-        writer.lines.append("Links:")
+        writer.lines.append(words.gettext("Links:"))
         for number, url in enumerate(writer.references, 1):
             writer.lines.append(f"[{number}] {url}")
         writer.blank()
     writer.lines.append("-- ")
     if view_url:  # "" for an issue the archive doesn't have
-        writer.lines.append("View this issue in your browser:")
+        writer.lines.append(words.gettext("View this issue in your browser:"))
         writer.lines.append(view_url)
         writer.blank()
-    writer.lines.append(f"You receive {name} at this address:")
+    writer.lines.append(words.gettext("You receive %(name)s at this address:", name=name))
     writer.lines.append(recipient["email"])
-    writer.lines.append("Unsubscribe with one click:")
+    writer.lines.append(words.gettext("Unsubscribe with one click:"))
     writer.lines.append(recipient["unsubscribe_url"])
-    writer.lines.append("Manage your subscription (your lists, your name):")
+    writer.lines.append(words.gettext("Manage your subscription (your lists, your name):"))
     writer.lines.append(recipient["preferences_url"])
     writer.blank()
     for line in textwrap.wrap(f"{name}, {sender.postal_address}", WIDTH):
@@ -91,7 +98,8 @@ def render_text(
 class _TextWriter:
     """Accumulates wrapped lines and the numbered link references."""
 
-    def __init__(self) -> None:
+    def __init__(self, words: Wording) -> None:
+        self.words = words
         self.lines: list[str] = []
         self.references: list[str] = []
 
@@ -125,7 +133,7 @@ class _TextWriter:
                 else:
                     parts.append(f"{label} [{self.reference(node.url)}]")
             elif isinstance(node, Image):
-                parts.append(f"[Image: {node.alt}]")
+                parts.append(self.words.gettext("[Image: %(alt)s]", alt=node.alt))
             elif isinstance(node, LineBreak):
                 parts.append(_HARD_BREAK)
             elif isinstance(node, MergeField):  # only where no recipient is known (render swaps them out)

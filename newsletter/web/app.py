@@ -43,9 +43,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, NewsletterError
+from newsletter.render.i18n import Wording
 from newsletter.tokens import TokenSigner, split_keys
 from newsletter.web import archive, feed, preferences, unsubscribe
-from newsletter.web.security import MAX_BODY, SecurityHeaders, page_policy, redact_path
+from newsletter.web.security import MAX_BODY, SERVER_ERROR, SecurityHeaders, page_policy, redact_path
 from newsletter.web.signup_routes import signup_routes
 
 __all__ = [
@@ -74,6 +75,11 @@ class _Web:
     #: a digest of an issue's text -> its summary in the feed: each version parsed once
     summaries: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def words(self) -> Wording:
+        """The site's language's catalogs (read again only when a file changed)."""
+        return archive.wording(self.settings)
+
     def page(self, template: str, status: int = 200, **values: object) -> HTMLResponse:
         return HTMLResponse(archive.page(template, self.settings, **values), status_code=status)
 
@@ -81,14 +87,16 @@ class _Web:
         return self.page("message.html", status, heading=heading, text=text, link=link, link_text=link_text)
 
     def forgotten(self) -> HTMLResponse:
-        return self.message(410, "This address was erased",
-                            "At its owner's request we erased this address and everything we held about it."
-                            " It gets no mail from us.")
+        words = self.words
+        return self.message(410, words.gettext("This address was erased"),
+                            words.gettext("At its owner's request we erased this address and everything we held"
+                                          " about it. It gets no mail from us."))
 
     def invalid_token(self) -> HTMLResponse:
-        return self.message(400, "This link is not valid",
-                            "The unsubscribe link is incomplete or was changed. Use the link at the end of"
-                            " one of our emails, as it is.")
+        words = self.words
+        return self.message(400, words.gettext("This link is not valid"),
+                            words.gettext("The unsubscribe link is incomplete or was changed. Use the link at the end"
+                                          " of one of our emails, as it is."))
 
 
 def create_app(settings: Settings) -> ASGIApp:
@@ -103,10 +111,12 @@ def create_app(settings: Settings) -> ASGIApp:
         return RedirectResponse("/issues/", status_code=302)
 
     async def no_token(request: Request) -> Response:
-        return web.message(200, "Unsubscribe",
-                           "Every email we send ends with an unsubscribe link made for its reader. Open it"
-                           " from the email you received, and you can leave the list with one click.",
-                           "/issues/", "All issues")
+        words = web.words
+        return web.message(200, words.gettext("Unsubscribe"),
+                           words.gettext("Every email we send ends with an unsubscribe link made for its reader. Open"
+                                         " it from the email you received, and you can leave the list with one"
+                                         " click."),
+                           "/issues/", words.gettext("All issues"))
 
     async def unsubscribe_page(request: Request) -> Response:
         token = request.path_params["token"]
@@ -126,7 +136,8 @@ def create_app(settings: Settings) -> ASGIApp:
         action = form.get("action")
         await form.close()
         if not one_click and _cross_site(request, site_origin):
-            return PlainTextResponse("Cross-site form posts are not accepted.\n", status_code=403)
+            return PlainTextResponse(web.words.gettext("Cross-site form posts are not accepted.") + "\n",
+                                     status_code=403)
         membership = await run_in_threadpool(unsubscribe.find_membership, settings.database.location, web.signer, token)
         if membership is None:
             if one_click:
@@ -149,7 +160,9 @@ def create_app(settings: Settings) -> ASGIApp:
                                 action=f"/unsubscribe/{token}")
             return web.page("resubscribed.html", email=membership.email, list_name=membership.list_name,
                             action=f"/unsubscribe/{token}")
-        return web.message(400, "Nothing to do", "The form was incomplete. Please use the button on the page.")
+        words = web.words
+        return web.message(400, words.gettext("Nothing to do"),
+                           words.gettext("The form was incomplete. Please use the button on the page."))
 
     # The archive's blocking work (database, files, rendering) runs on threads of its own, at
     # most ARCHIVE_THREADS at once, not on the thread pool the unsubscribe routes share: any
@@ -161,7 +174,9 @@ def create_app(settings: Settings) -> ASGIApp:
     async def on_archive_thread(function: Callable[..., Response], *args: object) -> Response:
         nonlocal in_flight
         if in_flight >= ARCHIVE_BACKLOG:
-            return web.message(503, "Busy", "The archive is busy right now. Please try again in a moment.")
+            words = web.words
+            return web.message(503, words.gettext("Busy"),
+                               words.gettext("The archive is busy right now. Please try again in a moment."))
         in_flight += 1
         try:
             return await anyio.to_thread.run_sync(function, *args, limiter=archive_threads)
@@ -177,8 +192,10 @@ def create_app(settings: Settings) -> ASGIApp:
         # One indexed lookup, known slug or not, which brings the text as sent along.
         found = archive.sent_issue_source(settings.database.location, slug, settings.issues_dir)
         if found is None:
-            return web.message(404, "No such issue", "This issue was never sent, or it is no longer online.",
-                               "/issues/", "All issues")
+            words = web.words
+            return web.message(404, words.gettext("No such issue"),
+                               words.gettext("This issue was never sent, or it is no longer online."),
+                               "/issues/", words.gettext("All issues"))
         text, source = found
         stamp = hashlib.sha256(text.encode("utf-8")).hexdigest()
         cached = web.pages.get(slug)
@@ -187,7 +204,9 @@ def create_app(settings: Settings) -> ASGIApp:
                 html = archive.web_version(text, source, settings)
             except NewsletterError as exc:
                 log.error("archive: %s", exc)
-                return web.message(503, "This issue can't be shown right now", "Please try again later.")
+                words = web.words
+                return web.message(503, words.gettext("This issue can't be shown right now"),
+                                   words.gettext("Please try again later."))
             web.pages[slug] = cached = (stamp, html)
         return HTMLResponse(cached[1])
 
@@ -211,7 +230,9 @@ def create_app(settings: Settings) -> ASGIApp:
         moved = _slash_twin(request.scope, app.router.routes)
         if moved is not None:
             return RedirectResponse(moved, status_code=307)
-        return web.message(404, "Not found", "There is nothing at this address.", "/issues/", "All issues")
+        words = web.words
+        return web.message(404, words.gettext("Not found"), words.gettext("There is nothing at this address."),
+                           "/issues/", words.gettext("All issues"))
 
     app = Starlette(
         debug=False,
@@ -233,7 +254,7 @@ def create_app(settings: Settings) -> ASGIApp:
     # Starlette's own slash redirect names the host from the Host header, which the client
     # chooses (and says http:// behind a TLS proxy): not_found redirects by path instead.
     app.router.redirect_slashes = False
-    return AccessLog(SecurityHeaders(app, policy=page_policy()))
+    return AccessLog(SecurityHeaders(app, policy=page_policy(), server_error=web.words.gettext(SERVER_ERROR)))
 
 
 def _origin(url: str) -> str:

@@ -21,8 +21,10 @@ import jinja2
 from newsletter.compose.message import fill_html
 from newsletter.config import Settings
 from newsletter.issue.parse import parse_issue, slug_from_path
+from newsletter.language import DEFAULT_LANGUAGE, parse_language
 from newsletter.models import Recipient
 from newsletter.render.engine import render_issue
+from newsletter.render.i18n import Wording, configure_environment, wording_for
 from newsletter.store.engine import Database
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "sent_issues",
     "web_recipient",
     "web_version",
+    "wording",
 ]
 
 _PAGES = jinja2.Environment(
@@ -48,7 +51,9 @@ _PAGES = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    extensions=["jinja2.ext.i18n"],  # {% trans %}: page() passes the site's language's gettext
 )
+configure_environment(_PAGES, Wording(parse_language(DEFAULT_LANGUAGE)))
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,17 @@ class ArchiveEntry:
         return f"{day.day} {day:%B %Y}"
 
 
+def wording(settings: Settings) -> Wording:
+    """The catalogs of the site's language (``[sender] language``), ``[templates] dir``'s own first."""
+    return wording_for(parse_language(DEFAULT_LANGUAGE), settings.templates_dir)
+
+
 def page(template: str, settings: Settings, **values: object) -> str:
-    """One of the small pages in ``newsletter/web/pages`` (autoescaped), with the sender's name and address."""
+    """One of the small pages in ``newsletter/web/pages`` (autoescaped), with the sender's name and address,
+    worded in the site's language (:func:`wording`)."""
     return _PAGES.get_template(template).render(
-        sender_name=settings.sender.from_name, postal_address=settings.sender.postal_address, **values
+        sender_name=settings.sender.from_name, postal_address=settings.sender.postal_address,
+        **wording(settings).template_functions(), **values
     )
 
 

@@ -103,29 +103,35 @@ def routes(settings: Settings, signer: TokenSigner, *, cross_site: Callable[[Req
         return page("message.html", status, heading=heading, text=text, link="", link_text="")
 
     def invalid() -> HTMLResponse:
-        return message(400, "This link is not valid",
-                       "The link is incomplete or was changed. Use the \u201cManage your subscription\u201d link"
-                       " at the end of one of our emails, as it is.")
+        words = archive.wording(settings)
+        # The footer's link, by the words the reader saw there.
+        return message(400, words.gettext("This link is not valid"),
+                       words.gettext("The link is incomplete or was changed. Use the \u201c%(link)s\u201d link at the"
+                                     " end of one of our emails, as it is.",
+                                     link=words.gettext("Manage your subscription")))
 
     def forgotten() -> HTMLResponse:
-        return message(410, "This address was erased",
-                       "At its owner's request we erased this address and everything we held about it."
-                       " It gets no mail from us.")
+        words = archive.wording(settings)
+        return message(410, words.gettext("This address was erased"),
+                       words.gettext("At its owner's request we erased this address and everything we held about"
+                                     " it. It gets no mail from us."))
 
     def form(view: PreferencesView, token: str, status: int = 200, *, name: str | None = None,
              error: str = "", saved: SaveResult | None = None) -> HTMLResponse:
         choices = list_choices(view, settings)
         titles = {choice.name: choice.title for choice in choices}
+        words = archive.wording(settings)
         return page("preferences.html", status, email=view.email, name=view.name if name is None else name,
                     name_error=error, max_name=MAX_NAME, lists=choices, suppressed=view.suppressed,
                     complained=view.complained, action=f"/preferences/{token}", saved=saved,
-                    joined=[titles.get(item, item) for item in saved.joined] if saved else [],
-                    left=[titles.get(item, item) for item in saved.left] if saved else [])
+                    joined=words.format_list([titles.get(item, item) for item in saved.joined]) if saved else "",
+                    left=words.format_list([titles.get(item, item) for item in saved.left]) if saved else "")
 
     async def no_token(request: Request) -> Response:
-        return message(200, "Manage your subscription",
-                       "Every email we send ends with a link to manage your subscription, made for its reader."
-                       " Open it from the email you received.")
+        words = archive.wording(settings)
+        return message(200, words.gettext("Manage your subscription"),
+                       words.gettext("Every email we send ends with a link to manage your subscription, made for its"
+                                     " reader. Open it from the email you received."))
 
     async def show(request: Request) -> Response:
         token = request.path_params["token"]
@@ -139,7 +145,8 @@ def routes(settings: Settings, signer: TokenSigner, *, cross_site: Callable[[Req
     async def submit(request: Request) -> Response:
         token = request.path_params["token"]
         if cross_site(request):
-            return PlainTextResponse("Cross-site form posts are not accepted.\n", status_code=403)
+            return PlainTextResponse(archive.wording(settings).gettext("Cross-site form posts are not accepted.")
+                                     + "\n", status_code=403)
         submitted = await request.form(max_files=0, max_fields=MAX_FIELDS)
         typed = submitted.get("name")
         shown = [str(value) for value in submitted.getlist("shown")]
@@ -154,7 +161,9 @@ def routes(settings: Settings, signer: TokenSigner, *, cross_site: Callable[[Req
         if isinstance(typed, str):
             name = one_line(typed)
             if len(name) > MAX_NAME:
-                return form(view, token, 400, name=typed, error=f"At most {MAX_NAME} characters, please.")
+                error = archive.wording(settings).ngettext("At most %(num)s character, please.",
+                                                           "At most %(num)s characters, please.", MAX_NAME)
+                return form(view, token, 400, name=typed, error=error)
         choosable = {choice.name for choice in list_choices(view, settings)}
         lists = {list_name: list_name in ticked for list_name in _unique(shown) if list_name in choosable}
         result = await run_in_threadpool(save, database, view, lists, name, _client_ip(request))

@@ -12,8 +12,11 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from newsletter.render.i18n import N_
+
 __all__ = [
     "MAX_BODY",
+    "SERVER_ERROR",
     "SecurityHeaders",
     "TOKEN_PATHS",
     "page_policy",
@@ -28,6 +31,8 @@ MAX_BODY = 16 * 1024
 LOGGED_PATH_CHARS = 200
 #: paths whose last segment is a token (a credential): the log shows ``<token>`` instead
 TOKEN_PATHS = ("/unsubscribe/", "/confirm/", "/preferences/")
+#: what a client gets for a server error, in English (``newsletter serve`` passes it in the site's language)
+SERVER_ERROR = N_("Something went wrong on our side. Please try again later.")
 
 
 def page_policy(*, frames: bool = False, scripts: bool = False) -> str:
@@ -55,13 +60,15 @@ def page_policy(*, frames: bool = False, scripts: bool = False) -> str:
 class SecurityHeaders:
     """Adds security headers to every response and hides server errors.
 
-    An exception in the application becomes a plain 500 page; the traceback goes to the
-    log only. A client that goes away while the application reads its request (it hung up,
+    An exception in the application becomes a plain 500 page (``server_error``); the traceback
+    goes to the log only. A client that goes away while the application reads its request (it hung up,
     or the server's deadline closed it) is no error: one line in the log, nothing is sent.
     """
 
-    def __init__(self, app: ASGIApp, *, policy: str, frame_options: str = "DENY") -> None:
+    def __init__(self, app: ASGIApp, *, policy: str, frame_options: str = "DENY",
+                 server_error: str = SERVER_ERROR) -> None:
         self.app = app
+        self.server_error = server_error
         self.headers: list[tuple[bytes, bytes]] = [
             (b"content-security-policy", policy.encode("ascii")),
             (b"referrer-policy", b"no-referrer"),
@@ -105,7 +112,7 @@ class SecurityHeaders:
                 return
             log.exception("error while serving %s %s", scope.get("method"), redact_path(scope))
             if not started:
-                await _plain(send, 500, "Something went wrong on our side. Please try again later.", self.headers)
+                await _plain(send, 500, self.server_error, self.headers)
 
 
 def redact_path(scope: Scope) -> str:

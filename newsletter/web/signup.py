@@ -21,6 +21,8 @@ from typing import Any
 
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import SubscriberError
+from newsletter.language import DEFAULT_LANGUAGE, parse_language
+from newsletter.render.i18n import Wording
 from newsletter.sanitize import one_line
 from newsletter.store.consent import SOURCE_LIMIT
 from newsletter.store.subscriber_files import MAX_NAME, normalise_address
@@ -136,36 +138,45 @@ def json_input(body: bytes, *, referer: str = "") -> SignupInput | tuple[str | N
     )
 
 
-def validate(signup: SignupInput, offered: Sequence[ListSettings]) -> ValidSignup | dict[str, str]:
+def validate(signup: SignupInput, offered: Sequence[ListSettings], *,
+             wording: Wording | None = None) -> ValidSignup | dict[str, str]:
     """The checked signup, or an error per field (``email``, ``name``, ``lists``), in the form's order.
 
     No list named means the only list offered, when there is one; a list that isn't
-    offered (unknown, or ``signup = false``) is an error, not silently dropped.
+    offered (unknown, or ``signup = false``) is an error, not silently dropped. The errors
+    are worded for the reader, in ``wording``'s language (English without).
     """
+    words = wording or Wording(parse_language(DEFAULT_LANGUAGE))
     errors: dict[str, str] = {}
     email = ""
     if not signup.email:
-        errors["email"] = "Enter your email address."
+        errors["email"] = words.gettext("Enter your email address.")
     elif len(signup.email) > MAX_EMAIL:
-        errors["email"] = f"This address is too long: at most {MAX_EMAIL} characters."
+        errors["email"] = words.ngettext("This address is too long: at most %(num)s character.",
+                                         "This address is too long: at most %(num)s characters.", MAX_EMAIL)
     else:
         try:
             email = normalise_address(signup.email)
         except SubscriberError as exc:
             reason = str(exc.__cause__ or exc)
-            errors["email"] = f"This is not an email address we can send to. {one_line(reason, 200)}"
+            # Translators: the reason comes from the address checker, in English.
+            errors["email"] = words.gettext("This is not an email address we can send to. %(reason)s",
+                                            reason=one_line(reason, 200))
     name = one_line(signup.name)
     if len(name) > MAX_NAME:
-        errors["name"] = f"A name is at most {MAX_NAME} characters."
+        errors["name"] = words.ngettext("A name is at most %(num)s character.", "A name is at most %(num)s characters.",
+                                        MAX_NAME)
     names = {item.name for item in offered}
     lists = signup.lists
     if not lists and len(offered) == 1:
         lists = (offered[0].name,)
     unknown = [item for item in lists if item not in names]
     if unknown:
-        errors["lists"] = f"There is no list {one_line(unknown[0], 100)!r} to sign up to here."
+        # Translators: the list's name comes in quotes: 'news'.
+        errors["lists"] = words.gettext("There is no list %(list)s to sign up to here.",
+                                        list=repr(one_line(unknown[0], 100)))
     elif not lists:
-        errors["lists"] = "Choose at least one list."
+        errors["lists"] = words.gettext("Choose at least one list.")
     if errors:
         return errors
     return ValidSignup(email, name, lists, one_line(signup.source, SOURCE_LIMIT))

@@ -85,12 +85,15 @@ def signup_routes(settings: Settings, keys: Sequence[bytes], *, cross_site: Call
         return page("message.html", status, heading=heading, text=text, link=link, link_text=link_text)
 
     def not_open() -> HTMLResponse:
-        return message(404, "Signup is not open", "This newsletter does not take signups here.",
-                       "/issues/", "All issues")
+        words = archive.wording(settings)
+        return message(404, words.gettext("Signup is not open"),
+                       words.gettext("This newsletter does not take signups here."),
+                       "/issues/", words.gettext("All issues"))
 
     def limited() -> HTMLResponse:
-        return message(429, "Too many signups right now",
-                       "We have had more signups than usual in the last hour. Please try again later.")
+        words = archive.wording(settings)
+        return message(429, words.gettext("Too many signups right now"),
+                       words.gettext("We have had more signups than usual in the last hour. Please try again later."))
 
     def form_page(signup: SignupInput, errors: dict[str, str], *, status: int = 200,
                   shown: Sequence[ListSettings] = offered, all_lists_href: str = "") -> HTMLResponse:
@@ -106,9 +109,10 @@ def signup_routes(settings: Settings, keys: Sequence[bytes], *, cross_site: Call
                     subscribe_href="/subscribe")
 
     def invalid_token() -> HTMLResponse:
-        return message(400, "This link is not valid",
-                       "The confirmation link is incomplete or was changed. Use the link in the email we sent"
-                       " you, as it is.", "/subscribe", "Sign up again")
+        words = archive.wording(settings)
+        return message(400, words.gettext("This link is not valid"),
+                       words.gettext("The confirmation link is incomplete or was changed. Use the link in the email"
+                                     " we sent you, as it is."), "/subscribe", words.gettext("Sign up again"))
 
     async def send_later(ids: list[int] | None) -> None:
         # After the answer: the reader has their page, and how long SMTP takes tells nobody anything.
@@ -148,12 +152,14 @@ def signup_routes(settings: Settings, keys: Sequence[bytes], *, cross_site: Call
         except HTTPException as exc:  # a malformed multipart body, too many fields (413 goes on up)
             if exc.status_code != 400:
                 raise
-            return message(400, "This form could not be read", "Please use the form on this page.",
-                           "/subscribe", "The signup form")
+            words = archive.wording(settings)
+            return message(400, words.gettext("This form could not be read"),
+                           words.gettext("Please use the form on this page."),
+                           "/subscribe", words.gettext("The signup form"))
         fields = {key: [value for value in form.getlist(key) if isinstance(value, str)] for key in form}
         await form.close()
         signup = form_input(fields, referer=request.headers.get("referer", ""))
-        checked = validate(signup, offered)
+        checked = validate(signup, offered, wording=archive.wording(settings))
         if isinstance(checked, dict):
             return form_page(signup, checked, status=400)
         if signup.honeypot:  # a bot: the usual answer (checked like any other), and nothing stored
@@ -174,7 +180,7 @@ def signup_routes(settings: Settings, keys: Sequence[bytes], *, cross_site: Call
         parsed = json_input(await request.body(), referer=request.headers.get("referer", ""))
         if isinstance(parsed, tuple):
             return _json_error(400, *parsed)
-        checked = validate(parsed, offered)
+        checked = validate(parsed, offered, wording=archive.wording(settings))
         if isinstance(checked, dict):
             field, error = next(iter(checked.items()))
             return _json_error(400, field, error)
@@ -208,7 +214,8 @@ def signup_routes(settings: Settings, keys: Sequence[bytes], *, cross_site: Call
 
     async def confirm_post(request: Request) -> Response:
         if cross_site(request):
-            return PlainTextResponse("Cross-site form posts are not accepted.\n", status_code=403)
+            return PlainTextResponse(archive.wording(settings).gettext("Cross-site form posts are not accepted.")
+                                     + "\n", status_code=403)
         token = request.path_params["token"]
         verified = signer.verify_confirm(token)
         if verified is None:
