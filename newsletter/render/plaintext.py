@@ -133,6 +133,7 @@ class _TextWriter:
                 else:
                     parts.append(f"{label} [{self.reference(node.url)}]")
             elif isinstance(node, Image):
+                # Translators: an image in the plain-text part; %(alt)s is what it shows.
                 parts.append(self.words.gettext("[Image: %(alt)s]", alt=node.alt))
             elif isinstance(node, LineBreak):
                 parts.append(_HARD_BREAK)
