@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.config import ListSettings, SenderSettings
+from newsletter.language import parse_language
 from newsletter.render.engine import default_templates_dir, long_date, render_mjml
 from newsletter.render.plaintext import WIDTH
 
@@ -40,6 +41,10 @@ class RenderedNotice:
     preheader: str
     html: str
     text: str
+    #: the BCP 47 tag it is written in (``[sender] language``): HTML ``lang``, ``Content-Language``
+    language: str = "en"
+    #: ``ltr`` or ``rtl``
+    direction: str = "ltr"
 
 
 def render_confirmation(
@@ -62,11 +67,14 @@ def render_confirmation(
     name = sender.from_name or sender.from_email
     subject = f"{CONFIRM_BUTTON} to {lists[0].title if len(lists) == 1 else name}"
     preheader = "One click and you're on the list. If you didn't ask, ignore this email."
-    expires_text = long_date(expires)
+    language = parse_language(sender.language)
+    expires_text = long_date(expires, language, sender.date_format)
     folder = templates_dir if templates_dir is not None and (templates_dir / f"{_TEMPLATE}.mjml").is_file() \
         else default_templates_dir()
     html = render_mjml(_TEMPLATE, {
-        "lang": "en",
+        "lang": language.tag,
+        "dir": language.direction,
+        "language": language,
         "subject": subject,
         "preheader": preheader,
         "headline": CONFIRM_BUTTON,
@@ -78,7 +86,8 @@ def render_confirmation(
     }, folder=folder)
     text = confirmation_text(email=email, lists=lists, confirm_url=confirm_url, expires_text=expires_text,
                              sender=sender)
-    return RenderedNotice(subject=subject, preheader=preheader, html=html, text=text)
+    return RenderedNotice(subject=subject, preheader=preheader, html=html, text=text, language=language.tag,
+                          direction=language.direction)
 
 
 def confirmation_text(*, email: str, lists: Sequence[ListSettings], confirm_url: str, expires_text: str,

@@ -25,6 +25,7 @@ from markupsafe import Markup
 
 from newsletter.config import SenderSettings
 from newsletter.errors import IssueError, RenderError
+from newsletter.language import Language, local_date, parse_language
 from newsletter.models import Issue, MergeField, RenderedIssue, Text
 from newsletter.render.markup import block_html, block_kind, inline_html
 from newsletter.render.plaintext import render_text
@@ -34,6 +35,7 @@ __all__ = [
     "RECIPIENT_FIELDS",
     "available_templates",
     "default_templates_dir",
+    "issue_language",
     "long_date",
     "placeholder",
     "placeholder_pattern",
@@ -47,9 +49,6 @@ NOTICE_TEMPLATES = frozenset({"confirm"})
 #: the per-recipient values a template may use, as ``recipient.<field>``
 RECIPIENT_FIELDS = ("email", "name", "unsubscribe_url", "preferences_url")
 
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July",
-           "August", "September", "October", "November", "December")
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _DOCTYPE = "<!doctype html>\n"
 
 
@@ -81,9 +80,14 @@ def placeholder_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(re.escape(prefix) + r"_([a-z0-9]+(?:_[a-z0-9]+)*)__")
 
 
-def long_date(date: dt.date) -> str:
-    """``date`` as an English reader writes it: ``Friday, July 7, 2017``."""
-    return f"{_DAYS[date.weekday()]}, {_MONTHS[date.month - 1]} {date.day}, {date.year}"
+def long_date(date: dt.date, language: Language | None = None, date_format: str = "full") -> str:
+    """``date`` as a reader of ``language`` writes it (English by default: ``Friday, July 7, 2017``)."""
+    return local_date(date, language or parse_language("en"), date_format)
+
+
+def issue_language(issue: Issue, sender: SenderSettings) -> Language:
+    """The language ``issue`` is written in: its front matter's ``language:``, else ``[sender] language``."""
+    return parse_language(issue.language or sender.language)
 
 
 def view_url(issue: Issue, sender: SenderSettings) -> str:
@@ -114,9 +118,12 @@ def render_issue(
     merge_fields: dict[MergeField, str] = {}
     issue = _with_merge_placeholders(issue, prefix, merge_fields)
     url = view_url(issue, sender) if archived else ""
-    mjml_source = _render_template(issue, folder, {**_context(issue, sender, url, recipient), "web": web})
+    language = issue_language(issue, sender)
+    date_text = long_date(issue.date, language, sender.date_format)
+    context = _context(issue, sender, url, recipient, language, date_text)
+    mjml_source = _render_template(issue, folder, {**context, "web": web})
     html = _inline_css(_compile_mjml(mjml_source, issue.template))
-    text = render_text(issue, sender=sender, view_url=url, recipient=recipient)
+    text = render_text(issue, sender=sender, view_url=url, recipient=recipient, date_text=date_text)
     return RenderedIssue(
         slug=issue.slug,
         subject=issue.subject,
@@ -126,6 +133,8 @@ def render_issue(
         placeholder_prefix=prefix,
         view_url=url,
         merge_fields=tuple((node.field, node.fallback) for node in merge_fields),
+        language=language.tag,
+        direction=language.direction,
     )
 
 
@@ -162,7 +171,8 @@ class _RenderedSection:
     blocks: list[_RenderedBlock]
 
 
-def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str, str]) -> dict[str, Any]:
+def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str, str], language: Language,
+             date_text: str) -> dict[str, Any]:
     # Fragments are built (and escaped) by newsletter.render.markup, hence Markup here.
     sections = [
         _RenderedSection(
@@ -171,15 +181,16 @@ def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str
         )
         for section in issue.sections
     ]
-    date = issue.date
     return {
-        "lang": "en",
+        "lang": language.tag,
+        "dir": language.direction,
+        "language": language,
         "issue": {
             "subject": issue.subject,
             "preheader": issue.preheader,
             "slug": issue.slug,
-            "date": date,
-            "date_text": long_date(date),
+            "date": issue.date,
+            "date_text": date_text,
             "headline_html": Markup(inline_html(issue.headline)),
             "sections": sections,
             "credit_html": Markup(inline_html(issue.credit)),

@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 
 from newsletter.config import SenderSettings
+from newsletter.language import local_date, parse_language
 from newsletter.models import (
     Block,
     Citation,
@@ -50,12 +51,18 @@ def render_text(
     sender: SenderSettings,
     view_url: str,
     recipient: Mapping[str, str],
+    date_text: str = "",
 ) -> str:
-    """The whole text part, ending in a footer with the recipient's unsubscribe and preferences addresses."""
+    """The whole text part, ending in a footer with the recipient's unsubscribe and preferences addresses.
+
+    ``date_text`` is the issue's date as the HTML shows it; "" writes it here the same way
+    (the issue's language, ``[sender] date_format``).
+    """
     writer = _TextWriter()
     name = sender.from_name or sender.from_email
-    date = issue.date
-    writer.lines.append(f"{name.upper()} | {date:%A}, {date:%B} {date.day}, {date.year}")
+    if not date_text:
+        date_text = local_date(issue.date, parse_language(issue.language or sender.language), sender.date_format)
+    writer.lines.append(f"{name.upper()} | {date_text}")
     writer.blank()
     headline = writer.flow(issue.headline)
     writer.heading(headline, "=")

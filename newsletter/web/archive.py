@@ -21,6 +21,7 @@ import jinja2
 from newsletter.compose.message import fill_html
 from newsletter.config import Settings
 from newsletter.issue.parse import parse_issue, slug_from_path
+from newsletter.language import Language, local_date, parse_language
 from newsletter.models import Recipient
 from newsletter.render.engine import render_issue
 from newsletter.store.engine import Database
@@ -62,20 +63,22 @@ class ArchiveEntry:
     #: whether the ledger kept the issue's text as sent (not for issues dispatched before it did)
     kept: bool = False
 
-    @property
-    def date(self) -> str:
-        """The day it went out, for people: ``7 July 2017``."""
+    def date_text(self, language: Language, date_format: str = "full") -> str:
+        """The day it went out, as a reader of ``language`` writes it (``Friday, July 7, 2017``)."""
         try:
             day = dt.datetime.fromisoformat(self.first_sent).date()
         except ValueError:
             return self.first_sent
-        return f"{day.day} {day:%B %Y}"
+        return local_date(day, language, date_format)
 
 
 def page(template: str, settings: Settings, **values: object) -> str:
-    """One of the small pages in ``newsletter/web/pages`` (autoescaped), with the sender's name and address."""
+    """One of the small pages in ``newsletter/web/pages`` (autoescaped), with the sender's name and address,
+    in ``[sender] language`` (its ``lang`` and direction)."""
+    language = parse_language(settings.sender.language)
     return _PAGES.get_template(template).render(
-        sender_name=settings.sender.from_name, postal_address=settings.sender.postal_address, **values
+        sender_name=settings.sender.from_name, postal_address=settings.sender.postal_address,
+        lang=language.tag, dir=language.direction, **values
     )
 
 
@@ -181,7 +184,9 @@ def web_version(text: str, source: str, settings: Settings) -> str:
 
 def index_page(entries: list[ArchiveEntry], settings: Settings, *, prefix: str = "/issues/") -> str:
     """The list of sent issues; links are ``prefix + slug + "/"``."""
-    issues = [{"href": f"{prefix}{entry.slug}/", "subject": entry.subject, "date": entry.date} for entry in entries]
+    language = parse_language(settings.sender.language)
+    issues = [{"href": f"{prefix}{entry.slug}/", "subject": entry.subject,
+               "date": entry.date_text(language, settings.sender.date_format)} for entry in entries]
     return page("archive.html", settings, issues=issues, robots="index", feed_href=f"{prefix}feed.xml")
 
 
