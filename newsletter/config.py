@@ -29,6 +29,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from newsletter.errors import ConfigError
+from newsletter.language import DEFAULT_LANGUAGE, LanguageError, check_date_format, parse_language
 from newsletter.models import is_valid_name
 from newsletter.sanitize import direction_control
 from newsletter.tokens import MAX_BOUNCE_LOCAL_PART, UNSUBSCRIBE_TAG
@@ -225,6 +226,22 @@ def _site_url(value: object, where: _Where) -> str:
     return text.rstrip("/")
 
 
+def _language(value: object, where: _Where) -> str:
+    """A BCP 47 language tag Babel knows (``de``, ``pt-BR``), in its conventional case."""
+    try:
+        return parse_language(_text(value, where)).tag
+    except LanguageError as exc:
+        raise where.error(f": {exc.message} ({exc.hint})" if exc.hint else f": {exc.message}") from exc
+
+
+def _date_format(value: object, where: _Where) -> str:
+    """``full``, ``long``, ``medium``, ``short`` or a CLDR date pattern."""
+    try:
+        return check_date_format(_text(value, where))
+    except LanguageError as exc:
+        raise where.error(f": {exc.message} ({exc.hint})" if exc.hint else f": {exc.message}") from exc
+
+
 def _path(value: object, where: _Where) -> Path:
     """A file or folder, relative to the config file's folder (as a default path is)."""
     return where.base / _text(value, where)
@@ -276,6 +293,10 @@ class SenderSettings:
     #: the mailbox that ``newsletter inbound`` reads: each message's envelope sender (MAIL FROM)
     #: is ``<local>+<signed id>@<domain>`` there (VERP); "" keeps the From address as MAIL FROM
     bounce_address: str = _key("", _bounce_address)
+    #: the language of issues that don't name one (front matter ``language:``), and of the web pages
+    language: str = _key(DEFAULT_LANGUAGE, _language)
+    #: how an issue's date is written: a CLDR length (``full``: "Friday, July 7, 2017") or pattern
+    date_format: str = _key("full", _date_format)
 
     @property
     def unsubscribe_address(self) -> str:

@@ -10,6 +10,9 @@ and directions all come from Babel's copy of the CLDR. The only parsing of our o
 subtag pattern below (language, script, region, variants), because Babel's own reader
 accepts ``de_DE`` and silently drops what it has no data for (``en-ZZ`` becomes ``en_US``).
 
+Babel is imported on first use, not with this module: every command reads the configuration,
+and most never need a language other than the default.
+
 Extensions and private use (``ar-SA-u-nu-arab``, ``de-x-foo``) are refused with a hint to
 drop them: nothing here would honour them.
 """
@@ -21,11 +24,10 @@ import difflib
 import functools
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from babel import Locale, UnknownLocaleError
-from babel.core import get_global
-from babel.dates import format_date
+if TYPE_CHECKING:
+    from babel import Locale
 
 __all__ = [
     "DATE_FORMATS",
@@ -103,6 +105,8 @@ def parse_language(tag: str) -> Language:
     tag (``de_DE``, ``english``), an unknown subtag (``zz``, ``de-XX``), an old code (``iw``)
     or an extension.
     """
+    from babel.core import get_global
+
     text = tag.strip()
     if not text:
         raise LanguageError("the language is empty", f"write {_EXAMPLES}")
@@ -149,11 +153,15 @@ def local_date(date: dt.date, language: Language, date_format: str = "full") -> 
     ``date_format`` is one of :data:`DATE_FORMATS` or a CLDR pattern (``EEEE d MMMM y``;
     quote literal words: ``d 'de' MMMM``).
     """
+    from babel.dates import format_date
+
     return format_date(date, format=date_format, locale=language.locale)
 
 
 def check_date_format(date_format: str) -> str:
     """``date_format`` unchanged if Babel can format a date with it, else a :class:`LanguageError`."""
+    from babel.dates import format_date
+
     if date_format in DATE_FORMATS:
         return date_format
     if not date_format.strip():
@@ -171,11 +179,15 @@ def check_date_format(date_format: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _locale(identifier: str) -> Locale:
+    from babel import Locale
+
     return Locale.parse(identifier)
 
 
 def _nearest_locale(language: str, script: str | None, region: str | None) -> Locale:
     """The most specific locale Babel has data for: ``pt_BR``, else ``pt``, keeping the script if it can."""
+    from babel import Locale, UnknownLocaleError
+
     candidates = [
         "_".join(part for part in (language, script, region) if part),
         "_".join(part for part in (language, region) if part) if script is None else "",
@@ -196,6 +208,8 @@ def _nearest_locale(language: str, script: str | None, region: str | None) -> Lo
 
 def _direction(locale: Locale, script: str | None) -> Literal["ltr", "rtl"]:
     """The locale's direction, or the written script's when it differs (``ar-Latn`` is ltr, ``pa-Arab`` rtl)."""
+    from babel import Locale, UnknownLocaleError
+
     if script is not None and script != (locale.script or _likely_script(str(locale))):
         try:
             return "rtl" if Locale.parse(f"und_{script}").text_direction == "rtl" else "ltr"
@@ -205,6 +219,8 @@ def _direction(locale: Locale, script: str | None) -> Literal["ltr", "rtl"]:
 
 
 def _likely_script(identifier: str) -> str | None:
+    from babel.core import get_global
+
     likely = get_global("likely_subtags").get(identifier.split("_")[0], "")
     parts = likely.split("_")
     return parts[1] if len(parts) > 1 and len(parts[1]) == 4 else None
@@ -255,6 +271,8 @@ def _with_data() -> tuple[str, ...]:
 @functools.lru_cache(maxsize=1)
 def _language_names() -> dict[str, str]:
     """Lower-cased language names, English and each language's own, to their codes (read on errors only)."""
+    from babel import UnknownLocaleError
+
     names = {str(name).lower(): code for code, name in _locale("en").languages.items() if "_" not in code}
     for code in _with_data():
         try:

@@ -214,6 +214,8 @@ class Issue:
     list_name: str = "default"
     template: str = "briefing"
     credit: tuple[Inline, ...] = ()
+    #: the BCP 47 tag of ``language:`` (``de``, ``pt-BR``); "" when the file names none (``[sender] language``)
+    language: str = ""
     #: line of each front-matter key in the file, for error messages of later stages
     lines: Mapping[str, int] = field(default_factory=dict)
 
@@ -239,6 +241,10 @@ class RenderedIssue:
     view_url: str
     #: the merge fields behind the ``m0``, ``m1``, … placeholders: (field, fallback)
     merge_fields: tuple[tuple[str, str], ...] = ()
+    #: the BCP 47 tag it is written in (HTML ``lang``, ``Content-Language``)
+    language: str = "en"
+    #: ``ltr`` or ``rtl``
+    direction: str = "ltr"
 
 
 @dataclass(frozen=True)

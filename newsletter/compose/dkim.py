@@ -38,8 +38,9 @@ __all__ = ["DkimSigner", "generate_key", "load_signer", "txt_strings"]
 # instance for the extra slot, so a copy added after signing breaks the signature: a second
 # From, To or Subject on a replayed message to show readers another sender or text, a
 # List-Unsubscribe or Reply-To that sends their answer elsewhere, a Content-Type that shows
-# another part. This tool sends each message straight to its subscriber; a mailing list
-# that re-sends it adds its own List-* headers and, with a "[list]" tag or a footer, breaks
+# another part, a Content-Language that makes a screen reader read it as another language.
+# This tool sends each message straight to its subscriber; a mailing list that re-sends it
+# adds its own List-* headers and, with a "[list]" tag or a footer, breaks
 # the signature anyway (ARC is how lists vouch for what they received). Headers added in
 # transit (Received, Return-Path, ARC-*, Authentication-Results) stay outside.
 _SIGNED = (
@@ -53,6 +54,7 @@ _SIGNED = (
     b"list-unsubscribe",
     b"list-unsubscribe-post",
     b"mime-version",
+    b"content-language",
     b"content-type",
 )
 _SIGNED_SET = frozenset(_SIGNED)

@@ -214,6 +214,8 @@ def compile_message(rendered: RenderedIssue, *, sender: SenderSettings, list_id:
         "List-Unsubscribe:\r\n <" + _slot("h:unsubscribe_url") + ">" + _slot("h:unsubscribe_mailto") + "\r\n",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
         "MIME-Version: 1.0\r\n",
+        # RFC 3282; the tag was checked against CLDR (letters, digits, hyphens only).
+        f"Content-Language: {_language_tag(rendered.language)}\r\n",
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',
     ]
     body = (
@@ -234,7 +236,15 @@ def compile_message(rendered: RenderedIssue, *, sender: SenderSettings, list_id:
     return MessageTemplate(_split_slots("".join(headers) + body), boundary, len(body), rendered.merge_fields)
 
 
+_LANGUAGE_TAG_RE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 _SLOT_MARK = "\x00"  # marks slots inside the message being compiled; never in our text
+
+
+def _language_tag(tag: str) -> str:
+    """``tag`` for the Content-Language header, or ComposeError if it could carry anything but a tag."""
+    if not _LANGUAGE_TAG_RE.fullmatch(tag):
+        raise ComposeError(f"invalid language tag {tag!r}")
+    return tag
 
 
 def _slot(name: str) -> str:

@@ -15,7 +15,7 @@ import re
 import secrets
 from email.utils import parseaddr
 
-from newsletter.compose.message import _mailbox_header, _text_header, quoted_printable
+from newsletter.compose.message import _language_tag, _mailbox_header, _text_header, quoted_printable
 from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError
 from newsletter.render.confirm import RenderedNotice
@@ -53,6 +53,7 @@ def compose_notice(notice: RenderedNotice, *, email: str, name: str = "", sender
     headers += [
         "Auto-Submitted: auto-generated\r\n",
         "MIME-Version: 1.0\r\n",
+        f"Content-Language: {_language_tag(notice.language)}\r\n",
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',
     ]
     body = (

@@ -20,6 +20,7 @@ from markdown_it.rules_inline.state_inline import StateInline
 from markdown_it.token import Token
 
 from newsletter.errors import IssueError
+from newsletter.language import LanguageError, parse_language
 from newsletter.models import (
     Block,
     Citation,
@@ -62,6 +63,7 @@ FRONT_MATTER_KEYS: dict[str, bool] = {
     "list": False,
     "template": False,
     "credit": False,
+    "language": False,
 }
 
 # Used with fullmatch: "$" would also let a value end in a line break through.
@@ -178,6 +180,9 @@ def parse_issue(text: str, *, source: str = "<issue>") -> Issue:
         send_at = _parse_send_at(fields["send_at"], source, key_lines["send_at"])
     list_name = _name(fields.get("list", "default"), "list", source, key_lines)
     template = _name(fields.get("template", "briefing"), "template", source, key_lines)
+    language = ""
+    if "language" in fields:
+        language = _language(fields["language"], source, key_lines["language"])
     credit: tuple[Inline, ...] = ()
     if "credit" in fields:
         credit_text = _one_line(fields["credit"], "credit", source, key_lines)
@@ -197,6 +202,7 @@ def parse_issue(text: str, *, source: str = "<issue>") -> Issue:
         list_name=list_name,
         template=template,
         credit=credit,
+        language=language,
         lines=key_lines,
     )
 
@@ -363,6 +369,14 @@ def _name(value: str, key: str, source: str, key_lines: dict[str, int]) -> str:
             "use lower-case letters, digits, '-' and '_'",
         )
     return value
+
+
+def _language(value: str, source: str, line: int) -> str:
+    """The issue's BCP 47 tag in its conventional case (``pt-BR``), checked against Babel's CLDR data."""
+    try:
+        return parse_language(value).tag
+    except LanguageError as exc:
+        raise IssueError(source, line, f"language: {exc.message}", exc.hint) from exc
 
 
 def _inline_from_markdown(text: str, source: str, line: int) -> tuple[Inline, ...]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.config import ListSettings, SenderSettings
-from newsletter.language import DEFAULT_LANGUAGE, parse_language
+from newsletter.language import parse_language
 from newsletter.render.engine import default_templates_dir, long_date, render_mjml
 from newsletter.render.i18n import N_, Wording, wording_for
 from newsletter.render.plaintext import WIDTH
@@ -42,6 +42,10 @@ class RenderedNotice:
     preheader: str
     html: str
     text: str
+    #: the BCP 47 tag it is written in (``[sender] language``): HTML ``lang``, ``Content-Language``
+    language: str = "en"
+    #: ``ltr`` or ``rtl``
+    direction: str = "ltr"
 
 
 def render_confirmation(
@@ -62,15 +66,18 @@ def render_confirmation(
     if not lists:
         raise ValueError("a confirmation asks about at least one list")
     name = sender.from_name or sender.from_email
-    words = wording_for(parse_language(DEFAULT_LANGUAGE), templates_dir)
+    language = parse_language(sender.language)
+    words = wording_for(language, templates_dir)
     subject = words.gettext("Confirm your subscription to %(name)s", name=lists[0].title if len(lists) == 1 else name)
     preheader = words.gettext("One click and you're on the list. If you didn't ask, ignore this email.")
-    expires_text = long_date(expires)
+    expires_text = long_date(expires, language, sender.date_format)
     folder = templates_dir if templates_dir is not None and (templates_dir / f"{_TEMPLATE}.mjml").is_file() \
         else default_templates_dir()
     html = render_mjml(_TEMPLATE, {
         **words.template_functions(),
-        "lang": "en",
+        "lang": language.tag,
+        "dir": language.direction,
+        "language": language,
         "subject": subject,
         "preheader": preheader,
         "headline": words.gettext(CONFIRM_BUTTON),
@@ -82,16 +89,17 @@ def render_confirmation(
     }, folder=folder)
     text = confirmation_text(email=email, lists=lists, confirm_url=confirm_url, expires_text=expires_text,
                              sender=sender, wording=words)
-    return RenderedNotice(subject=subject, preheader=preheader, html=html, text=text)
+    return RenderedNotice(subject=subject, preheader=preheader, html=html, text=text, language=language.tag,
+                          direction=language.direction)
 
 
 def confirmation_text(*, email: str, lists: Sequence[ListSettings], confirm_url: str, expires_text: str,
                       sender: SenderSettings, wording: Wording | None = None) -> str:
     """The text part: what the HTML says, wrapped at :data:`~newsletter.render.plaintext.WIDTH` columns.
 
-    ``wording``: the catalogs of the email's language (the HTML's strings); English without.
+    ``wording``: the catalogs of the email's language (the HTML's strings); without, ``[sender] language``'s.
     """
-    words = wording or Wording(parse_language(DEFAULT_LANGUAGE))
+    words = wording or wording_for(parse_language(sender.language))
     name = sender.from_name or sender.from_email
     headline = words.gettext(CONFIRM_BUTTON)
     lines = [name.upper(), "", headline, "=" * len(headline), ""]

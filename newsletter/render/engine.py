@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from newsletter.config import SenderSettings
 from newsletter.errors import IssueError, RenderError
-from newsletter.language import DEFAULT_LANGUAGE, parse_language
+from newsletter.language import DEFAULT_LANGUAGE, Language, local_date, parse_language
 from newsletter.models import Issue, MergeField, RenderedIssue, Text
 from newsletter.render.i18n import Wording, configure_environment, wording_for
 from newsletter.render.markup import block_html, block_kind, inline_html
@@ -36,6 +36,7 @@ __all__ = [
     "RECIPIENT_FIELDS",
     "available_templates",
     "default_templates_dir",
+    "issue_language",
     "long_date",
     "placeholder",
     "placeholder_pattern",
@@ -49,9 +50,6 @@ NOTICE_TEMPLATES = frozenset({"confirm"})
 #: the per-recipient values a template may use, as ``recipient.<field>``
 RECIPIENT_FIELDS = ("email", "name", "unsubscribe_url", "preferences_url")
 
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July",
-           "August", "September", "October", "November", "December")
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _DOCTYPE = "<!doctype html>\n"
 
 
@@ -83,9 +81,14 @@ def placeholder_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(re.escape(prefix) + r"_([a-z0-9]+(?:_[a-z0-9]+)*)__")
 
 
-def long_date(date: dt.date) -> str:
-    """``date`` as an English reader writes it: ``Friday, July 7, 2017``."""
-    return f"{_DAYS[date.weekday()]}, {_MONTHS[date.month - 1]} {date.day}, {date.year}"
+def long_date(date: dt.date, language: Language | None = None, date_format: str = "full") -> str:
+    """``date`` as a reader of ``language`` writes it (English by default: ``Friday, July 7, 2017``)."""
+    return local_date(date, language or parse_language("en"), date_format)
+
+
+def issue_language(issue: Issue, sender: SenderSettings) -> Language:
+    """The language ``issue`` is written in: its front matter's ``language:``, else ``[sender] language``."""
+    return parse_language(issue.language or sender.language)
 
 
 def view_url(issue: Issue, sender: SenderSettings) -> str:
@@ -116,11 +119,14 @@ def render_issue(
     merge_fields: dict[MergeField, str] = {}
     issue = _with_merge_placeholders(issue, prefix, merge_fields)
     url = view_url(issue, sender) if archived else ""
-    wording = wording_for(parse_language(DEFAULT_LANGUAGE), templates_dir)
-    context = {**_context(issue, sender, url, recipient), "web": web, **wording.template_functions()}
-    mjml_source = _render_template(issue, folder, context)
+    language = issue_language(issue, sender)
+    date_text = long_date(issue.date, language, sender.date_format)
+    wording = wording_for(language, templates_dir)
+    context = _context(issue, sender, url, recipient, language, date_text)
+    mjml_source = _render_template(issue, folder, {**context, "web": web, **wording.template_functions()})
     html = _inline_css(_compile_mjml(mjml_source, issue.template))
-    text = render_text(issue, sender=sender, view_url=url, recipient=recipient, wording=wording)
+    text = render_text(issue, sender=sender, view_url=url, recipient=recipient, date_text=date_text,
+                       wording=wording)
     return RenderedIssue(
         slug=issue.slug,
         subject=issue.subject,
@@ -130,6 +136,8 @@ def render_issue(
         placeholder_prefix=prefix,
         view_url=url,
         merge_fields=tuple((node.field, node.fallback) for node in merge_fields),
+        language=language.tag,
+        direction=language.direction,
     )
 
 
@@ -166,7 +174,8 @@ class _RenderedSection:
     blocks: list[_RenderedBlock]
 
 
-def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str, str]) -> dict[str, Any]:
+def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str, str], language: Language,
+             date_text: str) -> dict[str, Any]:
     # Fragments are built (and escaped) by newsletter.render.markup, hence Markup here.
     sections = [
         _RenderedSection(
@@ -175,15 +184,16 @@ def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str
         )
         for section in issue.sections
     ]
-    date = issue.date
     return {
-        "lang": "en",
+        "lang": language.tag,
+        "dir": language.direction,
+        "language": language,
         "issue": {
             "subject": issue.subject,
             "preheader": issue.preheader,
             "slug": issue.slug,
-            "date": date,
-            "date_text": long_date(date),
+            "date": issue.date,
+            "date_text": date_text,
             "headline_html": Markup(inline_html(issue.headline)),
             "sections": sections,
             "credit_html": Markup(inline_html(issue.credit)),

@@ -11,7 +11,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 
 from newsletter.config import SenderSettings
-from newsletter.language import DEFAULT_LANGUAGE, parse_language
+from newsletter.language import local_date, parse_language
 from newsletter.models import (
     Block,
     Citation,
@@ -32,7 +32,7 @@ from newsletter.models import (
     Text,
     ThematicBreak,
 )
-from newsletter.render.i18n import Wording
+from newsletter.render.i18n import Wording, wording_for
 
 __all__ = [
     "WIDTH",
@@ -52,17 +52,22 @@ def render_text(
     sender: SenderSettings,
     view_url: str,
     recipient: Mapping[str, str],
+    date_text: str = "",
     wording: Wording | None = None,
 ) -> str:
     """The whole text part, ending in a footer with the recipient's unsubscribe and preferences addresses.
 
-    ``wording``: the issue's language's catalogs (the words the HTML footer uses too); English without.
+    ``date_text`` is the issue's date as the HTML shows it; "" writes it here the same way
+    (the issue's language, ``[sender] date_format``). ``wording``: the catalogs of the issue's
+    language (the words the HTML footer uses too); without, they are looked up here.
     """
-    words = wording or Wording(parse_language(DEFAULT_LANGUAGE))
+    language = parse_language(issue.language or sender.language)
+    words = wording or wording_for(language)
     writer = _TextWriter(words)
     name = sender.from_name or sender.from_email
-    date = issue.date
-    writer.lines.append(f"{name.upper()} | {date:%A}, {date:%B} {date.day}, {date.year}")
+    if not date_text:
+        date_text = local_date(issue.date, language, sender.date_format)
+    writer.lines.append(f"{name.upper()} | {date_text}")
     writer.blank()
     headline = writer.flow(issue.headline)
     writer.heading(headline, "=")

@@ -21,7 +21,7 @@ import jinja2
 from newsletter.compose.message import fill_html
 from newsletter.config import Settings
 from newsletter.issue.parse import parse_issue, slug_from_path
-from newsletter.language import DEFAULT_LANGUAGE, parse_language
+from newsletter.language import DEFAULT_LANGUAGE, Language, local_date, parse_language
 from newsletter.models import Recipient
 from newsletter.render.engine import render_issue
 from newsletter.render.i18n import Wording, configure_environment, wording_for
@@ -67,27 +67,27 @@ class ArchiveEntry:
     #: whether the ledger kept the issue's text as sent (not for issues dispatched before it did)
     kept: bool = False
 
-    @property
-    def date(self) -> str:
-        """The day it went out, for people: ``7 July 2017``."""
+    def date_text(self, language: Language, date_format: str = "full") -> str:
+        """The day it went out, as a reader of ``language`` writes it (``Friday, July 7, 2017``)."""
         try:
             day = dt.datetime.fromisoformat(self.first_sent).date()
         except ValueError:
             return self.first_sent
-        return f"{day.day} {day:%B %Y}"
+        return local_date(day, language, date_format)
 
 
 def wording(settings: Settings) -> Wording:
     """The catalogs of the site's language (``[sender] language``), ``[templates] dir``'s own first."""
-    return wording_for(parse_language(DEFAULT_LANGUAGE), settings.templates_dir)
+    return wording_for(parse_language(settings.sender.language), settings.templates_dir)
 
 
 def page(template: str, settings: Settings, **values: object) -> str:
     """One of the small pages in ``newsletter/web/pages`` (autoescaped), with the sender's name and address,
-    worded in the site's language (:func:`wording`)."""
+    in ``[sender] language`` (its ``lang`` and direction, and its words: :func:`wording`)."""
+    language = parse_language(settings.sender.language)
     return _PAGES.get_template(template).render(
         sender_name=settings.sender.from_name, postal_address=settings.sender.postal_address,
-        **wording(settings).template_functions(), **values
+        lang=language.tag, dir=language.direction, **wording(settings).template_functions(), **values
     )
 
 
@@ -193,7 +193,9 @@ def web_version(text: str, source: str, settings: Settings) -> str:
 
 def index_page(entries: list[ArchiveEntry], settings: Settings, *, prefix: str = "/issues/") -> str:
     """The list of sent issues; links are ``prefix + slug + "/"``."""
-    issues = [{"href": f"{prefix}{entry.slug}/", "subject": entry.subject, "date": entry.date} for entry in entries]
+    language = parse_language(settings.sender.language)
+    issues = [{"href": f"{prefix}{entry.slug}/", "subject": entry.subject,
+               "date": entry.date_text(language, settings.sender.date_format)} for entry in entries]
     return page("archive.html", settings, issues=issues, robots="index", feed_href=f"{prefix}feed.xml")
 
 

@@ -21,6 +21,7 @@ from feedgen.feed import FeedGenerator
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError
 from newsletter.issue.parse import inline_text, parse_issue
+from newsletter.language import parse_language
 from newsletter.models import Issue, Paragraph
 from newsletter.store.engine import Database
 from newsletter.web.archive import ArchiveEntry, find_issue_file
@@ -145,6 +146,7 @@ def atom_feed(items: list[FeedItem], settings: Settings) -> bytes:
     feed.link(href=feed_url(settings), rel="self", type="application/atom+xml")
     feed.link(href=f"{site}/issues/", rel="alternate", type="text/html")
     feed.generator("newsletter")
+    feed.language(parse_language(settings.sender.language).tag)  # xml:lang on the feed: its titles' language
     newest = _NEVER
     for item in items:
         sent = _moment(item.entry.first_sent)

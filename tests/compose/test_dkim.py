@@ -112,7 +112,7 @@ def test_signature_tags(signed: bytes, unsigned: bytes) -> None:
     signed_names = [name.strip() for name in tags[b"h"].split(b":")]
     expected = [
         b"from", b"to", b"subject", b"date", b"message-id", b"reply-to", b"list-id", b"list-unsubscribe",
-        b"list-unsubscribe-post", b"mime-version", b"content-type",
+        b"list-unsubscribe-post", b"mime-version", b"content-language", b"content-type",
     ]
     assert header_names(unsigned) == expected, "compose's headers changed: review the signed set"
     assert signed_names == expected + expected, "each signed as often as it occurs, then once more (over-signed)"

@@ -56,7 +56,7 @@ def parsed(data: bytes) -> EmailMessage:
 def test_the_headers_of_an_issue_without_the_list_ones(notice: RenderedNotice) -> None:
     data = message(notice)
     assert header_names(data) == [b"from", b"to", b"subject", b"date", b"message-id", b"reply-to", b"auto-submitted",
-                                  b"mime-version", b"content-type"]
+                                  b"mime-version", b"content-language", b"content-type"]
     mail = parsed(data)
     assert mail["From"] == "The Briefing <briefing@news.example.com>"
     assert mail["To"] == "ann@example.org"
