@@ -69,6 +69,8 @@ DOMAIN = "newsletter"
 #: the folder inside a templates folder that holds the catalogs (and ``newsletter.pot``)
 LOCALE_FOLDER = "locale"
 
+#: a line of a catalog that isn't a comment: a keyword and a string, or a string that continues one
+_PO_LINE = re.compile(r'(?:(?:msgctxt|msgid|msgid_plural|msgstr(?:\[\d+\])?)\s+)?"(?:[^"\\]|\\.)*"')
 #: ``%(name)s`` and its kin; ``%%`` is matched too, so that it is skipped as one unit
 _PLACEHOLDER = re.compile(r"%(?:\((?P<name>[^)]*)\))?[#0 +-]*(?:\d+|\*)?(?:\.\d+)?(?P<type>[diouxXeEfFgGcrsa%])")
 
@@ -221,19 +223,21 @@ def _read_catalog(path: Path, mtime_ns: int, size: int) -> _Catalog:
         raise RenderError(f"{path}: can't read the catalog: {exc.strerror or exc}") from exc
     try:
         catalog = read_po(io.BytesIO(data), domain=DOMAIN, abort_invalid=True)
-    except PoFileError as exc:
-        raise RenderError(f"{path}:{exc.lineno}: not a valid catalog: {_po_reason(exc)}") from exc
+    except PoFileError as exc:  # its line number counts from 0
+        raise RenderError(f"{path}:{exc.lineno + 1}: not a valid catalog: {_po_reason(exc)}") from exc
     except (UnicodeDecodeError, LookupError) as exc:
         raise RenderError(f"{path}: not a valid catalog: the file is not in its declared charset ({exc})") from exc
     except ValueError as exc:  # a header Babel can't read (a bad Plural-Forms, say)
         raise RenderError(f"{path}: not a valid catalog: {exc}") from exc
+    _check_quotes(path, data.decode(catalog.charset or "utf-8", errors="replace"))
     singular: set[str] = set()
     plural: set[str] = set()
     for message in list(catalog)[1:]:  # the first is the header
+        _check_forms(path, catalog, message)
         if message.fuzzy or not _complete(message):
             del catalog[message.id]  # falls through to the next catalog
             continue
-        _check(path, catalog, message)
+        _check(path, message)
         if message.pluralizable:
             plural.add(str(message.id[0]))
         else:
@@ -244,20 +248,39 @@ def _read_catalog(path: Path, mtime_ns: int, size: int) -> _Catalog:
     return _Catalog(path, gettext_module.GNUTranslations(buffer), frozenset(singular), frozenset(plural))
 
 
+def _check_quotes(path: Path, text: str) -> None:
+    """Every string is whole on its line. Babel's reader takes ``msgstr "Speichern`` (the closing quote
+    forgotten) for "Speicher" without a word: a hand-edited override catalog would lose a letter."""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not _PO_LINE.fullmatch(stripped):
+            raise RenderError(f"{path}:{number}: not a valid catalog: each string goes in double quotes on"
+                              f' one line (a quote inside one is \\"): {stripped[:60]}')
+
+
+def _check_forms(path: Path, catalog: Catalog, message: Message) -> None:
+    """A plural has all its forms or none (Babel reads a missing ``msgstr[n]`` as an empty one, and more
+    forms than ``Plural-Forms`` says as an error)."""
+    if not message.pluralizable or not isinstance(message.string, tuple | list) or not any(message.string):
+        return
+    empty = [number for number, form in enumerate(message.string) if not form]
+    if empty:
+        raise RenderError(f"{path}:{message.lineno}: msgstr[{empty[0]}] is missing or empty: the catalog's"
+                          f" Plural-Forms has {catalog.num_plurals} forms (msgstr[0] … msgstr"
+                          f"[{catalog.num_plurals - 1}]); translate all of them or none")
+
+
 def _complete(message: Message) -> bool:
     if message.pluralizable:
         return isinstance(message.string, tuple | list) and bool(message.string) and all(message.string)
     return bool(message.string)
 
 
-def _check(path: Path, catalog: Catalog, message: Message) -> None:
+def _check(path: Path, message: Message) -> None:
     """The translation can be formatted with the values its message id has (each render would fail otherwise)."""
     where = f"{path}:{message.lineno}"
     ids = message.id if isinstance(message.id, tuple | list) else (message.id,)
     strings = message.string if isinstance(message.string, tuple | list) else (message.string,)
-    if message.pluralizable and len(strings) != catalog.num_plurals:
-        raise RenderError(f"{where}: {len(strings)} plural form(s), but the catalog's Plural-Forms has"
-                          f" {catalog.num_plurals} (msgstr[0] … msgstr[{catalog.num_plurals - 1}])")
     known = set().union(*(placeholders(str(text)) for text in ids))
     if message.pluralizable:
         known.add("num")
@@ -267,7 +290,11 @@ def _check(path: Path, catalog: Catalog, message: Message) -> None:
         if unknown:
             raise RenderError(f"{where}: the translation uses %({sorted(unknown)[0]})s, which {ids[0]!r} doesn't"
                               f" have (it has {', '.join(f'%({name})s' for name in sorted(known)) or 'none'})")
+        # "100% sicher" formats without an error ("% s" takes the whole mapping): look for unnamed ones too.
+        unnamed = any(match["name"] is None and match["type"] != "%" for match in _PLACEHOLDER.finditer(str(text)))
         try:
+            if unnamed:
+                raise ValueError("a % that names no value")
             str(text) % probe
         except (ValueError, TypeError, KeyError) as exc:
             raise RenderError(f"{where}: the translation {str(text)!r} is not a valid format string ({exc});"
