@@ -226,6 +226,12 @@ def create_app(settings: Settings) -> ASGIApp:
     async def issue_without_slash(request: Request) -> Response:
         return RedirectResponse(f"/issues/{request.path_params['slug']}/", status_code=301)
 
+    server_error_text = web.words.gettext(SERVER_ERROR)  # also checks the catalogs before the first request
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own 500 says "Internal Server Error" in English; the traceback goes to the log as before.
+        return PlainTextResponse(server_error_text + "\n", status_code=500)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         moved = _slash_twin(request.scope, app.router.routes)
         if moved is not None:
@@ -248,13 +254,13 @@ def create_app(settings: Settings) -> ASGIApp:
             Route("/issues/{slug}", issue_without_slash),
             *signup_routes(settings, keys, cross_site=lambda request: _cross_site(request, site_origin)),
         ],
-        exception_handlers={404: not_found},
+        exception_handlers={404: not_found, 500: server_error},
         max_body_size=MAX_BODY,
     )
     # Starlette's own slash redirect names the host from the Host header, which the client
     # chooses (and says http:// behind a TLS proxy): not_found redirects by path instead.
     app.router.redirect_slashes = False
-    return AccessLog(SecurityHeaders(app, policy=page_policy(), server_error=web.words.gettext(SERVER_ERROR)))
+    return AccessLog(SecurityHeaders(app, policy=page_policy(), server_error=server_error_text))
 
 
 def _origin(url: str) -> str:

@@ -368,7 +368,8 @@ def pseudo_catalog(folder: Path) -> None:
 
 def untranslated(text: str, *values: str) -> str:
     """What is left of ``text`` without the translated strings, ``values`` and punctuation."""
-    text = re.sub(r"⟦[^⟧]*⟧", " ", text)
+    while re.search(r"⟦[^⟦⟧]*⟧", text):  # innermost first: a translated string may hold another
+        text = re.sub(r"⟦[^⟦⟧]*⟧", " ", text)
     for value in sorted(values, key=len, reverse=True):
         text = text.replace(value, " ")
     return squash(re.sub(r"[\W_]+", " ", text))
