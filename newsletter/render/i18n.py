@@ -172,9 +172,7 @@ def _format(text: str, values: Mapping[str, object]) -> str:
 def wording_for(language: Language, templates_dir: Path | None = None) -> Wording:
     """The catalogs for ``language``: ``templates_dir``'s own (a newsletter's ``[templates] dir``),
     then the built-in ones, for each of its catalog ids. RenderError names a broken file and line."""
-    from newsletter.render.engine import default_templates_dir
-
-    builtin = default_templates_dir()
+    builtin = _builtin_folder()
     folders = [builtin] if templates_dir is None or _same(templates_dir, builtin) else [templates_dir, builtin]
     found = []
     for folder in folders:
@@ -197,9 +195,18 @@ def configure_environment(environment: jinja2.Environment, english: Wording) -> 
     environment.globals.update(english.template_functions())
 
 
-def _same(first: Path, second: Path) -> bool:
+@functools.cache
+def _builtin_folder() -> Path:
+    """The built-in templates folder, resolved (found once: a page is rendered in ~20 µs, the search costs more)."""
+    from newsletter.render.engine import default_templates_dir  # engine imports this module
+
+    return default_templates_dir().resolve()
+
+
+@functools.lru_cache(maxsize=64)
+def _same(folder: Path, builtin: Path) -> bool:
     try:
-        return first.resolve() == second.resolve()
+        return folder.resolve() == builtin
     except OSError:
         return False
 
