@@ -16,7 +16,7 @@ writer for :class:`gettext.GNUTranslations`, which knows each language's plural 
 a fresh checkout needs no build step; a file is read again when it changes. A broken file
 is a :class:`~newsletter.errors.RenderError` naming the file and the line: bad syntax, a
 translation that uses a ``%(name)s`` its message id doesn't have (it would fail each
-render), a lone ``%`` (write ``%%``), a plural with the wrong number of forms.
+render), a lone ``%`` (write ``%%``), a plural with a form missing or one too many.
 
 Every string is a format string, also without values (as Jinja2's "newstyle" gettext has
 it): ``%(name)s`` are the values, ``%%`` is a percent sign. In HTML the translation is
@@ -190,8 +190,8 @@ def configure_environment(environment: jinja2.Environment, english: Wording) -> 
     context brings none; each render passes its own language's in its context.
     """
     # The extension adds newstyle_gettext to the environment at run time; typed stubs don't know it.
-    settings: Any = environment
-    settings.newstyle_gettext = True
+    untyped: Any = environment
+    untyped.newstyle_gettext = True
     environment.globals.update(english.template_functions())
 
 
