@@ -699,7 +699,7 @@ def test_headers_are_exactly_the_expected_ones_and_round_trip(
     assert all(line.strip() for line in head), "no blank or white-space-only line inside the header"
     assert all(_HEADER_RE.fullmatch(name.encode()) for name in names), names
     expected = ["From", "To", "Subject", "Date", "Message-ID", *(["Reply-To"] if reply_to else []), "List-Id",
-                "List-Unsubscribe", "List-Unsubscribe-Post", "MIME-Version", "Content-Type"]
+                "List-Unsubscribe", "List-Unsubscribe-Post", "MIME-Version", "Content-Language", "Content-Type"]
     assert names == expected, "no header line the input didn't ask for"
 
     # The names decode to the text they were (control characters and white-space runs
