@@ -271,3 +271,18 @@ def test_check_reports_a_template_without_direction_as_an_error(tmp_path: Path) 
     assert document["summary"]["errors"] >= 1
     code, out, _ = run("--config", str(config), "check", str(path))
     assert code == 1 and f"{path}:3: error: Hebrew (he) is written right to left" in out
+
+
+def test_the_detector_is_imported_only_when_check_reads_a_text() -> None:
+    """Every command imports the check module with the CLI; only check pays for CLD2 (about a millisecond)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, newsletter.cli.commands, newsletter.preflight.report\n"
+              "assert 'pycld2' not in sys.modules\n"
+              "from newsletter.preflight.language import detect_language\n"
+              "detect_language('Ein Text, der lang genug ist, um gelesen zu werden, und noch ein paar Worte mehr, '"
+              " * 4)\n"
+              "assert 'pycld2' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
