@@ -194,8 +194,8 @@ def check_language(issue: Issue, sender: SenderSettings) -> list[Finding]:
     else:
         said = f"the issue names no language, so it goes out as {declared.name} ({declared.tag}, [sender] language)"
     if not detection.tag:
-        message = (f"the text is written in {detection.name} ({seen}), which {declared.name} is not, but {said}; "
-                   f"give the text's language in the front matter ('language:' and a BCP 47 tag)")
+        message = (f"the text is written in {detection.name} ({seen}), but {said}, which isn't written in it; "
+                   f"give the text's language in the front matter ('language:' and its BCP 47 tag)")
     else:
         message = f"the text reads as {detection.name} ({detection.tag}, {seen}), but {said}; "
         if issue.language:

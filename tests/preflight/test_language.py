@@ -156,6 +156,20 @@ def test_a_language_the_detector_does_not_know_is_only_contradicted_by_another_s
     assert "reads as Arabic (ar," in finding.message and "(Asturian)" in finding.message
 
 
+def test_a_script_without_a_language_the_detector_knows_is_named(tmp_path: Path) -> None:
+    """CLD2 knows no Tamazight, but it knows Tifinagh: not English's script, and Tamazight's (zgh) own."""
+    body = "ⴰⵣⵓⵍ ⴼⵍⵍⴰⵡⵏ ⴰⴷ ⵉⵏⴰ ⵎⴰⵙⵙ ⵏ ⵜⵎⵏⴰⴹⵜ ⵏⵏⵖ ⵉⵙ ⵜⵓⵙⵙⵓⵏⵜ ⵏ ⵓⵎⵓⵙⵙⵓ ⴰⴷ ⵜⵜⵓⵙⴽⴰⵔ ⴳ ⵡⵓⵙⵙⴰⵏ ⵏ ⵓⵙⵉⵏⵏⴰⵢ."
+    text = f"---\nsubject: ⴰⵣⵓⵍ\ndate: 2024-03-14\npreheader: ⴰⵣⵓⵍ\n---\n\n# ⴰⵣⵓⵍ\n\n{body}\n\n{body}\n\n{body}\n"
+    path = tmp_path / "2024-03-14-tfng.md"
+    path.write_text(text, encoding="utf-8")
+    [finding] = language_findings(path)
+    assert finding.message.startswith("the text is written in Tifinagh script (100% of it), but the issue names "
+                                      "no language, so it goes out as English (en, [sender] language), which isn't "
+                                      "written in it; give the text's language in the front matter")
+    path.write_text(text.replace("\ndate:", "\nlanguage: zgh\ndate:", 1), encoding="utf-8")
+    assert language_findings(path) == []
+
+
 @pytest.mark.parametrize(("one", "other"), [("pt-BR", "pt"), ("zh-Hant", "zh"), ("iw", "he"), ("sr-Latn", "hr"),
                                             ("nb", "no"), ("nn", "nb"), ("id", "ms"), ("en-GB", "en")])
 def test_language_families(one: str, other: str) -> None:
