@@ -201,6 +201,9 @@ def check(ctx: click.Context, issues: tuple[str, ...], clients: str, browser: bo
 
     \b
     - the file: schema, subject, preheader, links, images, size against Gmail's clip, text width;
+    - languages: a text that reads as another language than the issue declares (language:,
+      else [sender] language), and a template that doesn't give the email the issue's
+      direction (dir) or language (lang);
     - client compatibility: every CSS property, value, selector, at-rule and HTML element
       or attribute the final HTML uses that a chosen client doesn't support or supports
       partly (caniemail.com data, shipped with the tool), where it is used, and the page

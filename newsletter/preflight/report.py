@@ -1,6 +1,7 @@
 """``newsletter check``: every check on each issue file, gathered into one report (text and JSON).
 
-For each file: its own checks (:mod:`~newsletter.preflight.content`), email-client
+For each file: its own checks (:mod:`~newsletter.preflight.content`), whether its text and
+its template fit its language (:mod:`~newsletter.preflight.language`), email-client
 compatibility (:mod:`~newsletter.preflight.compat`), accessibility, and on request dark
 mode in Chromium; plus the per-client table and the list of what ran.
 """
@@ -20,7 +21,8 @@ from newsletter.issue.parse import load_issue
 from newsletter.models import Issue, RenderedIssue
 from newsletter.preflight.content import check_issue, check_rendered, check_source
 from newsletter.preflight.finding import Finding
-from newsletter.render.engine import render_issue
+from newsletter.preflight.language import check_language, check_template_language
+from newsletter.render.engine import default_templates_dir, issue_language, render_issue
 
 if TYPE_CHECKING:
     from newsletter.preflight.compat import Accepted
@@ -170,6 +172,11 @@ def check_files(paths: Iterable[str | Path], settings: Settings, *, clients: Seq
         report.findings.extend(check_issue(issue))
         # load_issue read it as UTF-8 a moment ago; the characters' lines are the file's own
         report.findings.extend(check_source(issue.source, Path(path).read_bytes().decode("utf-8")))
+        report.findings.extend(check_language(issue, settings.sender))
+        folder = settings.templates_dir or default_templates_dir()
+        report.findings.extend(check_template_language(
+            issue, html, language=issue_language(issue, settings.sender), template=folder / f"{issue.template}.mjml",
+            builtin=settings.templates_dir is None))
         report.findings.extend(check_rendered(issue.source, html, text))
         accepted = accepted_choices(issue, settings)
         table: dict[str, dict[str, int]] = {}
