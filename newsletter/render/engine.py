@@ -27,6 +27,7 @@ from newsletter.config import SenderSettings
 from newsletter.errors import IssueError, RenderError
 from newsletter.language import Language, local_date, parse_language
 from newsletter.models import Issue, MergeField, RenderedIssue, Text
+from newsletter.render.bidi import outlook_direction
 from newsletter.render.markup import block_html, block_kind, inline_html
 from newsletter.render.plaintext import render_text
 
@@ -122,7 +123,7 @@ def render_issue(
     date_text = long_date(issue.date, language, sender.date_format)
     context = _context(issue, sender, url, recipient, language, date_text)
     mjml_source = _render_template(issue, folder, {**context, "web": web})
-    html = _inline_css(_compile_mjml(mjml_source, issue.template))
+    html = outlook_direction(_inline_css(_compile_mjml(mjml_source, issue.template)), language.direction)
     text = render_text(issue, sender=sender, view_url=url, recipient=recipient, date_text=date_text)
     return RenderedIssue(
         slug=issue.slug,
@@ -174,10 +175,12 @@ class _RenderedSection:
 def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str, str], language: Language,
              date_text: str) -> dict[str, Any]:
     # Fragments are built (and escaped) by newsletter.render.markup, hence Markup here.
+    direction = language.direction
     sections = [
         _RenderedSection(
-            Markup(inline_html(section.title)),
-            [_RenderedBlock(block_kind(block), Markup(block_html(block))) for block in section.blocks],
+            Markup(inline_html(section.title, direction=direction)),
+            [_RenderedBlock(block_kind(block), Markup(block_html(block, direction=direction)))
+             for block in section.blocks],
         )
         for section in issue.sections
     ]
@@ -191,9 +194,9 @@ def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str
             "slug": issue.slug,
             "date": issue.date,
             "date_text": date_text,
-            "headline_html": Markup(inline_html(issue.headline)),
+            "headline_html": Markup(inline_html(issue.headline, direction=direction)),
             "sections": sections,
-            "credit_html": Markup(inline_html(issue.credit)),
+            "credit_html": Markup(inline_html(issue.credit, direction=direction)),
         },
         "sender": {
             "name": sender.from_name or sender.from_email,
@@ -243,7 +246,8 @@ def render_mjml(name: str, context: Mapping[str, Any], *, folder: Path) -> str:
 
     Jinja2 (autoescaped: every value not marked safe is escaped), then MJML, then the CSS
     inlined by premailer. For messages that are not issues (a confirmation email); raises
-    RenderError when the template is missing or broken.
+    RenderError when the template is missing or broken. A ``dir`` of ``rtl`` in ``context``
+    turns Outlook's tables right to left too.
     """
     path = folder / f"{name}.mjml"
     try:
@@ -254,7 +258,7 @@ def render_mjml(name: str, context: Mapping[str, Any], *, folder: Path) -> str:
         raise RenderError(f"{path}:{exc.lineno}: template error: {exc.message}") from exc
     except jinja2.TemplateError as exc:
         raise RenderError(f"{path}: template error: {exc}") from exc
-    return _inline_css(_compile_mjml(source, name))
+    return outlook_direction(_inline_css(_compile_mjml(source, name)), str(context.get("dir", "ltr")))
 
 
 def _compile_mjml(source: str, template: str) -> str:
