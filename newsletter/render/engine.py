@@ -28,7 +28,7 @@ from newsletter.errors import IssueError, RenderError
 from newsletter.language import Language, local_date, parse_language
 from newsletter.models import Issue, MergeField, RenderedIssue, Text
 from newsletter.render.bidi import outlook_direction
-from newsletter.render.markup import block_html, block_kind, inline_html
+from newsletter.render.markup import attribute_text, block_html, block_kind, inline_html
 from newsletter.render.plaintext import render_text
 
 __all__ = [
@@ -211,7 +211,7 @@ def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str
 
 @functools.lru_cache(maxsize=8)
 def _environment(folder: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
         # select_autoescape() does not know .mjml: name it.
         autoescape=jinja2.select_autoescape(enabled_extensions=("mjml", "html", "xml"), default=True),
@@ -220,6 +220,19 @@ def _environment(folder: Path) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    environment.filters["mjml_attribute"] = _mjml_attribute
+    return environment
+
+
+def _mjml_attribute(value: object) -> Markup:
+    """``value`` for text that MJML copies into an attribute: ``<mj-title>`` becomes the wrapper's ``aria-label``.
+
+    Escaped, and everything but printable ASCII as a character reference: mjml-python writes
+    attribute values as Rust debug-prints a string, so a combining mark (an Arabic shadda or
+    tanwin, a Hebrew vowel point, a Devanagari virama) came out as ``\\u{651}`` and a backslash
+    doubled. ASCII text (every English subject so far) comes out as plain autoescaping writes it.
+    """
+    return Markup(attribute_text(str(value)))
 
 
 def _render_template(issue: Issue, folder: Path, context: dict[str, Any]) -> str:

@@ -61,6 +61,7 @@ from newsletter.render.bidi import isolation
 
 __all__ = [
     "MAX_IMAGE_WIDTH",
+    "attribute_text",
     "block_html",
     "block_kind",
     "citation_html",
@@ -75,7 +76,7 @@ MAX_IMAGE_WIDTH = 552
 _NOT_PLAIN_ASCII = re.compile(r"[^ -\[\]-~]")
 
 
-def _attribute(value: str) -> str:
+def attribute_text(value: str) -> str:
     """``value`` escaped for a double-quoted attribute, in printable ASCII.
 
     Everything else goes out as a character reference: mjml-python writes attribute values
@@ -113,12 +114,12 @@ def _inline(node: Inline, direction: str) -> str:
     if isinstance(node, Code):
         return f'<code class="nl-code"{isolation(node.text, direction, default="ltr")}>{escape(node.text)}</code>'
     if isinstance(node, Link):
-        title = f' title="{_attribute(node.title)}"' if node.title else ""
+        title = f' title="{attribute_text(node.title)}"' if node.title else ""
         inner = inline_html(node.children, direction=direction)
         own = isolation(plain_text(node.children), direction)
         if own:  # on a span inside: Outlook for Windows mishandles dir on <a>
             inner = f"<span{own}>{inner}</span>"
-        return f'<a class="nl-link" href="{_attribute(node.url)}"{title}>{inner}</a>'
+        return f'<a class="nl-link" href="{attribute_text(node.url)}"{title}>{inner}</a>'
     if isinstance(node, Image):
         return _image(node)
     if isinstance(node, LineBreak):
@@ -134,9 +135,9 @@ def _image(image: Image) -> str:
     if width and height and width > MAX_IMAGE_WIDTH:
         width, height = MAX_IMAGE_WIDTH, round(height * MAX_IMAGE_WIDTH / width)
     size = f' width="{width}" height="{height}"' if width and height else f' width="{MAX_IMAGE_WIDTH}"'
-    title = f' title="{_attribute(image.title)}"' if image.title else ""
+    title = f' title="{attribute_text(image.title)}"' if image.title else ""
     return (
-        f'<img class="nl-image" src="{_attribute(image.url)}" alt="{_attribute(image.alt)}"{size}{title}'
+        f'<img class="nl-image" src="{attribute_text(image.url)}" alt="{attribute_text(image.alt)}"{size}{title}'
         ' style="display:block;max-width:100%;height:auto;border:0">'
     )
 
@@ -150,7 +151,7 @@ def citation_html(citation: Citation | None, *, direction: str = "ltr") -> str:
         return ""
     label = escape(f"[{citation.text}]")
     if citation.url:
-        label = f'<a class="nl-citation-link" href="{_attribute(citation.url)}">{label}</a>'
+        label = f'<a class="nl-citation-link" href="{attribute_text(citation.url)}">{label}</a>'
     return f' <span class="nl-citation"{isolation(citation.text, direction)}>{label}</span>'
 
 

@@ -13,6 +13,7 @@ are right to left too, and nothing on them scrolls sideways.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import http.server
 import threading
 from collections.abc import Iterator
@@ -24,8 +25,9 @@ from playwright.sync_api import Browser, sync_playwright
 
 from newsletter.compose.message import fill_html
 from newsletter.compose.sample import example_recipient
-from newsletter.config import Settings
+from newsletter.config import ListSettings, Settings
 from newsletter.issue.parse import parse_issue
+from newsletter.render.confirm import render_confirmation
 from newsletter.render.engine import render_issue
 from newsletter.web.archive import page, web_version
 from tests.harness.browser import CHROMIUM, FLAGS
@@ -236,3 +238,38 @@ def test_web_pages_in_a_right_to_left_language(browser: Browser, tmp_path: Path,
     assert layout["count"] >= 1 and not layout["ltr"] and not layout["unaligned"], layout
     if template == "preferences.html":
         assert notice == ["4px", "0px"], notice
+
+
+@pytest.mark.parametrize("width", [375, 800])
+def test_the_confirmation_email_in_a_right_to_left_language(browser: Browser, tmp_path: Path, width: int) -> None:
+    sender = dataclasses.replace(Settings().sender, language="he")
+    url = "https://news.example.com/confirm/" + "A1b2-_" * 12  # a token may end in - or _: neutral characters
+    notice = render_confirmation(email="someone.with.a.rather.long.address@subdomain.example.org",
+                                 lists=(ListSettings("briefing", "התדריך היומי", "החדשות של היום בחמש דקות."),
+                                        ListSettings("weekly", "The Weekly")),
+                                 confirm_url=url, expires=dt.date(2025, 3, 3), sender=sender)
+    path = tmp_path / "confirm.html"
+    path.write_text(notice.html, encoding="utf-8")
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    try:
+        view = context.new_page()
+        view.goto(path.resolve().as_uri())
+        layout = view.evaluate(LAYOUT_JS, "p.nl-p, p.nl-note, li.nl-li, h1.nl-headline, p.nl-kicker, p.nl-footer-text")
+        placed = view.evaluate("""() => {
+          const button = document.querySelector('.nl-button a').getBoundingClientRect();
+          const column = document.querySelector('.nl-button').getBoundingClientRect();
+          const link = document.querySelector('a.nl-link[href^="https:"]');
+          const text = link.firstChild.firstChild ?? link.firstChild;  // the URL's text, in its isolating span
+          const glyph = i => { const r = document.createRange(); r.setStart(text, i); r.setEnd(text, i + 1);
+                               return r.getBoundingClientRect(); };
+          return {buttonGap: column.right - 24 - button.right, buttonLeft: button.left - column.left,
+                  first: glyph(0).left, second: glyph(1).left, firstTop: glyph(0).top, lastTop: glyph(text.length - 1).top,
+                  last: glyph(text.length - 1).left, beforeLast: glyph(text.length - 2).left};
+        }""")
+    finally:
+        context.close()
+    assert layout["scroll"] <= layout["width"] and not layout["wide"], layout
+    assert layout["count"] >= 8 and not layout["ltr"] and not layout["unaligned"], layout
+    assert abs(placed["buttonGap"]) < 1 and placed["buttonLeft"] > 24, placed  # on the right, not the left
+    # the URL reads left to right: 'h' left of 't', and its final '_' right of the character before it
+    assert placed["first"] < placed["second"] and placed["last"] > placed["beforeLast"], placed
