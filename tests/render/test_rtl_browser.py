@@ -37,8 +37,12 @@ pytestmark = pytest.mark.browser
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "languages"
 ISSUES = {"ar": FIXTURES / "2017-07-07-trump-putin-ar.md", "he": FIXTURES / "2017-07-07-trump-putin-he.md"}
-#: the fixtures' images live here; the tests serve them from 127.0.0.1
-IMAGE_BASE = "https://images.example.com"
+#: a picture for the end of each issue's introduction (the fixtures are the seed's shape, which has none),
+#: served from 127.0.0.1 or blocked
+IMAGES = {
+    "ar": "![الرئيسان ترامب وبوتين يتصافحان أمام الصحفيين في قمة هامبورغ](BASE/handshake.png \"1200x675\")",
+    "he": "![הנשיאים טראמפ ופוטין לוחצים ידיים מול הצלמים בפסגה בהמבורג](BASE/handshake.png \"1200x675\")",
+}
 
 # Everything a reader reads, as the template and markup.py write it.
 TEXT_SELECTOR = ("p.nl-p, li.nl-li, h1.nl-headline, h2.nl-section-title, p.nl-kicker, blockquote.nl-quote,"
@@ -153,7 +157,8 @@ def pages(tmp_path_factory: pytest.TempPathFactory, image_server: str) -> dict[t
     settings = Settings()
     out: dict[tuple[str, str], Path] = {}
     for language, path in ISSUES.items():
-        text = path.read_text(encoding="utf-8").replace(IMAGE_BASE, image_server)
+        picture = IMAGES[language].replace("BASE", image_server)
+        text = path.read_text(encoding="utf-8").replace("\n\n## ", f"\n\n{picture}\n\n## ", 1)
         rendered = render_issue(parse_issue(text, source=path.name), sender=settings.sender)
         email = folder / f"{language}-email.html"
         email.write_text(fill_html(rendered, example_recipient(settings)), encoding="utf-8")
