@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from newsletter.compose.message import fill_html, fill_text
 from newsletter.models import Issue, Recipient, RenderedIssue
 from newsletter.render.plaintext import WIDTH
-from tests.conftest import GOLDEN, SEED_BRIEFING
+from tests.conftest import SEED_BRIEFING
+from tests.harness.golden import check_golden, normalise_html
 from tests.harness.htmltext import squash, visible_text
 
 RECIPIENT = Recipient("reader@example.com", "Example Reader", "https://news.example.com/unsubscribe/example-token",
@@ -71,24 +71,9 @@ def test_text_part_is_wrapped(seed_rendered: RenderedIssue) -> None:
         assert len(line) <= WIDTH or line.startswith("https://"), line
 
 
-def _check_golden(name: str, actual: str, update: bool) -> None:
-    path: Path = GOLDEN / name
-    if update:
-        path.write_text(actual, encoding="utf-8")
-        return
-    assert path.exists(), f"{path} is missing: run pytest --update-golden"
-    expected = path.read_text(encoding="utf-8")
-    assert actual == expected, f"{name} changed; if that is intended, run pytest --update-golden and review the diff"
-
-
-def _normalise_html(html: str) -> str:
-    """One tag per line, so that a golden diff shows what changed."""
-    return re.sub(r">\s*<", ">\n<", html.replace("\r\n", "\n")).strip() + "\n"
-
-
 def test_golden_text(seed_rendered: RenderedIssue, update_golden: bool) -> None:
-    _check_golden("seed.txt", fill_text(seed_rendered, RECIPIENT), update_golden)
+    check_golden("seed.txt", fill_text(seed_rendered, RECIPIENT), update_golden)
 
 
 def test_golden_html(seed_rendered: RenderedIssue, update_golden: bool) -> None:
-    _check_golden("seed.html", _normalise_html(fill_html(seed_rendered, RECIPIENT)), update_golden)
+    check_golden("seed.html", normalise_html(fill_html(seed_rendered, RECIPIENT)), update_golden)

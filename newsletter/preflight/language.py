@@ -105,6 +105,7 @@ CLOSE_LANGUAGES: dict[str, str] = {
 DIRECTION_FIX = '<mjml lang="{{ lang }}" dir="{{ dir }}">'
 
 _URL_RE = re.compile(r"\b(?:[a-z][a-z0-9+.-]*://|www\.|mailto:)\S*|\S+@\S+\.\w+|(?<!\w)[@#]\w+", re.I)
+_JINJA_COMMENT_RE = re.compile(r"\{#.*?#\}", re.DOTALL)
 _MJML_TAG_RE = re.compile(r"<mjml\b[^>]*>", re.I)
 _HAN = {"Hans": "Hani", "Hant": "Hani"}  # Simplified and Traditional Chinese: one script to compare
 
@@ -445,8 +446,10 @@ def _mjml_place(template: Path) -> str:
         source = template.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return str(template)
-    match = _MJML_TAG_RE.search(source)
+    # A Jinja comment may mention the tag (the built-in templates' do): blank comments, keeping their lines.
+    code = _JINJA_COMMENT_RE.sub(lambda comment: "\n" * comment[0].count("\n"), source)
+    match = _MJML_TAG_RE.search(code)
     if match is None:
         return str(template)
     written = " ".join(match[0].split())
-    return f"{template}:{source.count(chr(10), 0, match.start()) + 1} (now {written})"
+    return f"{template}:{code.count(chr(10), 0, match.start()) + 1} (now {written})"

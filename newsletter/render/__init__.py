@@ -2,5 +2,6 @@
 
 The only importer of Jinja2, mjml-python and premailer. ``engine`` runs the template
 (Jinja2, then MJML, then CSS inlined); ``markup`` writes the issue's content as HTML
-fragments; ``plaintext`` writes the hand-quality text part from the ``Issue`` itself.
+fragments; ``plaintext`` writes the hand-quality text part from the ``Issue`` itself;
+``bidi`` keeps right-to-left and left-to-right text in order in both.
 """

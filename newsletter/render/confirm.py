@@ -18,6 +18,7 @@ from pathlib import Path
 
 from newsletter.config import ListSettings, SenderSettings
 from newsletter.language import parse_language
+from newsletter.render.bidi import right_to_left_lines
 from newsletter.render.engine import default_templates_dir, long_date, render_mjml
 from newsletter.render.i18n import N_, Wording, wording_for
 from newsletter.render.plaintext import WIDTH
@@ -89,6 +90,9 @@ def render_confirmation(
     }, folder=folder)
     text = confirmation_text(email=email, lists=lists, confirm_url=confirm_url, expires_text=expires_text,
                              sender=sender, wording=words)
+    if language.is_rtl:  # every line right to left but the link's own (a URL reads left to right)
+        lines = text.split("\n")
+        text = "\n".join(right_to_left_lines(lines, {n for n, line in enumerate(lines) if line == confirm_url}))
     return RenderedNotice(subject=subject, preheader=preheader, html=html, text=text, language=language.tag,
                           direction=language.direction)
 

@@ -27,8 +27,9 @@ from newsletter.config import SenderSettings
 from newsletter.errors import IssueError, RenderError
 from newsletter.language import DEFAULT_LANGUAGE, Language, local_date, parse_language
 from newsletter.models import Issue, MergeField, RenderedIssue, Text
+from newsletter.render.bidi import outlook_direction
 from newsletter.render.i18n import Wording, configure_environment, wording_for
-from newsletter.render.markup import block_html, block_kind, inline_html
+from newsletter.render.markup import attribute_text, block_html, block_kind, inline_html
 from newsletter.render.plaintext import render_text
 
 __all__ = [
@@ -124,7 +125,7 @@ def render_issue(
     wording = wording_for(language, templates_dir)
     context = _context(issue, sender, url, recipient, language, date_text)
     mjml_source = _render_template(issue, folder, {**context, "web": web, **wording.template_functions()})
-    html = _inline_css(_compile_mjml(mjml_source, issue.template))
+    html = outlook_direction(_inline_css(_compile_mjml(mjml_source, issue.template)), language.direction)
     text = render_text(issue, sender=sender, view_url=url, recipient=recipient, date_text=date_text,
                        wording=wording)
     return RenderedIssue(
@@ -177,10 +178,12 @@ class _RenderedSection:
 def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str, str], language: Language,
              date_text: str) -> dict[str, Any]:
     # Fragments are built (and escaped) by newsletter.render.markup, hence Markup here.
+    direction = language.direction
     sections = [
         _RenderedSection(
-            Markup(inline_html(section.title)),
-            [_RenderedBlock(block_kind(block), Markup(block_html(block))) for block in section.blocks],
+            Markup(inline_html(section.title, direction=direction)),
+            [_RenderedBlock(block_kind(block), Markup(block_html(block, direction=direction)))
+             for block in section.blocks],
         )
         for section in issue.sections
     ]
@@ -194,9 +197,9 @@ def _context(issue: Issue, sender: SenderSettings, url: str, recipient: dict[str
             "slug": issue.slug,
             "date": issue.date,
             "date_text": date_text,
-            "headline_html": Markup(inline_html(issue.headline)),
+            "headline_html": Markup(inline_html(issue.headline, direction=direction)),
             "sections": sections,
-            "credit_html": Markup(inline_html(issue.credit)),
+            "credit_html": Markup(inline_html(issue.credit, direction=direction)),
         },
         "sender": {
             "name": sender.from_name or sender.from_email,
@@ -222,7 +225,19 @@ def _environment(folder: Path) -> jinja2.Environment:
         extensions=["jinja2.ext.i18n"],  # {% trans %}: each render's context brings its language's gettext
     )
     configure_environment(environment, Wording(parse_language(DEFAULT_LANGUAGE)))
+    environment.filters["mjml_attribute"] = _mjml_attribute
     return environment
+
+
+def _mjml_attribute(value: object) -> Markup:
+    """``value`` for text that MJML copies into an attribute: ``<mj-title>`` becomes the wrapper's ``aria-label``.
+
+    Escaped, and everything but printable ASCII as a character reference: mjml-python writes
+    attribute values as Rust debug-prints a string, so a combining mark (an Arabic shadda or
+    tanwin, a Hebrew vowel point, a Devanagari virama) came out as ``\\u{651}`` and a backslash
+    doubled. ASCII text (every English subject so far) comes out as plain autoescaping writes it.
+    """
+    return Markup(attribute_text(str(value)))
 
 
 def _render_template(issue: Issue, folder: Path, context: dict[str, Any]) -> str:
@@ -249,7 +264,8 @@ def render_mjml(name: str, context: Mapping[str, Any], *, folder: Path) -> str:
 
     Jinja2 (autoescaped: every value not marked safe is escaped), then MJML, then the CSS
     inlined by premailer. For messages that are not issues (a confirmation email); raises
-    RenderError when the template is missing or broken.
+    RenderError when the template is missing or broken. A ``dir`` of ``rtl`` in ``context``
+    turns Outlook's tables right to left too.
     """
     path = folder / f"{name}.mjml"
     try:
@@ -260,7 +276,7 @@ def render_mjml(name: str, context: Mapping[str, Any], *, folder: Path) -> str:
         raise RenderError(f"{path}:{exc.lineno}: template error: {exc.message}") from exc
     except jinja2.TemplateError as exc:
         raise RenderError(f"{path}: template error: {exc}") from exc
-    return _inline_css(_compile_mjml(source, name))
+    return outlook_direction(_inline_css(_compile_mjml(source, name)), str(context.get("dir", "ltr")))
 
 
 def _compile_mjml(source: str, template: str) -> str:

@@ -2,6 +2,10 @@
 
 Paragraphs are wrapped at :data:`WIDTH` columns, links become numbered references
 ``[1]`` listed at the end, citations stay whole on one line where they fit.
+
+An issue in a right-to-left language gets a U+200F RIGHT-TO-LEFT MARK on each line that
+would otherwise be shown left to right (see :func:`~newsletter.render.bidi.right_to_left_lines`);
+URLs, the recipient's address and code stay as they are.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from newsletter.models import (
     Text,
     ThematicBreak,
 )
+from newsletter.render.bidi import right_to_left_lines
 from newsletter.render.i18n import Wording, wording_for
 
 __all__ = [
@@ -81,23 +86,24 @@ def render_text(
     if writer.references:
         writer.lines.append(words.gettext("Links:"))
         for number, url in enumerate(writer.references, 1):
-            writer.lines.append(f"[{number}] {url}")
+            writer.left_to_right(f"[{number}] {url}")
         writer.blank()
     writer.lines.append("-- ")
     if view_url:  # "" for an issue the archive doesn't have
         writer.lines.append(words.gettext("View this issue in your browser:"))
-        writer.lines.append(view_url)
+        writer.left_to_right(view_url)
         writer.blank()
     writer.lines.append(words.gettext("You receive %(name)s at this address:", name=name))
-    writer.lines.append(recipient["email"])
+    writer.left_to_right(recipient["email"])
     writer.lines.append(words.gettext("Unsubscribe with one click:"))
-    writer.lines.append(recipient["unsubscribe_url"])
+    writer.left_to_right(recipient["unsubscribe_url"])
     writer.lines.append(words.gettext("Manage your subscription (your lists, your name):"))
-    writer.lines.append(recipient["preferences_url"])
+    writer.left_to_right(recipient["preferences_url"])
     writer.blank()
     for line in textwrap.wrap(f"{name}, {sender.postal_address}", WIDTH):
         writer.lines.append(line)
-    return "\n".join(writer.lines).rstrip("\n") + "\n"
+    lines = right_to_left_lines(writer.lines, writer.ltr_lines) if language.is_rtl else writer.lines
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 class _TextWriter:
@@ -107,6 +113,13 @@ class _TextWriter:
         self.words = words
         self.lines: list[str] = []
         self.references: list[str] = []
+        #: the numbers of lines that are left to right whatever the issue's language (URLs, code)
+        self.ltr_lines: set[int] = set()
+
+    def left_to_right(self, line: str) -> None:
+        """Add a line that reads left to right in any issue: a URL, an address, a line of code."""
+        self.ltr_lines.add(len(self.lines))
+        self.lines.append(line)
 
     def blank(self) -> None:
         if self.lines and self.lines[-1] != "":
@@ -187,7 +200,7 @@ class _TextWriter:
                 self.blank()
         elif isinstance(block, CodeBlock):
             for line in block.text.split("\n"):
-                self.lines.append((indent + "    " + line).rstrip())
+                self.left_to_right((indent + "    " + line).rstrip())
             self.blank()
         elif isinstance(block, ThematicBreak):
             self.lines.append(indent + "* * *")

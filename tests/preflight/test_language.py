@@ -36,7 +36,7 @@ from tests.conftest import ROOT, SEED_ISSUE
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "languages"
 CODES = ("language-mismatch", "template-direction", "template-language")
 BUILT_IN_MJML = '<mjml lang="{{ lang }}" dir="{{ dir }}">'
-MJML_TAG = re.compile(r"<mjml\b[^>]*>")
+MJML_TAG = re.compile(r"^<mjml\b[^>]*>", re.MULTILINE)  # the tag, not a comment naming it
 
 
 def issue_file(folder: Path, name: str, language: str = "") -> Path:
@@ -268,6 +268,16 @@ def test_check_json_holds_the_language_findings(tmp_path: Path) -> None:
     assert row["source"] == str(tmp_path / "de-fr.md") and row["line"] == 3 and row["severity"] == "warning"
     assert row["message"].endswith("write 'language: de'")
     assert document["summary"]["warnings"] == 1 and document["summary"]["errors"] == 0
+
+
+def test_the_fix_names_the_tag_not_a_comment_that_mentions_it(tmp_path: Path) -> None:
+    """The built-in templates' opening comment talks about the mjml tag: the fix points at the tag itself."""
+    _, template = own_templates(tmp_path, "<mjml>")
+    source = template.read_text(encoding="utf-8")
+    template.write_text("{# a note: <mjml dir> sets the direction #}\n" + source, encoding="utf-8")
+    config = Settings(templates_dir=template.parent)
+    [direction, _] = language_findings(issue_file(tmp_path, "ar", "ar"), config)
+    assert f"{template}:{mjml_line(template)} (now <mjml>)" in direction.message
 
 
 def test_check_reports_a_template_without_direction_as_an_error(tmp_path: Path) -> None:
