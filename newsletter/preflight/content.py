@@ -22,6 +22,7 @@ from newsletter.models import (
     Strong,
 )
 from newsletter.preflight.finding import Finding, Severity
+from newsletter.render.linebreak import columns
 
 __all__ = [
     "DIRECTION_CONTROLS",
@@ -92,9 +93,10 @@ def check_rendered(source: str, html: str, text: str) -> list[Finding]:
         found.append(Finding("info", "image-size",
                              f"image '{src}' has no height; give its size as ![alt](url \"600x400\")", source=source))
     for number, line in enumerate(text.splitlines(), 1):
-        if len(line) > MAX_TEXT_COLUMNS and not _URL_LINE_RE.match(line):
+        width = columns(line)  # a CJK character takes two columns, a mark none
+        if width > MAX_TEXT_COLUMNS and not _URL_LINE_RE.match(line):
             found.append(Finding("warning", "text-width",
-                                 f"text line {number} is {len(line)} columns (over {MAX_TEXT_COLUMNS})", source=source))
+                                 f"text line {number} is {width} columns (over {MAX_TEXT_COLUMNS})", source=source))
     return found
 
 

@@ -21,6 +21,7 @@ from newsletter.language import parse_language
 from newsletter.render.bidi import right_to_left_lines
 from newsletter.render.engine import default_templates_dir, long_date, render_mjml
 from newsletter.render.i18n import N_, Wording, wording_for
+from newsletter.render.linebreak import columns, has_wide, wrap_wide
 from newsletter.render.plaintext import WIDTH
 
 __all__ = [
@@ -106,7 +107,7 @@ def confirmation_text(*, email: str, lists: Sequence[ListSettings], confirm_url:
     words = wording or wording_for(parse_language(sender.language))
     name = sender.from_name or sender.from_email
     headline = words.gettext(CONFIRM_BUTTON)
-    lines = [name.upper(), "", headline, "=" * len(headline), ""]
+    lines = [name.upper(), "", headline, "=" * columns(headline), ""]
     lines += _wrap(words.gettext("Someone, hopefully you, asked to subscribe %(email)s to:", email=email))
     lines.append("")
     for item in lists:
@@ -126,6 +127,8 @@ def confirmation_text(*, email: str, lists: Sequence[ListSettings], confirm_url:
 
 
 def _wrap(text: str, first: str = "", rest: str = "") -> list[str]:
+    if has_wide(text):  # Chinese, Japanese, Korean: between characters, two columns each
+        return wrap_wide(" ".join(text.split()), WIDTH, first, rest)
     # A long address or word stays whole on its own line rather than being cut.
     return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest,
                          break_long_words=False, break_on_hyphens=False) or [first.rstrip()]

@@ -1,6 +1,7 @@
 """The plain-text variant, written from the parsed :class:`Issue` (never scraped from HTML).
 
-Paragraphs are wrapped at :data:`WIDTH` columns, links become numbered references
+Paragraphs are wrapped at :data:`WIDTH` columns (Chinese, Japanese and Korean by
+:mod:`~newsletter.render.linebreak`: between characters, two columns each), links become numbered references
 ``[1]`` listed at the end, citations stay whole on one line where they fit.
 
 An issue in a right-to-left language gets a U+200F RIGHT-TO-LEFT MARK on each line that
@@ -38,6 +39,7 @@ from newsletter.models import (
 )
 from newsletter.render.bidi import right_to_left_lines
 from newsletter.render.i18n import Wording, wording_for
+from newsletter.render.linebreak import columns, has_wide, wrap_wide
 
 __all__ = [
     "WIDTH",
@@ -171,7 +173,7 @@ class _TextWriter:
         self.blank()
         wrapped = _wrap(text, "", "")
         self.lines.extend(wrapped)
-        self.lines.append(underline * max(len(line) for line in wrapped))
+        self.lines.append(underline * max(columns(line) for line in wrapped))  # a CJK character is two columns
         self.blank()
 
     def paragraph(self, text: str, first: str, rest: str) -> None:
@@ -214,7 +216,7 @@ def _wrap(text: str, first: str, rest: str) -> list[str]:
     is wrapped like any text.
     """
     lines = _wrap_joined(text, first, rest)
-    if any(len(line) > WIDTH and _NBSP in line for line in lines):
+    if any(columns(line) > WIDTH and _NBSP in line for line in lines):
         lines = _wrap_joined(text.replace(_NBSP, " "), first, rest)
     return [line.replace(_NBSP, " ").rstrip() for line in lines]
 
@@ -222,13 +224,18 @@ def _wrap(text: str, first: str, rest: str) -> list[str]:
 def _wrap_joined(text: str, first: str, rest: str) -> list[str]:
     lines: list[str] = []
     for number, piece in enumerate(text.split(_HARD_BREAK)):
+        flat = _SPACES.sub(" ", piece).strip()  # only ASCII space: NBSP keeps a source whole
+        indent = first if number == 0 else rest
+        if has_wide(flat):  # Chinese, Japanese, Korean: words without spaces, characters two columns wide
+            lines.extend(wrap_wide(flat, WIDTH, indent, rest) if flat else [indent.rstrip()])
+            continue
         wrapped = textwrap.wrap(
-            _SPACES.sub(" ", piece).strip(),  # only ASCII space: NBSP keeps a source whole
+            flat,
             WIDTH,
-            initial_indent=first if number == 0 else rest,
+            initial_indent=indent,
             subsequent_indent=rest,
             break_long_words=False,
             break_on_hyphens=False,
         )
-        lines.extend(wrapped or [(first if number == 0 else rest).rstrip()])
+        lines.extend(wrapped or [indent.rstrip()])
     return lines
