@@ -40,18 +40,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
-from babel.lists import format_list
-from babel.messages.catalog import Catalog, Message
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import PoFileError, read_po
 from jinja2.runtime import Context
 from markupsafe import Markup
 
 from newsletter.errors import RenderError
 from newsletter.language import Language
+
+if TYPE_CHECKING:  # Babel is imported on first use: commands that render nothing don't pay for it
+    from babel.messages.catalog import Catalog, Message
+    from babel.messages.pofile import PoFileError
 
 __all__ = [
     "DOMAIN",
@@ -135,6 +135,8 @@ class Wording:
 
     def format_list(self, items: Sequence[str]) -> str:
         """``items`` as this language joins them in a sentence: "A, B, and C", "A, B und C", "A وB وC"."""
+        from babel.lists import format_list
+
         return format_list(list(items), style="standard", locale=self.language.locale) if items else ""
 
     def template_functions(self) -> dict[str, Callable[..., str]]:
@@ -224,6 +226,9 @@ def _catalog_at(path: Path) -> _Catalog | None:
 
 @functools.lru_cache(maxsize=64)
 def _read_catalog(path: Path, mtime_ns: int, size: int) -> _Catalog:
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import PoFileError, read_po
+
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -70,3 +70,15 @@ def test_a_confirmation_email_in_japanese_is_wrapped_too() -> None:
     lines = notice.text.splitlines()
     assert all(columns(line) <= WIDTH for line in lines if not line.startswith("http"))
     assert "".join(line[2:] for line in lines if title[:5] in line or line.startswith("  毎")).startswith(title[:30])
+
+
+def test_the_language_libraries_are_imported_only_when_used() -> None:
+    """Every command imports the CLI; Babel, uniseg and wcwidth cost ~25 ms that only a render needs."""
+    import subprocess
+    import sys
+
+    script = ("import sys, newsletter.cli.commands\n"
+              "loaded = sorted(name for name in sys.modules if name.split('.')[0] in ('babel', 'uniseg', 'wcwidth'))\n"
+              "assert not loaded, loaded\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
