@@ -25,12 +25,14 @@ import hmac
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from newsletter.errors import ConfigError
 
 __all__ = [
     "ConfirmToken",
     "MAX_BOUNCE_LOCAL_PART",
+    "ReaderLinks",
     "ReturnPaths",
     "SignedDelivery",
     "TokenSigner",
@@ -38,6 +40,7 @@ __all__ = [
     "UnsubscribeToken",
     "confirm_link",
     "preferences_link",
+    "reader_links",
     "split_keys",
     "unsubscribe_links",
 ]
@@ -87,6 +90,23 @@ def split_keys(value: str) -> list[bytes]:
 def unsubscribe_links(site_url: str, address: str, token: str) -> tuple[str, str]:
     """The one-click URL and the ``mailto:`` for a token, as List-Unsubscribe and the footer give them."""
     return f"{site_url}/unsubscribe/{token}", f"mailto:{address}?subject=unsubscribe%20{token}"
+
+
+class ReaderLinks(TypedDict):
+    """A reader's links for one unsubscribe token, as :class:`~newsletter.models.Recipient` takes them."""
+
+    unsubscribe_url: str
+    unsubscribe_mailto: str
+    preferences_url: str
+
+
+def reader_links(site_url: str, address: str, token: str) -> ReaderLinks:
+    """Every per-reader link of a message for ``token``: one-click unsubscribe, its ``mailto:``, preferences.
+
+    ``Recipient(email=…, **reader_links(…))``: one place, so no sender of a message forgets one.
+    """
+    url, mailto = unsubscribe_links(site_url, address, token)
+    return {"unsubscribe_url": url, "unsubscribe_mailto": mailto, "preferences_url": preferences_link(site_url, token)}
 
 
 def confirm_link(site_url: str, token: str) -> str:

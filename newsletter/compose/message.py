@@ -22,6 +22,7 @@ from html import escape
 
 from newsletter.config import SenderSettings
 from newsletter.errors import ComposeError
+from newsletter.language import LanguageError, parse_language
 from newsletter.models import Recipient, RenderedIssue
 from newsletter.render.engine import RECIPIENT_FIELDS, placeholder_pattern
 from newsletter.sanitize import one_line
@@ -214,7 +215,7 @@ def compile_message(rendered: RenderedIssue, *, sender: SenderSettings, list_id:
         "List-Unsubscribe:\r\n <" + _slot("h:unsubscribe_url") + ">" + _slot("h:unsubscribe_mailto") + "\r\n",
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
         "MIME-Version: 1.0\r\n",
-        # RFC 3282; the tag was checked against CLDR (letters, digits, hyphens only).
+        # RFC 3282
         f"Content-Language: {_language_tag(rendered.language)}\r\n",
         f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',
     ]
@@ -236,15 +237,15 @@ def compile_message(rendered: RenderedIssue, *, sender: SenderSettings, list_id:
     return MessageTemplate(_split_slots("".join(headers) + body), boundary, len(body), rendered.merge_fields)
 
 
-_LANGUAGE_TAG_RE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 _SLOT_MARK = "\x00"  # marks slots inside the message being compiled; never in our text
 
 
 def _language_tag(tag: str) -> str:
-    """``tag`` for the Content-Language header, or ComposeError if it could carry anything but a tag."""
-    if not _LANGUAGE_TAG_RE.fullmatch(tag):
-        raise ComposeError(f"invalid language tag {tag!r}")
-    return tag
+    """``tag`` for the Content-Language header (the checked tag: letters, digits, hyphens), or ComposeError."""
+    try:
+        return parse_language(tag).tag
+    except LanguageError as exc:
+        raise ComposeError(f"invalid language tag {tag!r}: {exc.message}") from exc
 
 
 def _slot(name: str) -> str:

@@ -49,7 +49,7 @@ from newsletter.render.engine import render_issue
 from newsletter.store.engine import Database
 from newsletter.store.ledger import Delivery, IssueRecord, Ledger, Result
 from newsletter.store.signups import PurgeCounts
-from newsletter.tokens import ReturnPaths, TokenSigner, preferences_link, split_keys, unsubscribe_links
+from newsletter.tokens import ReturnPaths, TokenSigner, reader_links, split_keys
 
 __all__ = [
     "DispatchOptions",
@@ -778,10 +778,8 @@ class _IssueRun:
 
     def _message(self, delivery: Delivery, template: MessageTemplate) -> bytes:
         token = self.tokens.make(delivery.subscriber_id, self.list_id)
-        url, mailto = unsubscribe_links(self.site_url, self.unsubscribe_address, token)
-        recipient = Recipient(email=delivery.email, name=delivery.name, unsubscribe_url=url,
-                              unsubscribe_mailto=mailto, fields=delivery.fields,
-                              preferences_url=preferences_link(self.site_url, token))
+        recipient = Recipient(email=delivery.email, name=delivery.name, fields=delivery.fields,
+                              **reader_links(self.site_url, self.unsubscribe_address, token))
         message = personalise(template, recipient, message_id=delivery.message_id, date=self._header_date())
         return self.sign(message) if self.sign is not None else message
 

@@ -42,7 +42,7 @@ from newsletter.render.confirm import render_confirmation
 from newsletter.render.engine import render_issue
 from newsletter.store.signups import OutgoingMail, PurgeCounts, SignupRequest, Signups
 from newsletter.store.subscribers import Store
-from newsletter.tokens import TokenSigner, confirm_link, preferences_link, split_keys, unsubscribe_links
+from newsletter.tokens import TokenSigner, confirm_link, reader_links, split_keys
 
 __all__ = [
     "OUTBOX_FLUSH_LIMIT",
@@ -211,11 +211,10 @@ class _Outbox:
         welcome = self.welcome_of(list_name)
         settings = self.settings
         token = tools.tokens.make(mail.subscriber_id, welcome.list_id)
-        url, mailto = unsubscribe_links(settings.sender.site_url, settings.sender.unsubscribe_address, token)
         people = self.store.subscribers(emails=[mail.email])
         fields = people[0].fields if people else {}
-        recipient = Recipient(email=mail.email, name=mail.name, unsubscribe_url=url, unsubscribe_mailto=mailto,
-                              fields=fields, preferences_url=preferences_link(settings.sender.site_url, token))
+        recipient = Recipient(email=mail.email, name=mail.name, fields=fields,
+                              **reader_links(settings.sender.site_url, settings.sender.unsubscribe_address, token))
         message = personalise(welcome.template, recipient, message_id=message_id, date=now_header_date())
         return tools.sign(message) if tools.sign is not None else message
 

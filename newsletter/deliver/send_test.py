@@ -18,7 +18,7 @@ from newsletter.models import Recipient
 from newsletter.render.engine import render_issue
 from newsletter.store.subscriber_files import normalise_address
 from newsletter.store.subscribers import Store
-from newsletter.tokens import TokenSigner, preferences_link, split_keys, unsubscribe_links
+from newsletter.tokens import TokenSigner, reader_links, split_keys
 
 __all__ = [
     "SentTest",
@@ -55,9 +55,8 @@ def send_test(issue_path: str | Path, addresses: Sequence[str], settings: Settin
     messages: list[tuple[str, str, bytes]] = []
     for email in recipients:
         message_id = f"test.{issue.slug}.{secrets.token_hex(8)}@{settings.sender.domain}"
-        url, mailto = unsubscribe_links(settings.sender.site_url, settings.sender.unsubscribe_address, "test")
-        anonymous = Recipient(email=email, unsubscribe_url=url, unsubscribe_mailto=mailto,
-                              preferences_url=preferences_link(settings.sender.site_url, "test"))
+        anonymous = Recipient(email=email,
+                              **reader_links(settings.sender.site_url, settings.sender.unsubscribe_address, "test"))
         recipient = people.get(email.lower()) or anonymous
         message = personalise(template, recipient, message_id=message_id, date=date)
         messages.append((email, message_id, sign(message) if sign else message))
@@ -75,10 +74,9 @@ def _known_subscribers(settings: Settings, list_name: str, emails: Sequence[str]
     found: dict[str, Recipient] = {}
     for person in people:
         token = tokens.make(person.id, list_id) if tokens is not None and list_id is not None else "test"
-        url, mailto = unsubscribe_links(settings.sender.site_url, settings.sender.unsubscribe_address, token)
-        found[person.email.lower()] = Recipient(email=person.email, name=person.name, unsubscribe_url=url,
-                                                unsubscribe_mailto=mailto, fields=person.fields,
-                                                preferences_url=preferences_link(settings.sender.site_url, token))
+        found[person.email.lower()] = Recipient(
+            email=person.email, name=person.name, fields=person.fields,
+            **reader_links(settings.sender.site_url, settings.sender.unsubscribe_address, token))
     return found
 
 

@@ -11,18 +11,17 @@ and nothing in them is left for a later stage to fill in but the headers.
 from __future__ import annotations
 
 import datetime as dt
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.config import ListSettings, SenderSettings
-from newsletter.language import parse_language
+from newsletter.language import local_date, parse_language
 from newsletter.render.bidi import right_to_left_lines
-from newsletter.render.engine import default_templates_dir, long_date, render_mjml
+from newsletter.render.engine import default_templates_dir, render_mjml
 from newsletter.render.i18n import N_, Wording, wording_for
-from newsletter.render.linebreak import columns, has_wide, wrap_wide
-from newsletter.render.plaintext import WIDTH
+from newsletter.render.linebreak import columns
+from newsletter.render.plaintext import wrap
 
 __all__ = [
     "CONFIRM_BUTTON",
@@ -72,7 +71,7 @@ def render_confirmation(
     words = wording_for(language, templates_dir)
     subject = words.gettext("Confirm your subscription to %(name)s", name=lists[0].title if len(lists) == 1 else name)
     preheader = words.gettext("One click and you're on the list. If you didn't ask, ignore this email.")
-    expires_text = long_date(expires, language, sender.date_format)
+    expires_text = local_date(expires, language, sender.date_format)
     folder = templates_dir if templates_dir is not None and (templates_dir / f"{_TEMPLATE}.mjml").is_file() \
         else default_templates_dir()
     html = render_mjml(_TEMPLATE, {
@@ -91,9 +90,6 @@ def render_confirmation(
     }, folder=folder)
     text = confirmation_text(email=email, lists=lists, confirm_url=confirm_url, expires_text=expires_text,
                              sender=sender, wording=words)
-    if language.is_rtl:  # every line right to left but the link's own (a URL reads left to right)
-        lines = text.split("\n")
-        text = "\n".join(right_to_left_lines(lines, {n for n, line in enumerate(lines) if line == confirm_url}))
     return RenderedNotice(subject=subject, preheader=preheader, html=html, text=text, language=language.tag,
                           direction=language.direction)
 
@@ -108,27 +104,25 @@ def confirmation_text(*, email: str, lists: Sequence[ListSettings], confirm_url:
     name = sender.from_name or sender.from_email
     headline = words.gettext(CONFIRM_BUTTON)
     lines = [name.upper(), "", headline, "=" * columns(headline), ""]
-    lines += _wrap(words.gettext("Someone, hopefully you, asked to subscribe %(email)s to:", email=email))
+    lines += wrap(words.gettext("Someone, hopefully you, asked to subscribe %(email)s to:", email=email))
     lines.append("")
     for item in lists:
-        lines += _wrap(item.title, "* ", "  ")
+        lines += wrap(item.title, "* ", "  ")
         if item.description:
-            lines += _wrap(item.description, "  ", "  ")
+            lines += wrap(item.description, "  ", "  ")
         lines.append("")
-    lines += _wrap(words.gettext("Nothing is sent to this address until you confirm."))
+    lines += wrap(words.gettext("Nothing is sent to this address until you confirm."))
     # Translators: the line before the confirmation link in the plain-text part.
-    lines += ["", words.gettext("Confirm your subscription:"), confirm_url, ""]
-    lines += _wrap(words.gettext("This link works until %(date)s.", date=expires_text))
+    lines += ["", words.gettext("Confirm your subscription:")]
+    link_line = len(lines)
+    lines += [confirm_url, ""]
+    lines += wrap(words.gettext("This link works until %(date)s.", date=expires_text))
     lines.append("")
-    lines += _wrap(words.gettext("If you didn't ask, ignore this email: you won't hear from us again."))
+    lines += wrap(words.gettext("If you didn't ask, ignore this email: you won't hear from us again."))
     lines += ["", "-- "]
-    lines += _wrap(f"{name}, {sender.postal_address}")
+    lines += wrap(f"{name}, {sender.postal_address}")
+    if words.language.is_rtl:  # every line right to left but the link's own (a URL reads left to right)
+        lines = right_to_left_lines(lines, {link_line})
     return "\n".join(lines) + "\n"
 
 
-def _wrap(text: str, first: str = "", rest: str = "") -> list[str]:
-    if has_wide(text):  # Chinese, Japanese, Korean: between characters, two columns each
-        return wrap_wide(" ".join(text.split()), WIDTH, first, rest)
-    # A long address or word stays whole on its own line rather than being cut.
-    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest,
-                         break_long_words=False, break_on_hyphens=False) or [first.rstrip()]

@@ -7,7 +7,6 @@ module that imports those three; their errors become ours here.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import hashlib
 import logging
@@ -38,7 +37,6 @@ __all__ = [
     "available_templates",
     "default_templates_dir",
     "issue_language",
-    "long_date",
     "placeholder",
     "placeholder_pattern",
     "render_issue",
@@ -82,11 +80,6 @@ def placeholder_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(re.escape(prefix) + r"_([a-z0-9]+(?:_[a-z0-9]+)*)__")
 
 
-def long_date(date: dt.date, language: Language | None = None, date_format: str = "full") -> str:
-    """``date`` as a reader of ``language`` writes it (English by default: ``Friday, July 7, 2017``)."""
-    return local_date(date, language or parse_language("en"), date_format)
-
-
 def issue_language(issue: Issue, sender: SenderSettings) -> Language:
     """The language ``issue`` is written in: its front matter's ``language:``, else ``[sender] language``."""
     return parse_language(issue.language or sender.language)
@@ -121,7 +114,7 @@ def render_issue(
     issue = _with_merge_placeholders(issue, prefix, merge_fields)
     url = view_url(issue, sender) if archived else ""
     language = issue_language(issue, sender)
-    date_text = long_date(issue.date, language, sender.date_format)
+    date_text = local_date(issue.date, language, sender.date_format)
     wording = wording_for(language, templates_dir)
     context = _context(issue, sender, url, recipient, language, date_text)
     mjml_source = _render_template(issue, folder, {**context, "web": web, **wording.template_functions()})
@@ -241,22 +234,16 @@ def _mjml_attribute(value: object) -> Markup:
 
 
 def _render_template(issue: Issue, folder: Path, context: dict[str, Any]) -> str:
-    name = f"{issue.template}.mjml"
     try:
         if issue.template in NOTICE_TEMPLATES:  # not an issue's template: as unknown as a missing one
-            raise jinja2.TemplateNotFound(name)
-        template = _environment(folder).get_template(name)
-        return template.render(context)
+            raise jinja2.TemplateNotFound(f"{issue.template}.mjml")
+        return _render_jinja(folder, issue.template, context)
     except jinja2.TemplateNotFound as exc:
         known = ", ".join(available_templates(folder)) or "none"
         raise IssueError(
             issue.source, issue.line_of("template"), f"unknown template '{issue.template}'",
             f"available: {known}",
         ) from exc
-    except jinja2.TemplateSyntaxError as exc:
-        raise RenderError(f"{folder / name}:{exc.lineno}: template error: {exc.message}") from exc
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"{folder / name}: template error: {exc}") from exc
 
 
 def render_mjml(name: str, context: Mapping[str, Any], *, folder: Path) -> str:
@@ -267,16 +254,25 @@ def render_mjml(name: str, context: Mapping[str, Any], *, folder: Path) -> str:
     RenderError when the template is missing or broken. A ``dir`` of ``rtl`` in ``context``
     turns Outlook's tables right to left too.
     """
+    try:
+        source = _render_jinja(folder, name, context)
+    except jinja2.TemplateNotFound as exc:
+        raise RenderError(f"{folder / name}.mjml: template not found") from exc
+    return outlook_direction(_inline_css(_compile_mjml(source, name)), str(context.get("dir", "ltr")))
+
+
+def _render_jinja(folder: Path, name: str, context: Mapping[str, Any]) -> str:
+    """``<folder>/<name>.mjml`` rendered by Jinja2; a broken template is a RenderError naming it (and its
+    line), a missing one stays ``TemplateNotFound`` for the caller to say what it means."""
     path = folder / f"{name}.mjml"
     try:
-        source = _environment(folder).get_template(f"{name}.mjml").render(context)
-    except jinja2.TemplateNotFound as exc:
-        raise RenderError(f"{path}: template not found") from exc
+        return _environment(folder).get_template(f"{name}.mjml").render(context)
+    except jinja2.TemplateNotFound:
+        raise
     except jinja2.TemplateSyntaxError as exc:
         raise RenderError(f"{path}:{exc.lineno}: template error: {exc.message}") from exc
     except jinja2.TemplateError as exc:
         raise RenderError(f"{path}: template error: {exc}") from exc
-    return outlook_direction(_inline_css(_compile_mjml(source, name)), str(context.get("dir", "ltr")))
 
 
 def _compile_mjml(source: str, template: str) -> str:

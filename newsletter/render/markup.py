@@ -37,6 +37,7 @@ import re
 from collections.abc import Sequence
 from html import escape
 
+from newsletter.issue.parse import inline_text
 from newsletter.models import (
     Block,
     Citation,
@@ -66,7 +67,6 @@ __all__ = [
     "block_kind",
     "citation_html",
     "inline_html",
-    "plain_text",
 ]
 
 #: the widest an image may be drawn: the 600 px body less its side padding
@@ -91,19 +91,6 @@ def inline_html(content: Sequence[Inline], *, direction: str = "ltr") -> str:
     return "".join(_inline(node, direction) for node in content)
 
 
-def plain_text(content: Sequence[Inline]) -> str:
-    """The characters inline content shows (an image's alt text not included): what its direction is read from."""
-    parts: list[str] = []
-    for node in content:
-        if isinstance(node, Text | Code):
-            parts.append(node.text)
-        elif isinstance(node, Emphasis | Strong | Link):
-            parts.append(plain_text(node.children))
-        elif isinstance(node, MergeField):
-            parts.append(node.fallback)
-    return "".join(parts)
-
-
 def _inline(node: Inline, direction: str) -> str:
     if isinstance(node, Text):
         return escape(node.text)
@@ -116,7 +103,7 @@ def _inline(node: Inline, direction: str) -> str:
     if isinstance(node, Link):
         title = f' title="{attribute_text(node.title)}"' if node.title else ""
         inner = inline_html(node.children, direction=direction)
-        own = isolation(plain_text(node.children), direction)
+        own = isolation(inline_text(node.children), direction)
         if own:  # on a span inside: Outlook for Windows mishandles dir on <a>
             inner = f"<span{own}>{inner}</span>"
         return f'<a class="nl-link" href="{attribute_text(node.url)}"{title}>{inner}</a>'

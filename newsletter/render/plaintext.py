@@ -44,11 +44,14 @@ from newsletter.render.linebreak import columns, has_wide, wrap_wide
 __all__ = [
     "WIDTH",
     "render_text",
+    "wrap",
 ]
 
 #: the column every wrapped line stays within (the check allows up to 78)
 WIDTH = 72
-_NBSP = "\u00a0"
+#: joins a citation's words while wrapping (a line break never falls inside it), a space once wrapped;
+#: a private-use character, so a no-break space the text itself has (French "à :") stays one
+_GLUE = "\ue000"
 _HARD_BREAK = "\u2028"  # stands for a hard line break while wrapping
 _SPACES = re.compile(r"[ \t\n\r\f\v]+")
 
@@ -164,27 +167,27 @@ class _TextWriter:
     def citation(self, citation: Citation | None) -> str:
         if citation is None:
             return ""
-        label = f"[{citation.text}]".replace(" ", _NBSP)  # keep a source on one line where it fits
+        label = f"[{citation.text}]".replace(" ", _GLUE)  # keep a source on one line where it fits
         if citation.url:
-            label += f"{_NBSP}[{self.reference(citation.url)}]"
+            label += f"{_GLUE}[{self.reference(citation.url)}]"
         return " " + label
 
     def heading(self, text: str, underline: str) -> None:
         self.blank()
-        wrapped = _wrap(text, "", "")
+        wrapped = wrap(text, "", "")
         self.lines.extend(wrapped)
         self.lines.append(underline * max(columns(line) for line in wrapped))  # a CJK character is two columns
         self.blank()
 
     def paragraph(self, text: str, first: str, rest: str) -> None:
-        self.lines.extend(_wrap(text, first, rest))
+        self.lines.extend(wrap(text, first, rest))
         self.blank()
 
     def block(self, block: Block, indent: str) -> None:
         if isinstance(block, Paragraph):
             self.paragraph(self.flow(block.content) + self.citation(block.citation), indent, indent)
         elif isinstance(block, Heading):
-            self.lines.extend(_wrap(self.flow(block.content).upper(), indent, indent))
+            self.lines.extend(wrap(self.flow(block.content).upper(), indent, indent))
             self.blank()
         elif isinstance(block, Quote):
             for child in block.blocks:
@@ -194,7 +197,7 @@ class _TextWriter:
                 marker = f"{number}. " if block.ordered else "* "
                 hang = indent + " " * len(marker)
                 text = self.flow(item.content) + self.citation(item.citation)
-                self.lines.extend(_wrap(text, indent + marker, hang))
+                self.lines.extend(wrap(text, indent + marker, hang))
                 if item.children:
                     self.blank()
                     for child in item.children:
@@ -209,25 +212,25 @@ class _TextWriter:
             self.blank()
 
 
-def _wrap(text: str, first: str, rest: str) -> list[str]:
+def wrap(text: str, first: str = "", rest: str = "") -> list[str]:
     """Wrap at WIDTH, honouring hard breaks; never split a word or a URL.
 
-    A citation is joined by NBSPs so it stays on one line; one too long for a line
-    is wrapped like any text.
+    A citation is glued (its spaces a private-use character while wrapping) so it stays on
+    one line; one too long for a line is wrapped like any text.
     """
     lines = _wrap_joined(text, first, rest)
-    if any(columns(line) > WIDTH and _NBSP in line for line in lines):
-        lines = _wrap_joined(text.replace(_NBSP, " "), first, rest)
-    return [line.replace(_NBSP, " ").rstrip() for line in lines]
+    if any(columns(line) > WIDTH and _GLUE in line for line in lines):
+        lines = _wrap_joined(text.replace(_GLUE, " "), first, rest)
+    return [line.replace(_GLUE, " ").rstrip() for line in lines]
 
 
 def _wrap_joined(text: str, first: str, rest: str) -> list[str]:
     lines: list[str] = []
     for number, piece in enumerate(text.split(_HARD_BREAK)):
-        flat = _SPACES.sub(" ", piece).strip()  # only ASCII space: NBSP keeps a source whole
+        flat = _SPACES.sub(" ", piece).strip()  # only ASCII space: the glue and a no-break space hold
         indent = first if number == 0 else rest
         if has_wide(flat):  # Chinese, Japanese, Korean: words without spaces, characters two columns wide
-            lines.extend(wrap_wide(flat, WIDTH, indent, rest) if flat else [indent.rstrip()])
+            lines.extend(wrap_wide(flat, WIDTH, indent, rest))
             continue
         wrapped = textwrap.wrap(
             flat,

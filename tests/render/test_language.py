@@ -144,3 +144,13 @@ def test_a_confirmation_email_is_in_the_sender_language() -> None:
     assert "الجمعة، 7 يوليو 2017" in notice.text
     data = compose_notice(notice, email="a@example.org", sender=sender, message_id="c1@news.example.com", date=DATE)
     assert headers(data)["Content-Language"] == "ar"
+
+
+def test_a_no_break_space_the_writer_typed_stays_one_in_the_text_part() -> None:
+    """French puts one before ':' and '?'; the text part kept citations whole with the same character
+    and then turned every one of them into a plain space."""
+    body = "Le sommet a-t-il changé quelque chose\u00a0? Réponse\u00a0: non. [Le Monde / Jean Dupont]"
+    rendered = render_issue(parse_issue(issue_text("fr", body), source="x.md"), sender=SENDER)
+    line = next(line for line in rendered.text.splitlines() if line.startswith("Le sommet"))
+    assert "chose\u00a0? Réponse\u00a0: non." in line
+    assert "[Le Monde / Jean Dupont]" in rendered.text.splitlines()  # whole, with plain spaces, on a line
