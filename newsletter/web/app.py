@@ -46,6 +46,7 @@ from newsletter.errors import ConfigError, NewsletterError
 from newsletter.render.i18n import Wording
 from newsletter.tokens import TokenSigner, split_keys
 from newsletter.web import archive, feed, preferences, unsubscribe
+from newsletter.web.responses import forgotten_response, message_response, page_response
 from newsletter.web.security import MAX_BODY, SERVER_ERROR, SecurityHeaders, page_policy, redact_path
 from newsletter.web.signup_routes import signup_routes
 
@@ -81,16 +82,13 @@ class _Web:
         return archive.wording(self.settings)
 
     def page(self, template: str, status: int = 200, **values: object) -> HTMLResponse:
-        return HTMLResponse(archive.page(template, self.settings, **values), status_code=status)
+        return page_response(self.settings, template, status, **values)
 
     def message(self, status: int, heading: str, text: str, link: str = "", link_text: str = "") -> HTMLResponse:
-        return self.page("message.html", status, heading=heading, text=text, link=link, link_text=link_text)
+        return message_response(self.settings, status, heading, text, link, link_text)
 
     def forgotten(self) -> HTMLResponse:
-        words = self.words
-        return self.message(410, words.gettext("This address was erased"),
-                            words.gettext("At its owner's request we erased this address and everything we held"
-                                          " about it. It gets no mail from us."))
+        return forgotten_response(self.settings)
 
     def invalid_token(self) -> HTMLResponse:
         words = self.words

@@ -21,6 +21,7 @@ posts from browsers are refused (403); an address that bounced or complained joi
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from newsletter.store.subscriber_files import MAX_NAME
 from newsletter.store.subscribers import Store
 from newsletter.tokens import TokenSigner
 from newsletter.web import archive
+from newsletter.web.responses import forgotten_response, message_response, page_response
 
 __all__ = [
     "ListChoice",
@@ -96,11 +98,8 @@ def routes(settings: Settings, signer: TokenSigner, *, cross_site: Callable[[Req
     """The preferences routes of ``newsletter serve``; ``cross_site`` tells a forged browser form post."""
     database = settings.database.location
 
-    def page(template: str, status: int = 200, **values: object) -> HTMLResponse:
-        return HTMLResponse(archive.page(template, settings, **values), status_code=status)
-
-    def message(status: int, heading: str, text: str) -> HTMLResponse:
-        return page("message.html", status, heading=heading, text=text, link="", link_text="")
+    page = functools.partial(page_response, settings)
+    message = functools.partial(message_response, settings)
 
     def invalid() -> HTMLResponse:
         words = archive.wording(settings)
@@ -110,11 +109,7 @@ def routes(settings: Settings, signer: TokenSigner, *, cross_site: Callable[[Req
                                      " end of one of our emails, as it is.",
                                      link=words.gettext("Manage your subscription")))
 
-    def forgotten() -> HTMLResponse:
-        words = archive.wording(settings)
-        return message(410, words.gettext("This address was erased"),
-                       words.gettext("At its owner's request we erased this address and everything we held about"
-                                     " it. It gets no mail from us."))
+    forgotten = functools.partial(forgotten_response, settings)
 
     def form(view: PreferencesView, token: str, status: int = 200, *, name: str | None = None,
              error: str = "", saved: SaveResult | None = None) -> HTMLResponse:

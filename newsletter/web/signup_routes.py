@@ -51,6 +51,7 @@ from newsletter.store.subscriber_files import MAX_NAME
 from newsletter.store.subscribers import Store
 from newsletter.tokens import TokenSigner
 from newsletter.web import archive
+from newsletter.web.responses import message_response, page_response
 from newsletter.web.signup import SignupInput, ValidSignup, form_input, json_input, offered_lists, validate
 
 __all__ = [
@@ -78,11 +79,8 @@ def signup_routes(settings: Settings, keys: Sequence[bytes], *, cross_site: Call
     own_form = f"{settings.sender.site_url}/subscribe"
     outbox_threads = anyio.CapacityLimiter(OUTBOX_THREADS)
 
-    def page(template: str, status: int = 200, **values: object) -> HTMLResponse:
-        return HTMLResponse(archive.page(template, settings, **values), status_code=status)
-
-    def message(status: int, heading: str, text: str, link: str = "", link_text: str = "") -> HTMLResponse:
-        return page("message.html", status, heading=heading, text=text, link=link, link_text=link_text)
+    page = functools.partial(page_response, settings)
+    message = functools.partial(message_response, settings)
 
     def not_open() -> HTMLResponse:
         words = archive.wording(settings)
